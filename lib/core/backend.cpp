@@ -1,0 +1,123 @@
+// Backend selection, thread control and the argument checks shared by all
+// backends (see core/backend_registry.h).
+#include "core/backend_registry.h"
+#include "magnets/error.h"
+#include "magnets_config.h"
+
+#include <omp.h>
+
+#include <string>
+
+namespace magnets {
+
+const char* op_name(Op op) {
+    switch (op) {
+    case Op::matmul: return "matmul";
+    case Op::conv2d_forward: return "conv2d_forward";
+    case Op::conv2d_backward_data: return "conv2d_backward_data";
+    case Op::conv2d_backward_weights: return "conv2d_backward_weights";
+    }
+    return "unknown";
+}
+
+std::vector<std::string> available_backends() {
+    std::vector<std::string> names{"ref"};
+#if MAGNETS_HAVE_ONEDNN
+    names.push_back("onednn");
+#endif
+    return names;
+}
+
+static std::string join_available() {
+    std::string s;
+    for (const auto& n : available_backends()) s += (s.empty() ? "" : ", ") + n;
+    return s;
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& name) {
+    if (name == "ref") return make_ref_backend();
+    if (name == "onednn" || name == "auto") {
+#if MAGNETS_HAVE_ONEDNN
+        return make_onednn_backend();
+#else
+        if (name == "auto") return make_ref_backend();
+        throw Error("backend not available: onednn", {}, "this library was built without oneDNN",
+                    "install libdnnl-dev and rebuild with -Donednn=enabled, or use one of: " +
+                        join_available());
+#endif
+    }
+    if (name == "cuda") {
+        // The CUDA backend (lib/cuda) is registered here once it exists.
+        throw Error("backend not available: cuda", {},
+                    MAGNETS_HAVE_CUDA ? "the CUDA backend is not implemented in this version"
+                                      : "this library was built without CUDA",
+                    "rebuild with -Dcuda=enabled on a machine with CUDA, or use one of: " +
+                        join_available());
+    }
+    throw Error("unknown backend: '" + name + "'", {}, {},
+                "use auto or one of: " + join_available());
+}
+
+// The OpenMP default (OMP_NUM_THREADS or the core count), captured before the
+// first set_num_threads() so that set_num_threads(0) can restore it.
+static int default_num_threads() {
+    static const int n = omp_get_max_threads();
+    return n;
+}
+
+void set_num_threads(int n) {
+    check(n >= 0, "invalid thread count", std::to_string(n) + " is negative",
+          "use 0 for the default or a positive count");
+    const int def = default_num_threads();
+    omp_set_num_threads(n == 0 ? def : n);
+}
+
+int num_threads() {
+    default_num_threads();
+    return omp_get_max_threads();
+}
+
+static std::string mat_str(const char* name, ConstMat m) {
+    return std::string(name) + " [" + std::to_string(m.rows) + ", " + std::to_string(m.cols) +
+           "] ld " + std::to_string(m.ld);
+}
+
+MatmulDims check_matmul_args(const char* backend, ConstMat a, bool trans_a, ConstMat b,
+                             bool trans_b, Mat c) {
+    const std::string what = std::string(backend) + " matmul: invalid arguments";
+    const std::string shapes = mat_str("A", a) + (trans_a ? "^T" : "") + ", " +
+                               mat_str("B", b) + (trans_b ? "^T" : "") + ", " +
+                               mat_str("C", c);
+    for (ConstMat x : {a, b, ConstMat(c)}) {
+        check(x.rows >= 0 && x.cols >= 0, what, "negative size in " + shapes);
+        check(x.ld >= x.cols && x.ld >= 1, what, "leading dimension smaller than cols in " + shapes,
+              "ld is the distance between rows, at least cols");
+        check(x.data != nullptr || x.rows * x.cols == 0, what, "null data in " + shapes);
+    }
+    MatmulDims d;
+    d.m = trans_a ? a.cols : a.rows;
+    d.k = trans_a ? a.rows : a.cols;
+    const int64_t kb = trans_b ? b.cols : b.rows;
+    d.n = trans_b ? b.rows : b.cols;
+    check(d.k == kb, what, "inner dimensions differ (" + std::to_string(d.k) + " vs " +
+                               std::to_string(kb) + ") in " + shapes);
+    check(c.rows == d.m && c.cols == d.n, what,
+          "C must be [" + std::to_string(d.m) + ", " + std::to_string(d.n) + "] in " + shapes);
+    return d;
+}
+
+void check_conv2d_shape(const char* backend, Op op, const Conv2dShape& s) {
+    const std::string what = std::string(backend) + " " + op_name(op) + ": invalid shape";
+    const std::string shape = "x [" + std::to_string(s.n) + ", " + std::to_string(s.c_in) + ", " +
+                              std::to_string(s.h) + ", " + std::to_string(s.w) + "], w [" +
+                              std::to_string(s.c_out) + ", " + std::to_string(s.c_in) + ", " +
+                              std::to_string(s.kh) + ", " + std::to_string(s.kw) + "], stride " +
+                              std::to_string(s.stride) + ", pad " + std::to_string(s.pad);
+    check(s.n > 0 && s.c_in > 0 && s.h > 0 && s.w > 0 && s.c_out > 0 && s.kh > 0 && s.kw > 0,
+          what, "every size must be positive: " + shape);
+    check(s.stride > 0 && s.pad >= 0, what, "stride must be positive and pad non-negative: " + shape);
+    check(s.h + 2 * s.pad >= s.kh && s.w + 2 * s.pad >= s.kw, what,
+          "kernel larger than the padded input: " + shape);
+}
+
+} // namespace magnets

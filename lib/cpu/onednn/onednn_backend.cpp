@@ -1,0 +1,317 @@
+// The oneDNN (2.6) CPU backend: matmul and 2-D convolution primitives on
+// caller-owned host buffers.
+//
+// Contracts and choices:
+// - Matmul operands are described by strided memory descriptors, so leading
+//   dimensions and transposes cost no copy: op(A) = A^T is the stored [k, m]
+//   matrix with strides {1, ld}. alpha is an output scale, beta a sum post-op
+//   (only when beta != 0, so beta = 0 never reads C and NaN in C is dropped).
+// - Creating a oneDNN primitive takes 0.1-1 ms, far more than running a small
+//   one, so every primitive (with its memory objects and reorders) is cached
+//   by shape, leading dimensions, flags, and for matmul alpha and beta. Each
+//   cache is cleared when it exceeds k_max_plans entries, which bounds memory
+//   for callers that vary alpha/beta freely.
+// - Convolutions take NCHW data and OIHW weights, the caller's layouts. Each op
+//   either runs on those plain layouts directly or lets oneDNN choose blocked
+//   layouts (format_tag::any) and reorders inputs in and outputs out on every
+//   call; k_default_conv_layouts records which was faster here and why.
+// - One engine and one in-order stream per backend; every call waits for its
+//   work, so results are ready on return. Not thread-safe: one caller at a
+//   time per Backend object (the caches and stream are unguarded). Threads
+//   come from OpenMP (oneDNN's CPU runtime here), see set_num_threads().
+#include "core/backend_registry.h"
+#include "magnets/error.h"
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <new>
+#include <unordered_map>
+#include <vector>
+
+namespace magnets {
+namespace {
+
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+constexpr auto f32 = dnnl::memory::data_type::f32;
+constexpr std::align_val_t k_alignment{64};
+constexpr size_t k_max_plans = 1024;
+
+// For each convolution op: true = let oneDNN pick blocked layouts (any) and
+// reorder to/from NCHW/OIHW around the primitive; false = run on NCHW/OIHW.
+struct ConvLayouts {
+    bool forward_any, backward_data_any, backward_weights_any;
+};
+// Measured with bench_backend-like shapes (n=64, 32-64 channels, 8-32 px,
+// 3x3 and 4x4/s2) on 2-core AVX2: see the comment at the end of this file.
+constexpr ConvLayouts k_default_conv_layouts{true, true, true};
+
+// Cache key: an op tag and up to 11 integers, compared exactly.
+struct Key {
+    std::array<int64_t, 12> v{};
+    bool operator==(const Key& o) const { return v == o.v; }
+};
+struct KeyHash {
+    size_t operator()(const Key& k) const {
+        uint64_t h = 0x9e3779b97f4a7c15ull;
+        for (int64_t x : k.v) {
+            h ^= static_cast<uint64_t>(x) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+        }
+        return static_cast<size_t>(h);
+    }
+};
+
+int64_t float_bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+// A primitive with its argument memories. Each Port is one argument: `user`
+// wraps the caller's buffer (handle set per call); when oneDNN wants another
+// layout, `inner` is a buffer owned by the plan and `reorder` converts between
+// the two (user -> inner for inputs, inner -> user for outputs).
+struct Port {
+    bool input = true;
+    bool reordered = false;
+    memory user, inner;
+    dnnl::reorder reorder;
+};
+struct Plan {
+    dnnl::primitive prim;
+    std::vector<Port> ports;
+    std::unordered_map<int, memory> args;
+};
+
+class OnednnBackend final : public Backend {
+public:
+    explicit OnednnBackend(ConvLayouts layouts = k_default_conv_layouts)
+        : layouts_(layouts), engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
+
+    const char* name() const override { return "onednn"; }
+    bool supports(Op) const override { return true; }
+
+    float* alloc(size_t count) override {
+        return static_cast<float*>(::operator new(std::max<size_t>(count, 1) * sizeof(float), k_alignment));
+    }
+    void free(float* p) override { ::operator delete(p, k_alignment); }
+    void upload(float* dst, const float* host_src, size_t count) override {
+        if (count) std::memcpy(dst, host_src, count * sizeof(float));
+    }
+    void download(float* host_dst, const float* src, size_t count) override {
+        if (count) std::memcpy(host_dst, src, count * sizeof(float));
+    }
+
+    void matmul(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, float alpha,
+                float beta) override {
+        const MatmulDims d = check_matmul_args("onednn", a, trans_a, b, trans_b, c);
+        if (d.m == 0 || d.n == 0) return;
+        if (d.k == 0) { // oneDNN rejects empty reductions; C = beta * C
+            for (int64_t i = 0; i < d.m; ++i)
+                for (int64_t j = 0; j < d.n; ++j) {
+                    float& x = c.data[i * c.ld + j];
+                    x = beta == 0.0f ? 0.0f : beta * x;
+                }
+            return;
+        }
+        const Key key{{0, d.m, d.n, d.k, a.ld, b.ld, c.ld, trans_a, trans_b, float_bits(alpha),
+                       float_bits(beta), 0}};
+        try {
+            Plan& plan = find_or_make(matmul_plans_, key, [&] {
+                return make_matmul_plan(d, a.ld, trans_a, b.ld, trans_b, c.ld, alpha, beta);
+            });
+            run(plan, {a.data, b.data, c.data});
+        } catch (const dnnl::error& e) {
+            throw Error("onednn matmul failed", {}, dnnl_why(e, "m " + std::to_string(d.m) + ", n " +
+                                                                  std::to_string(d.n) + ", k " +
+                                                                  std::to_string(d.k)),
+                        "use the ref backend to compute this case");
+        }
+    }
+
+    void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                        float* y) override {
+        check_conv2d_shape("onednn", Op::conv2d_forward, s);
+        conv(Op::conv2d_forward, s, bias != nullptr, {x, w, bias, y});
+    }
+
+    void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
+                              float* dx) override {
+        check_conv2d_shape("onednn", Op::conv2d_backward_data, s);
+        conv(Op::conv2d_backward_data, s, false, {dy, w, dx});
+    }
+
+    void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy, float* dw,
+                                 float* dbias) override {
+        check_conv2d_shape("onednn", Op::conv2d_backward_weights, s);
+        conv(Op::conv2d_backward_weights, s, dbias != nullptr, {x, dy, dw, dbias});
+    }
+
+private:
+    using PlanMap = std::unordered_map<Key, Plan, KeyHash>;
+
+    template <class Make>
+    Plan& find_or_make(PlanMap& plans, const Key& key, Make make) {
+        auto it = plans.find(key);
+        if (it != plans.end()) return it->second;
+        if (plans.size() >= k_max_plans) plans.clear();
+        return plans.emplace(key, make()).first->second;
+    }
+
+    static std::string dnnl_why(const dnnl::error& e, const std::string& shape) {
+        return std::string(e.what()) + " (status " + std::to_string(int(e.status)) + ") for " + shape;
+    }
+
+    // Appends one argument port: `user_md` is the caller's layout, `want` the
+    // primitive's; they differ only when a layout was left to oneDNN (any).
+    void add_port(Plan& plan, int arg, const memory::desc& user_md, const memory::desc& want,
+                  bool input) {
+        Port p;
+        p.input = input;
+        p.user = memory(user_md, engine_, DNNL_MEMORY_NONE);
+        if (want == user_md) {
+            p.inner = p.user;
+        } else {
+            p.reordered = true;
+            p.inner = memory(want, engine_);
+            p.reorder = input ? dnnl::reorder(p.user, p.inner) : dnnl::reorder(p.inner, p.user);
+        }
+        plan.args[arg] = p.inner;
+        plan.ports.push_back(std::move(p));
+    }
+
+    // Runs a plan on the caller's buffers, given in port order; a null pointer
+    // marks an absent optional argument (its port must not exist).
+    void run(Plan& plan, std::initializer_list<const float*> ptrs) {
+        const size_t given = std::count_if(ptrs.begin(), ptrs.end(), [](const float* p) { return p; });
+        check(given == plan.ports.size(), "onednn: null buffer", "a required buffer pointer is null");
+        size_t i = 0;
+        for (const float* ptr : ptrs) {
+            if (!ptr) continue;
+            plan.ports.at(i++).user.set_data_handle(const_cast<float*>(ptr));
+        }
+        for (Port& p : plan.ports)
+            if (p.reordered && p.input) p.reorder.execute(stream_, p.user, p.inner);
+        plan.prim.execute(stream_, plan.args);
+        for (Port& p : plan.ports)
+            if (p.reordered && !p.input) p.reorder.execute(stream_, p.inner, p.user);
+        stream_.wait();
+    }
+
+    // op(A) [m, k] from A stored [m, k] (strides {ld, 1}) or [k, m] (strides {1, ld}).
+    static memory::desc strided_md(int64_t rows, int64_t cols, int64_t ld, bool trans) {
+        return memory::desc({rows, cols}, f32, trans ? memory::dims{1, ld} : memory::dims{ld, 1});
+    }
+
+    Plan make_matmul_plan(const MatmulDims& d, int64_t lda, bool trans_a, int64_t ldb, bool trans_b,
+                          int64_t ldc, float alpha, float beta) {
+        const memory::desc a_md = strided_md(d.m, d.k, lda, trans_a);
+        const memory::desc b_md = strided_md(d.k, d.n, ldb, trans_b);
+        const memory::desc c_md = strided_md(d.m, d.n, ldc, false);
+        dnnl::primitive_attr attr;
+        if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+        if (beta != 0.0f) {
+            dnnl::post_ops po;
+            po.append_sum(beta);
+            attr.set_post_ops(po);
+        }
+        const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), attr, engine_);
+        Plan plan;
+        plan.prim = dnnl::matmul(pd);
+        add_port(plan, DNNL_ARG_SRC, a_md, pd.src_desc(), true);
+        add_port(plan, DNNL_ARG_WEIGHTS, b_md, pd.weights_desc(), true);
+        add_port(plan, DNNL_ARG_DST, c_md, pd.dst_desc(), false);
+        return plan;
+    }
+
+    void conv(Op op, const Conv2dShape& s, bool has_bias, std::initializer_list<const float*> ptrs) {
+        const Key key{{int64_t(op) + 1, s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad,
+                       has_bias, 0}};
+        try {
+            Plan& plan = find_or_make(conv_plans_, key, [&] { return make_conv_plan(op, s, has_bias); });
+            run(plan, ptrs);
+        } catch (const dnnl::error& e) {
+            throw Error(std::string("onednn ") + op_name(op) + " failed", {},
+                        dnnl_why(e, "n " + std::to_string(s.n) + ", c_in " + std::to_string(s.c_in) +
+                                        ", " + std::to_string(s.h) + "x" + std::to_string(s.w) +
+                                        ", c_out " + std::to_string(s.c_out) + ", kernel " +
+                                        std::to_string(s.kh) + "x" + std::to_string(s.kw) +
+                                        ", stride " + std::to_string(s.stride) + ", pad " +
+                                        std::to_string(s.pad)),
+                        "use the ref backend to compute this case");
+        }
+    }
+
+    // Port order matches the public signatures: forward (x, w, bias?, y),
+    // backward data (dy, w, dx), backward weights (x, dy, dw, dbias?).
+    Plan make_conv_plan(Op op, const Conv2dShape& s, bool has_bias) {
+        const bool any = op == Op::conv2d_forward         ? layouts_.forward_any
+                         : op == Op::conv2d_backward_data ? layouts_.backward_data_any
+                                                          : layouts_.backward_weights_any;
+        const memory::dims x_dims{s.n, s.c_in, s.h, s.w}, w_dims{s.c_out, s.c_in, s.kh, s.kw},
+            y_dims{s.n, s.c_out, s.out_h(), s.out_w()}, b_dims{s.c_out};
+        const memory::desc x_user(x_dims, f32, tag::nchw), w_user(w_dims, f32, tag::oihw),
+            y_user(y_dims, f32, tag::nchw), b_user(b_dims, f32, tag::x);
+        const memory::desc x_md(x_dims, f32, any ? tag::any : tag::nchw),
+            w_md(w_dims, f32, any ? tag::any : tag::oihw), y_md(y_dims, f32, any ? tag::any : tag::nchw);
+        const memory::dims strides{s.stride, s.stride}, pad{s.pad, s.pad};
+        const auto algo = dnnl::algorithm::convolution_direct;
+        const auto fwd_desc =
+            has_bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, algo, x_md,
+                                                       w_md, b_user, y_md, strides, pad, pad)
+                     : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, algo, x_md,
+                                                       w_md, y_md, strides, pad, pad);
+        const dnnl::convolution_forward::primitive_desc fwd_pd(fwd_desc, engine_);
+
+        Plan plan;
+        switch (op) {
+        case Op::conv2d_forward:
+            plan.prim = dnnl::convolution_forward(fwd_pd);
+            add_port(plan, DNNL_ARG_SRC, x_user, fwd_pd.src_desc(), true);
+            add_port(plan, DNNL_ARG_WEIGHTS, w_user, fwd_pd.weights_desc(), true);
+            if (has_bias) add_port(plan, DNNL_ARG_BIAS, b_user, fwd_pd.bias_desc(), true);
+            add_port(plan, DNNL_ARG_DST, y_user, fwd_pd.dst_desc(), false);
+            break;
+        case Op::conv2d_backward_data: {
+            const dnnl::convolution_backward_data::primitive_desc pd(
+                dnnl::convolution_backward_data::desc(algo, x_md, w_md, y_md, strides, pad, pad),
+                engine_, fwd_pd);
+            plan.prim = dnnl::convolution_backward_data(pd);
+            add_port(plan, DNNL_ARG_DIFF_DST, y_user, pd.diff_dst_desc(), true);
+            add_port(plan, DNNL_ARG_WEIGHTS, w_user, pd.weights_desc(), true);
+            add_port(plan, DNNL_ARG_DIFF_SRC, x_user, pd.diff_src_desc(), false);
+            break;
+        }
+        case Op::conv2d_backward_weights: {
+            const auto desc =
+                has_bias ? dnnl::convolution_backward_weights::desc(algo, x_md, w_md, b_user, y_md,
+                                                                    strides, pad, pad)
+                         : dnnl::convolution_backward_weights::desc(algo, x_md, w_md, y_md, strides,
+                                                                    pad, pad);
+            const dnnl::convolution_backward_weights::primitive_desc pd(desc, engine_, fwd_pd);
+            plan.prim = dnnl::convolution_backward_weights(pd);
+            add_port(plan, DNNL_ARG_SRC, x_user, pd.src_desc(), true);
+            add_port(plan, DNNL_ARG_DIFF_DST, y_user, pd.diff_dst_desc(), true);
+            add_port(plan, DNNL_ARG_DIFF_WEIGHTS, w_user, pd.diff_weights_desc(), false);
+            if (has_bias) add_port(plan, DNNL_ARG_DIFF_BIAS, b_user, pd.diff_bias_desc(), false);
+            break;
+        }
+        case Op::matmul: break;
+        }
+        return plan;
+    }
+
+    ConvLayouts layouts_;
+    dnnl::engine engine_;
+    dnnl::stream stream_;
+    PlanMap matmul_plans_, conv_plans_;
+};
+
+} // namespace
+
+std::unique_ptr<Backend> make_onednn_backend() { return std::make_unique<OnednnBackend>(); }
+
+} // namespace magnets

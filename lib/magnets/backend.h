@@ -1,0 +1,75 @@
+// magnets/backend.h: the compute backend interface.
+//
+// A backend is a small table of operations on buffers it owns. The reference
+// backend ("ref", plain C++) is always built and is the referee in tests; the
+// oneDNN backend ("onednn") is the fast CPU default where available; "cuda"
+// lives in lib/cuda. Core code talks only to this interface and never includes
+// a vendor header.
+//
+// Layouts: matrices row-major with a leading dimension (Mat/ConstMat), so
+// prefix slices of weights are used without copying. Convolutions are NCHW with
+// weights [c_out, c_in, kh, kw] and bias [c_out] (PyTorch's layouts).
+//
+//   auto be = magnets::make_backend("auto");   // onednn if built, else ref
+//   be->matmul(A, false, W, true, C);          // C = A * W^T
+#pragma once
+#include "magnets/tensor.h"
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace magnets {
+
+enum class Op { matmul, conv2d_forward, conv2d_backward_data, conv2d_backward_weights };
+const char* op_name(Op op);
+
+struct Conv2dShape {
+    int64_t n = 1, c_in = 1, h = 1, w = 1; // input [n, c_in, h, w]
+    int64_t c_out = 1, kh = 3, kw = 3;     // weight [c_out, c_in, kh, kw]
+    int64_t stride = 1, pad = 1;           // symmetric zero padding
+    int64_t out_h() const { return (h + 2 * pad - kh) / stride + 1; }
+    int64_t out_w() const { return (w + 2 * pad - kw) / stride + 1; }
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual const char* name() const = 0;
+    virtual bool supports(Op op) const = 0;
+
+    // Memory. CPU backends hand out host memory; device backends device memory.
+    virtual float* alloc(size_t count) = 0;
+    virtual void free(float* p) = 0;
+    virtual void upload(float* dst, const float* host_src, size_t count) = 0;
+    virtual void download(float* host_dst, const float* src, size_t count) = 0;
+    virtual void synchronize() {}
+
+    // C = alpha * op(A) * op(B) + beta * C, op(X) = X or X^T.
+    // Shapes: op(A) [m, k], op(B) [k, n], C [m, n]; any leading dimensions.
+    // beta = 0 overwrites C (NaN in C is not propagated).
+    virtual void matmul(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c,
+                        float alpha = 1.0f, float beta = 0.0f) = 0;
+
+    // y [n, c_out, oh, ow] = conv(x [n, c_in, h, w], w) + bias (bias may be null).
+    virtual void conv2d_forward(const Conv2dShape& s, const float* x, const float* w,
+                                const float* bias, float* y) = 0;
+    // dx [n, c_in, h, w] = gradient wrt x given dy [n, c_out, oh, ow]; overwrites dx.
+    virtual void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
+                                      float* dx) = 0;
+    // dw [c_out, c_in, kh, kw] and dbias [c_out] (may be null); overwrites both.
+    virtual void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy,
+                                         float* dw, float* dbias) = 0;
+};
+
+// "ref", "onednn", "cuda", or "auto" (best CPU backend built in). Throws Error
+// with a hint when the name is unknown or the backend was not built.
+std::unique_ptr<Backend> make_backend(const std::string& name);
+// Backends built into this library, e.g. {"ref", "onednn"}.
+std::vector<std::string> available_backends();
+// Threads used by CPU backends (OpenMP); 0 = library default.
+void set_num_threads(int n);
+int num_threads();
+
+} // namespace magnets

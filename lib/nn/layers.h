@@ -1,0 +1,75 @@
+// lib/nn/layers.h (private): explicit forward/backward of the layers the
+// models are built from, in the style of llm.c. Activations are NCHW f32
+// tensors owned by the caller; heavy ops go through the Backend, elementwise
+// ops are plain OpenMP loops here.
+#pragma once
+#include "magnets/backend.h"
+#include "magnets/rng.h"
+#include "magnets/tensor.h"
+
+#include <string>
+#include <vector>
+
+namespace magnets::nn {
+
+// Reallocates t only when its shape differs (buffers are reused across steps).
+void ensure(Tensor& t, const std::vector<int64_t>& shape);
+
+struct Conv2d {
+    std::string name;
+    int64_t c_in = 0, c_out = 0, k = 3, stride = 1, pad = 1;
+    Tensor weight, bias;   // [c_out, c_in, k, k], [c_out]
+    Tensor dweight, dbias; // same shapes
+
+    Conv2d() = default;
+    Conv2d(std::string name, int64_t c_in, int64_t c_out, int64_t k, int64_t stride, int64_t pad);
+    Conv2dShape shape_for(const Tensor& x) const;
+    // He-uniform init (bound sqrt(6 / fan_in)), bias 0; draws from (seed, stream_id(name)).
+    void init(const Philox& rng);
+    // y [n, c_out, oh, ow] = conv(x) + bias.
+    void forward(Backend& be, const Tensor& x, Tensor& y) const;
+    // Given x (the forward input) and dy: overwrites dweight, dbias; writes dx when non-null.
+    void backward(Backend& be, const Tensor& x, const Tensor& dy, Tensor* dx);
+};
+
+// y = max(x, 0); in-place allowed.
+void relu_forward(const Tensor& x, Tensor& y);
+// dx = dy * (y > 0), where y is the ReLU output; in-place (dx == dy) allowed.
+void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx);
+// Nearest-neighbour x2: x [n, c, h, w] -> y [n, c, 2h, 2w].
+void upsample2_forward(const Tensor& x, Tensor& y);
+// dx [n, c, h, w] = sum of dy over each 2x2 block.
+void upsample2_backward(const Tensor& dy, Tensor& dx);
+// y = a + b (same shape); out may alias a.
+void add(const Tensor& a, const Tensor& b, Tensor& y);
+// y += x.
+void add_inplace(Tensor& y, const Tensor& x);
+// copy of x into y (resized).
+void copy(const Tensor& x, Tensor& y);
+
+// Residual block h + conv_b(relu(conv_a(relu(h)))), conv_a 3x3, conv_b 1x1 (VQ-VAE).
+struct ResBlock {
+    Conv2d conv_a, conv_b;
+    // Saved activations of the last forward (for backward).
+    Tensor in, t1, t2, t3, t4;
+    ResBlock() = default;
+    ResBlock(const std::string& name, int64_t channels);
+    void forward(Backend& be, const Tensor& x, Tensor& y);
+    // dy -> dx (dx may not alias dy).
+    void backward(Backend& be, const Tensor& dy, Tensor& dx);
+};
+
+// Mean squared error over all elements; writes d(loss)/d(pred) scaled by `scale`.
+double mse_loss(const Tensor& pred, const Tensor& target, Tensor* dpred, double scale = 1.0);
+// Mean absolute error; subgradient 0 at 0.
+double l1_loss(const Tensor& pred, const Tensor& target, Tensor* dpred, double scale = 1.0);
+
+// NCHW <-> NHWC (rows of channel vectors), for the quantizer.
+void nchw_to_rows(const Tensor& x, Tensor& rows); // [n, c, h, w] -> [n*h*w, c]
+void rows_to_nchw(const Tensor& rows, int64_t n, int64_t h, int64_t w, Tensor& x);
+
+// Nearest code (L2) for each row of z [m, c] in codebook [k, c]; ties -> lowest index.
+// dist is scratch [m, k]. Uses the backend matmul for z * codebook^T.
+void nearest_codes(Backend& be, const Tensor& z, const Tensor& codebook, Tensor& dist, std::vector<int32_t>& idx);
+
+} // namespace magnets::nn

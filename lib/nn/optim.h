@@ -1,0 +1,41 @@
+// lib/nn/optim.h (private): Adam/AdamW over named parameters and the learning
+// rate schedule (linear warmup, cosine decay). State round-trips through a
+// Checkpoint's train_state so resume is exact.
+#pragma once
+#include "magnets/formats.h"
+#include "magnets/tensor.h"
+
+#include <string>
+#include <vector>
+
+namespace magnets::nn {
+
+struct AdamConfig {
+    double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0; // decoupled (AdamW)
+    double clip_norm = 0.0; // global gradient-norm clip; 0 = off
+};
+
+class Adam {
+public:
+    explicit Adam(AdamConfig cfg = {}) : cfg_(cfg) {}
+    // w and g must outlive the optimizer; decay = apply weight decay to this parameter.
+    void add(const std::string& name, Tensor* w, Tensor* g, bool decay = true);
+    // One update with learning rate lr; returns the global gradient norm before clipping.
+    double step(double lr);
+    int64_t steps() const { return t_; }
+    // Moments as train_state "adam_m/<name>", "adam_v/<name>"; attr "adam_t".
+    void save(Checkpoint& ck) const;
+    void load(const Checkpoint& ck, const std::string& path);
+
+private:
+    struct Slot { std::string name; Tensor* w; Tensor* g; Tensor m, v; bool decay; };
+    AdamConfig cfg_;
+    std::vector<Slot> slots_;
+    int64_t t_ = 0;
+};
+
+// lr at `step` (0-based): linear warmup to peak over `warmup` steps, then cosine
+// decay to peak * min_ratio at `total`.
+double warmup_cosine_lr(int64_t step, int64_t total, int64_t warmup, double peak, double min_ratio);
+
+} // namespace magnets::nn

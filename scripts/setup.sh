@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The one entry point of the README's quick start (Debian 12, as root):
+#
+#   scripts/setup.sh demo   install dependencies, build, train the demo tokenizer
+#                           on Fashion-MNIST and write its results to out/
+#   scripts/setup.sh test   install dependencies (and the Python fixture tools),
+#                           build, run the whole test suite; the last line reads
+#                           "N passed, N failed" and the exit status is non-zero
+#                           when a test failed
+#
+# Also: "deps" (install only) and "build" (install and build).
+# Packages already installed are not touched; apt-get runs only for missing ones.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+build_dir=${MAGNETS_BUILD_DIR:-build}
+out_dir=${MAGNETS_OUT_DIR:-out}
+
+# The install line of shared/TOOLCHAIN.md plus the default dataset.
+build_packages=(meson ninja-build pkg-config cmake libdnnl-dev ocl-icd-opencl-dev opencl-c-headers
+    libcxxopts-dev libstb-dev doctest-dev zlib1g-dev
+    libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libhdf5-dev hdf5-tools
+    g++ dataset-fashion-mnist)
+# Reference tooling used by the tests (fixture checks through h5py; /usr/bin/python3).
+test_packages=(python3 python3-torch python3-h5py python3-scipy)
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+usage() {
+    cat >&2 <<USAGE
+usage: scripts/setup.sh demo|test|deps|build
+  demo   install, build, train the demo tokenizer, evaluate, encode, decode (results in $out_dir/)
+  test   install, build, run the test suite; prints "N passed, N failed"
+  deps   install the packages only
+  build  install and build only
+USAGE
+    exit 2
+}
+
+install_packages() {
+    local missing=() p
+    for p in "$@"; do
+        if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]]; then
+            missing+=("$p")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        say "all ${#} packages already installed"
+        return
+    fi
+    local sudo=()
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null || { say "not root and no sudo: install ${missing[*]} yourself"; exit 1; }
+        sudo=(sudo)
+    fi
+    say "installing ${missing[*]}"
+    "${sudo[@]}" apt-get update
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+build() {
+    if [[ ! -f "$build_dir/build.ninja" ]]; then
+        rm -rf "$build_dir"
+        meson setup "$build_dir"
+    fi
+    # ninja re-runs meson itself when a meson.build changed.
+    meson compile -C "$build_dir"
+}
+
+run_demo() {
+    local tool="$build_dir/tools/magnets-tokenize"
+    mkdir -p "$out_dir"
+    set -x
+    "$tool" train --dataset fashion-mnist --preset demo -o "$out_dir/tok.h5" \
+        --recon-png "$out_dir/recon.png" --log "$out_dir/train_log.jsonl"
+    "$tool" eval --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split test | tee "$out_dir/eval.txt"
+    "$tool" encode --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split test -o "$out_dir/test_tokens.h5"
+    "$tool" decode --tokenizer "$out_dir/tok.h5" -i "$out_dir/test_tokens.h5" --limit 64 -o "$out_dir/samples"
+    { set +x; } 2>/dev/null
+    say "done: $out_dir/tok.h5 (tokenizer), $out_dir/recon.png (originals above, reconstructions below),"
+    say "      $out_dir/eval.txt, $out_dir/test_tokens.h5, $out_dir/samples/grid.png"
+}
+
+# Prints "N passed, N failed[, N skipped]" from meson's testlog.json (one JSON
+# object per line); fails when any test failed or no test ran.
+summarize_tests() {
+    local log="$build_dir/meson-logs/testlog.json"
+    if [[ ! -f "$log" ]]; then
+        echo "0 passed, 1 failed"
+        return 1
+    fi
+    /usr/bin/python3 - "$log" <<'PY'
+import json, sys
+passed = failed = skipped = 0
+with open(sys.argv[1]) as f:
+    for line in f:
+        line = line.strip()
+        if not line:
+            continue
+        result = json.loads(line).get("result", "")
+        if result in ("OK", "EXPECTEDFAIL"):
+            passed += 1
+        elif result == "SKIP":
+            skipped += 1
+        else:  # FAIL, UNEXPECTEDPASS, TIMEOUT, ERROR, ...
+            failed += 1
+if passed + failed == 0:
+    failed = 1  # a suite that ran nothing has failed
+line = f"{passed} passed, {failed} failed"
+if skipped:
+    line += f", {skipped} skipped"
+print(line)
+sys.exit(1 if failed else 0)
+PY
+}
+
+run_tests() {
+    local rc=0
+    rm -f "$build_dir/meson-logs/testlog.json"
+    meson test -C "$build_dir" --print-errorlogs || rc=$?
+    summarize_tests || rc=1
+    return "$rc"
+}
+
+(($# == 1)) || usage
+case "$1" in
+    demo) install_packages "${build_packages[@]}"; build; run_demo ;;
+    test) install_packages "${build_packages[@]}" "${test_packages[@]}"; build; run_tests ;;
+    deps) install_packages "${build_packages[@]}" "${test_packages[@]}" ;;
+    build) install_packages "${build_packages[@]}"; build ;;
+    *) usage ;;
+esac

@@ -1,0 +1,929 @@
+// magnets-tokenize: train, apply and inspect the VQ image tokenizer.
+//
+// A thin program over the public library API (magnets/*.h): it parses options,
+// calls the library and prints. Every option of every sub-command is declared
+// once, in the tables below; --help is generated from them and the man page
+// magnets-tokenize(1) follows them.
+//
+// Exit status: 0 success, 1 runtime failure (magnets::Error), 2 usage error,
+// 128 + signal number when training was interrupted by SIGINT/SIGTERM (the
+// checkpoint is complete and --resume continues it).
+#include "magnets/backend.h"
+#include "magnets/dataset.h"
+#include "magnets/error.h"
+#include "magnets/formats.h"
+#include "magnets/image.h"
+#include "magnets/log.h"
+#include "magnets/tokenizer.h"
+#include "magnets/version.h"
+
+// Vector options (decode -i) are repeated, never split: paths may contain commas.
+#define CXXOPTS_VECTOR_DELIMITER '\0'
+#include <cxxopts.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cinttypes>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr const char* prog = "magnets-tokenize";
+
+// A bad command line: exit 2 with a pointer to --help.
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// ---- option tables ---------------------------------------------------------
+
+enum class ArgKind { flag, integer, real, text, texts };
+
+struct OptionSpec {
+    const char* names;                   // cxxopts spelling: "o,output" or "steps"
+    ArgKind kind;
+    const char* arg;                     // value placeholder in --help ("N", "FILE")
+    const char* help;
+    const char* default_value = nullptr; // applied when absent, shown in --help
+    bool required = false;
+};
+
+std::string long_name(const OptionSpec& o) {
+    std::string n = o.names;
+    auto comma = n.find(',');
+    return comma == std::string::npos ? n : n.substr(comma + 1);
+}
+std::string short_name(const OptionSpec& o) {
+    std::string n = o.names;
+    auto comma = n.find(',');
+    return comma == std::string::npos ? std::string() : n.substr(0, comma);
+}
+
+// Accepted by every command.
+const std::vector<OptionSpec> global_options = {
+    {"h,help", ArgKind::flag, nullptr, "print this help to stdout and exit"},
+    {"version", ArgKind::flag, nullptr, "print the version and exit"},
+    {"q,quiet", ArgKind::flag, nullptr, "print only errors"},
+    {"v,verbose", ArgKind::flag, nullptr, "print debug messages"},
+    {"threads", ArgKind::integer, "N", "CPU threads (0 = OMP_NUM_THREADS or all cores)", "0"},
+    {"backend", ArgKind::text, "NAME", "compute backend: auto, ref, onednn or cuda", "auto"},
+};
+
+const std::vector<OptionSpec> train_options = {
+    {"o,output", ArgKind::text, "FILE", "tokenizer checkpoint to write (HDF5)", nullptr, true},
+    {"dataset", ArgKind::text, "SPEC", "fashion-mnist or an image folder (one sub-folder per class)",
+     "fashion-mnist"},
+    {"split", ArgKind::text, "NAME", "train, test or all", "train"},
+    {"limit", ArgKind::integer, "N", "use only the first N images"},
+    {"preset", ArgKind::text, "NAME", "tiny, demo or quality: every default below", "demo"},
+    {"resume", ArgKind::flag, nullptr, "continue the run saved in --output (bit-identical)"},
+    {"steps", ArgKind::integer, "N", "optimizer steps"},
+    {"batch-size", ArgKind::integer, "N", "images per step"},
+    {"lr", ArgKind::real, "X", "Adam peak learning rate (linear warm-up, cosine decay)"},
+    {"seed", ArgKind::integer, "N", "seed of every random draw (init, data order, restarts)"},
+    {"codebook-size", ArgKind::integer, "K", "number of codes"},
+    {"code-dim", ArgKind::integer, "C", "dimension of a code"},
+    {"base-channels", ArgKind::integer, "N", "convolution width at full resolution"},
+    {"hidden-channels", ArgKind::integer, "N", "convolution width at lower resolutions"},
+    {"res-blocks", ArgKind::integer, "N", "residual blocks in the encoder and in the decoder"},
+    {"image-size", ArgKind::integer, "N", "input side in pixels (Fashion-MNIST is padded to it)"},
+    {"channels", ArgKind::integer, "N", "1 (gray) or 3 (RGB)"},
+    {"quantizer", ArgKind::text, "NAME", "ema (EMA codebook) or loss (codebook + commitment loss)"},
+    {"recon", ArgKind::text, "NAME", "reconstruction loss: l2 or l1"},
+    {"checkpoint-every", ArgKind::integer, "N", "write a checkpoint every N steps (0 = only at the end)"},
+    {"log-every", ArgKind::integer, "N", "print a log line every N steps"},
+    {"log", ArgKind::text, "FILE", "append one JSON object per log line to FILE"},
+    {"recon-png", ArgKind::text, "FILE",
+     "after training, write 32 test images (top) and their reconstructions (bottom), x4"},
+    {"stop-after", ArgKind::integer, "N", "testing aid: stop as if interrupted after step N (exit 0)"},
+};
+
+const std::vector<OptionSpec> encode_options = {
+    {"tokenizer", ArgKind::text, "FILE", "tokenizer checkpoint", nullptr, true},
+    {"o,output", ArgKind::text, "FILE", "token file to write (HDF5)", nullptr, true},
+    {"dataset", ArgKind::text, "SPEC", "fashion-mnist or an image folder", "fashion-mnist"},
+    {"split", ArgKind::text, "NAME", "train, test or all", "test"},
+    {"limit", ArgKind::integer, "N", "encode only the first N images"},
+    {"batch-size", ArgKind::integer, "N", "images per batch", "256"},
+};
+
+const std::vector<OptionSpec> decode_options = {
+    {"tokenizer", ArgKind::text, "FILE", "tokenizer checkpoint", nullptr, true},
+    {"i,input", ArgKind::texts, "FILE", "token file (repeat to decode several together)", nullptr, true},
+    {"o,output", ArgKind::text, "DIR", "folder for NNNNNN.png and grid.png (created)", nullptr, true},
+    {"limit", ArgKind::integer, "N", "decode only the first N items"},
+    {"grid-cols", ArgKind::integer, "N", "columns of grid.png", "8"},
+    {"grid-items", ArgKind::integer, "N", "items shown in grid.png (the first ones)", "64"},
+    {"scale", ArgKind::integer, "N", "upscale factor of the images in grid.png", "4"},
+    {"batch-size", ArgKind::integer, "N", "items per batch", "256"},
+    {"strict", ArgKind::flag, nullptr, "fail (instead of warn) when a token file's tokenizer hash differs"},
+};
+
+const std::vector<OptionSpec> eval_options = {
+    {"tokenizer", ArgKind::text, "FILE", "tokenizer checkpoint", nullptr, true},
+    {"dataset", ArgKind::text, "SPEC", "fashion-mnist or an image folder", "fashion-mnist"},
+    {"split", ArgKind::text, "NAME", "train, test or all", "test"},
+    {"limit", ArgKind::integer, "N", "evaluate only the first N images"},
+    {"batch-size", ArgKind::integer, "N", "images per batch", "256"},
+    {"json", ArgKind::flag, nullptr, "print one JSON object instead of a table"},
+};
+
+const std::vector<OptionSpec> info_options = {
+    {"json", ArgKind::flag, nullptr, "print one JSON object per file"},
+};
+
+class Args;
+
+struct CommandSpec {
+    const char* name;
+    const char* summary;
+    const char* operands; // positional operands in the usage line, or nullptr
+    const std::vector<OptionSpec>* options;
+    int (*run)(const Args&);
+};
+
+// ---- parsed arguments ------------------------------------------------------
+
+class Args {
+public:
+    Args(cxxopts::ParseResult r, std::vector<std::string> operands)
+        : r_(std::move(r)), operands_(std::move(operands)) {}
+    // Given on the command line (defaults do not count).
+    bool has(const std::string& name) const { return r_.count(name) > 0; }
+    bool flag(const std::string& name) const { return r_.count(name) > 0; }
+    std::string text(const std::string& name) const { return r_[name].as<std::string>(); }
+    int64_t integer(const std::string& name) const { return r_[name].as<int64_t>(); }
+    double real(const std::string& name) const { return r_[name].as<double>(); }
+    std::vector<std::string> texts(const std::string& name) const {
+        return has(name) ? r_[name].as<std::vector<std::string>>() : std::vector<std::string>{};
+    }
+    const std::vector<std::string>& operands() const { return operands_; }
+
+    // Integer option that must be > 0 (or >= 0 with allow_zero).
+    int64_t positive(const std::string& name, bool allow_zero = false) const {
+        int64_t v = integer(name);
+        if (v < 0 || (v == 0 && !allow_zero))
+            throw UsageError("--" + name + " must be " + (allow_zero ? "zero or positive" : "positive") +
+                             " (got " + std::to_string(v) + ")");
+        return v;
+    }
+    // --limit N, or -1 when absent.
+    int64_t limit() const { return has("limit") ? positive("limit") : -1; }
+
+private:
+    cxxopts::ParseResult r_;
+    std::vector<std::string> operands_;
+};
+
+// ---- help ------------------------------------------------------------------
+
+std::string option_label(const OptionSpec& o) {
+    std::string s = short_name(o).empty() ? "    " : "-" + short_name(o) + ", ";
+    s += "--" + long_name(o);
+    if (o.arg) s += std::string(" ") + o.arg;
+    return s;
+}
+
+void print_option_table(const std::vector<OptionSpec>& table) {
+    size_t width = 0;
+    for (const auto& o : table) width = std::max(width, option_label(o).size());
+    for (const auto& o : table) {
+        std::string help = o.help;
+        if (o.required) help += " (required)";
+        if (o.default_value) help += std::string(" (default: ") + o.default_value + ")";
+        if (o.kind == ArgKind::texts) help += " (repeatable)";
+        std::printf("  %-*s  %s\n", static_cast<int>(width), option_label(o).c_str(), help.c_str());
+    }
+}
+
+const std::vector<CommandSpec>& commands();
+
+void print_main_help() {
+    std::printf("%s: train, apply and inspect the VQ image tokenizer of magnets\n\n", prog);
+    std::printf("usage: %s <command> [options]\n       %s --help | --version\n\ncommands:\n", prog, prog);
+    for (const auto& c : commands()) std::printf("  %-8s %s\n", c.name, c.summary);
+    std::printf("\noptions of every command:\n");
+    print_option_table(global_options);
+    std::printf("\nRun '%s <command> --help' for a command's options; see magnets-tokenize(1).\n", prog);
+}
+
+void print_command_help(const CommandSpec& c) {
+    std::printf("usage: %s %s [options]%s%s\n\n%s.\n\noptions:\n", prog, c.name, c.operands ? " " : "",
+                c.operands ? c.operands : "", c.summary);
+    print_option_table(*c.options);
+    std::printf("\noptions of every command:\n");
+    print_option_table(global_options);
+}
+
+// ---- parsing ---------------------------------------------------------------
+
+void add_to(cxxopts::Options& parser, const std::vector<OptionSpec>& table) {
+    auto adder = parser.add_options();
+    for (const auto& o : table) {
+        std::shared_ptr<cxxopts::Value> v;
+        switch (o.kind) {
+        case ArgKind::flag: v = cxxopts::value<bool>(); break;
+        case ArgKind::integer: v = cxxopts::value<int64_t>(); break;
+        case ArgKind::real: v = cxxopts::value<double>(); break;
+        case ArgKind::text: v = cxxopts::value<std::string>(); break;
+        case ArgKind::texts: v = cxxopts::value<std::vector<std::string>>(); break;
+        }
+        if (o.default_value) v->default_value(o.default_value);
+        adder(o.names, o.help, v);
+    }
+}
+
+Args parse_command(const CommandSpec& c, int argc, char** argv) {
+    cxxopts::Options parser(std::string(prog) + " " + c.name);
+    add_to(parser, *c.options);
+    add_to(parser, global_options);
+    std::vector<std::string> operands;
+    try {
+        cxxopts::ParseResult r = parser.parse(argc, argv);
+        operands = r.unmatched();
+        if (!c.operands && !operands.empty())
+            throw UsageError("unexpected argument '" + operands.front() + "'");
+        return Args(std::move(r), std::move(operands));
+    } catch (const cxxopts::exceptions::exception& e) {
+        throw UsageError(e.what());
+    }
+}
+
+void check_required(const CommandSpec& c, const Args& a) {
+    for (const auto& o : *c.options)
+        if (o.required && !a.has(long_name(o))) throw UsageError("missing required option --" + long_name(o));
+}
+
+// Applies the global options; returns the backend name.
+std::string apply_global(const Args& a) {
+    if (a.flag("quiet") && a.flag("verbose")) throw UsageError("--quiet and --verbose exclude each other");
+    if (a.flag("quiet")) magnets::set_log_level(magnets::LogLevel::error);
+    if (a.flag("verbose")) magnets::set_log_level(magnets::LogLevel::debug);
+    magnets::set_num_threads(static_cast<int>(a.positive("threads", true)));
+    std::string backend = a.text("backend");
+    static const std::set<std::string> known = {"auto", "ref", "onednn", "cuda"};
+    if (!known.count(backend))
+        throw UsageError("unknown backend '" + backend + "' (choose auto, ref, onednn or cuda)");
+    return backend;
+}
+
+std::string checked_split(const Args& a) {
+    std::string s = a.text("split");
+    if (s != "train" && s != "test" && s != "all")
+        throw UsageError("unknown split '" + s + "' (choose train, test or all)");
+    return s;
+}
+
+// ---- small helpers ---------------------------------------------------------
+
+std::string json_string(const std::string& s) {
+    std::string out = "\"";
+    for (unsigned char ch : s) {
+        switch (ch) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+            if (ch < 0x20) {
+                char buf[8];
+                std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+                out += buf;
+            } else {
+                out += static_cast<char>(ch);
+            }
+        }
+    }
+    return out + "\"";
+}
+
+// JSON has no NaN/inf: those become null.
+std::string json_number(double v) {
+    if (!std::isfinite(v)) return "null";
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%.10g", v);
+    return buf;
+}
+
+std::string json_attr(const magnets::AttrValue& v) {
+    if (auto i = std::get_if<int64_t>(&v)) return std::to_string(*i);
+    if (auto d = std::get_if<double>(&v)) return json_number(*d);
+    return json_string(std::get<std::string>(v));
+}
+
+std::string json_attrs(const magnets::Attrs& attrs) {
+    std::string s = "{";
+    for (const auto& [k, v] : attrs) s += (s.size() > 1 ? "," : "") + json_string(k) + ":" + json_attr(v);
+    return s + "}";
+}
+
+// Keeps the first n items of `set` (n < 0: all).
+void keep_first(magnets::ImageSet& set, int64_t n) {
+    if (n < 0 || n >= set.count()) return;
+    set.labels.resize(static_cast<size_t>(n));
+    set.pixels.resize(static_cast<size_t>(n * set.pixels_per_item()));
+}
+
+std::string describe_set(const magnets::ImageSet& s) {
+    return s.source + " (" + s.split + ", " + std::to_string(s.count()) + " images, " +
+           std::to_string(s.channels) + "x" + std::to_string(s.height) + "x" + std::to_string(s.width) + ")";
+}
+
+// Dataset for a tokenizer: its channel count and resolution.
+magnets::ImageSet load_for(const magnets::TokenizerConfig& cfg, const std::string& spec,
+                           const std::string& split, int64_t limit) {
+    magnets::ImageSet set = magnets::load_dataset(spec, split, cfg.channels, cfg.image_size);
+    keep_first(set, limit);
+    if (set.count() == 0)
+        throw magnets::Error("no images to process", spec, "the " + split + " split is empty",
+                             "use --split all, or add images to the folder");
+    return set;
+}
+
+std::shared_ptr<magnets::Backend> backend_for(const std::string& name) {
+    return std::shared_ptr<magnets::Backend>(magnets::make_backend(name));
+}
+
+std::string creator() { return std::string(prog) + " " + magnets::version_string; }
+
+// ---- train -----------------------------------------------------------------
+
+std::atomic<bool> g_stop{false};
+volatile std::sig_atomic_t g_signal = 0;
+
+// First SIGINT/SIGTERM asks training to checkpoint and return; SA_RESETHAND
+// restores the default so a second one ends the process at once.
+extern "C" void on_stop_signal(int sig) {
+    g_signal = sig;
+    g_stop.store(true);
+}
+
+void install_stop_handlers() {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+}
+
+// Model and training options that override the preset, by option name.
+void apply_overrides(const Args& a, magnets::TokenizerConfig& m, magnets::TokenizerTrainConfig& t) {
+    if (a.has("steps")) t.steps = a.positive("steps");
+    if (a.has("batch-size")) t.batch_size = a.positive("batch-size");
+    if (a.has("lr")) {
+        t.lr = a.real("lr");
+        if (!(t.lr > 0) || !std::isfinite(t.lr)) throw UsageError("--lr must be a positive number");
+    }
+    if (a.has("seed")) t.seed = static_cast<uint64_t>(a.positive("seed", true));
+    if (a.has("checkpoint-every")) t.checkpoint_every = a.positive("checkpoint-every", true);
+    if (a.has("log-every")) t.log_every = a.positive("log-every");
+    if (a.has("codebook-size")) m.codebook_size = a.positive("codebook-size");
+    if (a.has("code-dim")) m.code_dim = a.positive("code-dim");
+    if (a.has("base-channels")) m.base_channels = a.positive("base-channels");
+    if (a.has("hidden-channels")) m.hidden_channels = a.positive("hidden-channels");
+    if (a.has("res-blocks")) m.res_blocks = a.positive("res-blocks", true);
+    if (a.has("image-size")) m.image_size = a.positive("image-size");
+    if (a.has("channels")) m.channels = a.positive("channels");
+    try {
+        if (a.has("quantizer")) m.quantizer = magnets::parse_quantizer(a.text("quantizer"));
+        if (a.has("recon")) m.recon_loss = magnets::parse_recon_loss(a.text("recon"));
+    } catch (const magnets::Error& e) {
+        throw UsageError(e.what() + (e.hint().empty() ? std::string() : " (" + e.hint() + ")"));
+    }
+}
+
+// On --resume the architecture comes from the checkpoint; changing it is a usage error.
+const std::vector<std::string> model_option_names = {"codebook-size", "code-dim", "base-channels",
+                                                     "hidden-channels", "res-blocks", "image-size",
+                                                     "channels", "quantizer", "recon", "preset"};
+// Training options that change the arithmetic of the run; --steps, --log-every
+// and --checkpoint-every may change on resume (extending a finished run is allowed).
+const std::vector<std::string> fixed_train_option_names = {"batch-size", "lr", "seed"};
+
+void print_table(const std::vector<std::pair<std::string, std::string>>& rows) {
+    for (const auto& [k, v] : rows) magnets::log_info("  %-20s %s", k.c_str(), v.c_str());
+}
+
+void write_recon_png(magnets::Tokenizer& tok, const std::string& spec, const std::string& path,
+                     const std::string& tok_path) {
+    const auto& cfg = tok.config();
+    magnets::ImageSet set = magnets::load_dataset(spec, "test", cfg.channels, cfg.image_size);
+    if (set.count() == 0) set = magnets::load_dataset(spec, "all", cfg.channels, cfg.image_size);
+    const int64_t n = std::min<int64_t>(32, set.count());
+    const int64_t ppi = set.pixels_per_item();
+    std::vector<float> x(static_cast<size_t>(n * ppi)), y(x.size());
+    std::vector<uint16_t> ids(static_cast<size_t>(n * tok.tokens_per_image()));
+    set.to_float(0, n, x.data());
+    tok.encode(x.data(), n, ids.data());
+    tok.decode(ids.data(), n, y.data());
+    std::vector<magnets::Image> tiles;
+    for (const auto* src : {&x, &y})
+        for (int64_t i = 0; i < n; ++i)
+            tiles.push_back(magnets::upscale(
+                magnets::image_from_float(src->data() + i * ppi, set.channels, set.height, set.width), 4));
+    magnets::Image grid = magnets::make_grid(tiles, 8);
+    magnets::write_png(path, grid,
+                       {{"creator", creator()},
+                        {"tokenizer", tok_path},
+                        {"tokenizer_hash", tok.hash()},
+                        {"source", set.source},
+                        {"split", set.split},
+                        {"layout", "top rows: " + std::to_string(n) + " originals; bottom rows: their reconstructions"}});
+    magnets::log_info("wrote %s", path.c_str());
+}
+
+int run_train(const Args& a) {
+    const std::string backend_name = apply_global(a);
+    const std::string output = a.text("output");
+    const std::string spec = a.text("dataset");
+    const std::string split = checked_split(a);
+    const int64_t limit = a.limit();
+    const bool resume = a.flag("resume");
+    const std::string preset_name = a.text("preset");
+
+    const auto names = magnets::tokenizer_preset_names();
+    if (std::find(names.begin(), names.end(), preset_name) == names.end()) {
+        std::string list;
+        for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+        throw UsageError("unknown preset '" + preset_name + "' (choose " + list + ")");
+    }
+    magnets::TokenizerPreset preset = magnets::tokenizer_preset(preset_name);
+    magnets::TokenizerConfig model = preset.model;
+    magnets::TokenizerTrainConfig train = preset.train;
+    apply_overrides(a, model, train);
+
+    int64_t stop_after = -1;
+    if (a.has("stop-after")) stop_after = a.positive("stop-after");
+
+    magnets::check_writable(output);
+    if (a.has("log")) magnets::check_writable(a.text("log"));
+    if (a.has("recon-png")) magnets::check_writable(a.text("recon-png"));
+
+    if (resume) {
+        // The checkpoint fixes the architecture and the arithmetic of the run.
+        for (const auto& n : model_option_names)
+            if (a.has(n)) throw UsageError("--" + n + " cannot be given with --resume (the checkpoint fixes it)");
+        for (const auto& n : fixed_train_option_names)
+            if (a.has(n)) throw UsageError("--" + n + " cannot change on --resume");
+        magnets::Checkpoint ck =
+            magnets::read_checkpoint(output, magnets::tokenizer_format, magnets::tokenizer_format_version, true);
+        if (!ck.has_state())
+            throw magnets::Error("cannot resume", output, "the checkpoint has no training state",
+                                 "it was written by save_tokenizer or stripped; start a new run instead");
+        model = magnets::TokenizerConfig::from_attrs(ck.attrs, output);
+        magnets::TokenizerTrainConfig saved = magnets::TokenizerTrainConfig::from_attrs(ck.attrs, output);
+        saved.steps = a.has("steps") ? train.steps : saved.steps;
+        saved.log_every = a.has("log-every") ? train.log_every : saved.log_every;
+        saved.checkpoint_every = a.has("checkpoint-every") ? train.checkpoint_every : saved.checkpoint_every;
+        train = saved;
+    }
+    try {
+        model.validate();
+    } catch (const magnets::Error& e) {
+        throw UsageError(std::string("inconsistent model options: ") + e.what());
+    }
+
+    std::shared_ptr<magnets::Backend> be = backend_for(backend_name);
+    magnets::ImageSet data = load_for(model, spec, split, limit);
+
+    magnets::Tokenizer tok = resume ? magnets::Tokenizer::load(output, be) : magnets::Tokenizer(model, be);
+    if (!resume) tok.init(train.seed);
+
+    magnets::log_info("%s train: resolved configuration", prog);
+    std::vector<std::pair<std::string, std::string>> rows = {
+        {"preset", resume ? "(from checkpoint)" : preset_name},
+        {"dataset", describe_set(data)},
+        {"limit", limit < 0 ? "none" : std::to_string(limit)},
+        {"output", output},
+        {"resume", resume ? "yes" : "no"},
+        {"backend", be->name()},
+        {"threads", std::to_string(magnets::num_threads())},
+        {"tokens", std::to_string(model.tokens_side()) + "x" + std::to_string(model.tokens_side())},
+    };
+    magnets::Attrs hp;
+    model.to_attrs(hp);
+    train.to_attrs(hp);
+    for (const auto& [k, v] : hp) rows.emplace_back(k, magnets::attr_to_string(v));
+    if (stop_after >= 0) rows.emplace_back("stop_after", std::to_string(stop_after));
+    if (a.has("log")) rows.emplace_back("log", a.text("log"));
+    if (a.has("recon-png")) rows.emplace_back("recon_png", a.text("recon-png"));
+    print_table(rows);
+
+    std::FILE* log_file = nullptr;
+    if (a.has("log")) {
+        log_file = std::fopen(a.text("log").c_str(), resume ? "a" : "w");
+        if (!log_file)
+            throw magnets::Error("cannot open log file", a.text("log"), std::strerror(errno),
+                                 "check that the folder exists and is writable");
+    }
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> log_guard(log_file, [](std::FILE* f) {
+        return f ? std::fclose(f) : 0;
+    });
+
+    auto on_log = [&](const magnets::TokenizerLog& l) {
+        magnets::log_info("step %6" PRId64 "/%" PRId64 "  loss %.5f  recon %.5f  commit %.5f  psnr %6.2f  "
+                          "usage %5.3f  perplexity %7.1f  lr %.3e  img/s %7.1f  restarted %" PRId64,
+                          l.step, l.steps, l.loss, l.recon, l.commit, l.psnr, l.usage, l.perplexity, l.lr,
+                          l.images_per_s, l.restarted);
+        if (log_file) {
+            std::fprintf(log_file,
+                         "{\"step\":%" PRId64 ",\"steps\":%" PRId64 ",\"loss\":%s,\"recon\":%s,\"commit\":%s,"
+                         "\"psnr\":%s,\"usage\":%s,\"perplexity\":%s,\"lr\":%s,\"images_per_s\":%s,"
+                         "\"restarted\":%" PRId64 "}\n",
+                         l.step, l.steps, json_number(l.loss).c_str(), json_number(l.recon).c_str(),
+                         json_number(l.commit).c_str(), json_number(l.psnr).c_str(), json_number(l.usage).c_str(),
+                         json_number(l.perplexity).c_str(), json_number(l.lr).c_str(),
+                         json_number(l.images_per_s).c_str(), l.restarted);
+            std::fflush(log_file);
+        }
+    };
+
+    magnets::TokenizerTrainOptions opt;
+    opt.train = train;
+    opt.output = output;
+    opt.resume = resume;
+    opt.stop = &g_stop;
+    opt.stop_after = stop_after;
+
+    install_stop_handlers();
+    const double t0 = magnets::now_seconds();
+    const int64_t last = magnets::train_tokenizer(tok, data, opt, on_log);
+    const double elapsed = magnets::now_seconds() - t0;
+
+    if (last < train.steps) {
+        const int sig = g_signal;
+        magnets::log_warn("stopped at step %" PRId64 " of %" PRId64 "%s; checkpoint saved to %s", last, train.steps,
+                          sig ? (std::string(" by ") + strsignal(sig)).c_str() : "", output.c_str());
+        std::string cmd = std::string(prog) + " train --resume -o " + output;
+        if (spec != "fashion-mnist") cmd += " --dataset " + spec;
+        if (split != "train") cmd += " --split " + split;
+        if (limit >= 0) cmd += " --limit " + std::to_string(limit);
+        magnets::log_info("resume with: %s", cmd.c_str());
+        return sig ? 128 + sig : 0;
+    }
+    magnets::log_info("trained %" PRId64 " steps in %.1f s; wrote %s (tokenizer hash %s)", last, elapsed,
+                      output.c_str(), tok.hash().c_str());
+    if (a.has("recon-png")) write_recon_png(tok, spec, a.text("recon-png"), output);
+    return 0;
+}
+
+// ---- encode ----------------------------------------------------------------
+
+int run_encode(const Args& a) {
+    const std::string backend_name = apply_global(a);
+    const std::string output = a.text("output");
+    const std::string split = checked_split(a);
+    const int64_t limit = a.limit();
+    const int64_t batch = a.positive("batch-size");
+
+    magnets::check_writable(output);
+    std::shared_ptr<magnets::Backend> be = backend_for(backend_name);
+    const std::string tok_path = a.text("tokenizer");
+    magnets::Tokenizer tok = magnets::Tokenizer::load(tok_path, be);
+    const auto& cfg = tok.config();
+    magnets::ImageSet data = load_for(cfg, a.text("dataset"), split, limit);
+    magnets::log_info("encoding %s with %s (%s, %s backend, %d threads)", describe_set(data).c_str(),
+                      tok_path.c_str(), tok.hash().c_str(), be->name(), magnets::num_threads());
+
+    magnets::TokenFile tf;
+    tf.grid_t = 1;
+    tf.grid_h = tf.grid_w = cfg.tokens_side();
+    tf.codebook_size = cfg.codebook_size;
+    tf.split = data.split;
+    tf.tokenizer_hash = tok.hash();
+    tf.source = data.source;
+    tf.class_names = data.class_names;
+    tf.labels = data.labels;
+    tf.extra["tokenizer_file"] = tok_path;
+    const int64_t n = data.count(), tpi = tok.tokens_per_image(), ppi = data.pixels_per_item();
+    tf.tokens.resize(static_cast<size_t>(n * tpi));
+
+    std::vector<float> x(static_cast<size_t>(std::min(batch, n) * ppi));
+    magnets::Progress bar("encode", n);
+    for (int64_t first = 0; first < n; first += batch) {
+        const int64_t m = std::min(batch, n - first);
+        data.to_float(first, m, x.data());
+        tok.encode(x.data(), m, tf.tokens.data() + first * tpi);
+        bar.update(first + m);
+    }
+    bar.finish();
+    magnets::write_token_file(output, tf, creator());
+    magnets::log_info("wrote %s (%" PRId64 " items, %" PRId64 "x%" PRId64 " tokens, K = %" PRId64 ")",
+                      output.c_str(), n, tf.grid_h, tf.grid_w, tf.codebook_size);
+    return 0;
+}
+
+// ---- decode ----------------------------------------------------------------
+
+struct DecodeItem {
+    const magnets::TokenFile* file;
+    std::string path;
+    int64_t index; // within its token file
+};
+
+int run_decode(const Args& a) {
+    const std::string backend_name = apply_global(a);
+    const std::string out_dir = a.text("output");
+    const int64_t limit = a.limit();
+    const int64_t cols = a.positive("grid-cols");
+    const int64_t grid_items = a.positive("grid-items", true);
+    const int64_t scale = a.positive("scale");
+    const int64_t batch = a.positive("batch-size");
+    const std::vector<std::string> inputs = a.texts("input");
+
+    std::shared_ptr<magnets::Backend> be = backend_for(backend_name);
+    const std::string tok_path = a.text("tokenizer");
+    magnets::Tokenizer tok = magnets::Tokenizer::load(tok_path, be);
+    const auto& cfg = tok.config();
+    const std::string hash = tok.hash();
+
+    // Every input is read and checked before anything is written.
+    std::vector<magnets::TokenFile> files;
+    files.reserve(inputs.size());
+    for (const auto& path : inputs) {
+        files.push_back(magnets::read_token_file(path));
+        const magnets::TokenFile& tf = files.back();
+        const std::string hint = "decode it with the tokenizer that encoded it (hash " + tf.tokenizer_hash +
+                                 "); '" + prog + " info " + path + "' shows its attributes";
+        if (tf.codebook_size != cfg.codebook_size)
+            throw magnets::Error("token file does not match the tokenizer", path,
+                                 "codebook size " + std::to_string(tf.codebook_size) + ", but " + tok_path +
+                                     " has " + std::to_string(cfg.codebook_size) + " codes",
+                                 hint);
+        if (tf.grid_t != 1 || tf.grid_h != cfg.tokens_side() || tf.grid_w != cfg.tokens_side())
+            throw magnets::Error("token file does not match the tokenizer", path,
+                                 "token grid " + std::to_string(tf.grid_t) + "x" + std::to_string(tf.grid_h) +
+                                     "x" + std::to_string(tf.grid_w) + ", but " + tok_path + " makes 1x" +
+                                     std::to_string(cfg.tokens_side()) + "x" + std::to_string(cfg.tokens_side()),
+                                 hint);
+        if (tf.tokenizer_hash != hash) {
+            if (a.flag("strict"))
+                throw magnets::Error("token file was made by another tokenizer", path,
+                                     "its tokenizer hash is " + tf.tokenizer_hash + ", " + tok_path + " has " + hash,
+                                     hint + "; without --strict this is a warning");
+            magnets::log_warn("%s was made by tokenizer %s, decoding with %s (%s); images may be meaningless",
+                              path.c_str(), tf.tokenizer_hash.c_str(), tok_path.c_str(), hash.c_str());
+        }
+    }
+
+    std::vector<DecodeItem> items;
+    for (size_t f = 0; f < files.size(); ++f)
+        for (int64_t i = 0; i < files[f].count(); ++i) items.push_back({&files[f], inputs[f], i});
+    if (limit >= 0 && static_cast<int64_t>(items.size()) > limit) items.resize(static_cast<size_t>(limit));
+    const int64_t n = static_cast<int64_t>(items.size());
+    if (n == 0) throw magnets::Error("nothing to decode", inputs.front(), "the token files hold no items");
+
+    std::error_code ec;
+    std::filesystem::create_directories(out_dir, ec);
+    if (ec)
+        throw magnets::Error("cannot create output folder", out_dir, ec.message(),
+                             "choose a folder under a writable directory");
+    magnets::check_writable((std::filesystem::path(out_dir) / "grid.png").string());
+
+    const int64_t tpi = tok.tokens_per_image();
+    const int64_t c = cfg.channels, s = cfg.image_size, ppi = c * s * s;
+    std::vector<uint16_t> ids(static_cast<size_t>(std::min(batch, n) * tpi));
+    std::vector<float> y(static_cast<size_t>(std::min(batch, n) * ppi));
+    std::vector<magnets::Image> tiles;
+    magnets::Progress bar("decode", n);
+    for (int64_t first = 0; first < n; first += batch) {
+        const int64_t m = std::min(batch, n - first);
+        for (int64_t j = 0; j < m; ++j) {
+            const DecodeItem& it = items[static_cast<size_t>(first + j)];
+            std::copy_n(it.file->tokens.data() + it.index * tpi, tpi, ids.data() + j * tpi);
+        }
+        tok.decode(ids.data(), m, y.data());
+        for (int64_t j = 0; j < m; ++j) {
+            const DecodeItem& it = items[static_cast<size_t>(first + j)];
+            magnets::Image img = magnets::image_from_float(y.data() + j * ppi, c, s, s);
+            const int32_t label = it.file->labels[static_cast<size_t>(it.index)];
+            std::map<std::string, std::string> text = {
+                {"creator", creator()},
+                {"source", it.path},
+                {"index", std::to_string(it.index)},
+                {"label", std::to_string(label)},
+                {"tokenizer", tok_path},
+                {"tokenizer_hash", hash},
+            };
+            if (label >= 0 && static_cast<size_t>(label) < it.file->class_names.size())
+                text["class_name"] = it.file->class_names[static_cast<size_t>(label)];
+            char name[32];
+            std::snprintf(name, sizeof name, "%06" PRId64 ".png", first + j);
+            magnets::write_png((std::filesystem::path(out_dir) / name).string(), img, text);
+            if (first + j < grid_items) tiles.push_back(magnets::upscale(img, scale));
+        }
+        bar.update(first + m);
+    }
+    bar.finish();
+    if (!tiles.empty()) {
+        std::string sources;
+        for (const auto& p : inputs) sources += (sources.empty() ? "" : ", ") + p;
+        magnets::write_png((std::filesystem::path(out_dir) / "grid.png").string(),
+                           magnets::make_grid(tiles, std::min<int64_t>(cols, static_cast<int64_t>(tiles.size()))),
+                           {{"creator", creator()},
+                            {"source", sources},
+                            {"items", std::to_string(tiles.size())},
+                            {"tokenizer", tok_path},
+                            {"tokenizer_hash", hash}});
+    }
+    magnets::log_info("wrote %" PRId64 " images and grid.png to %s", n, out_dir.c_str());
+    return 0;
+}
+
+// ---- eval ------------------------------------------------------------------
+
+int run_eval(const Args& a) {
+    const std::string backend_name = apply_global(a);
+    const std::string split = checked_split(a);
+    const int64_t limit = a.limit();
+    const int64_t batch = a.positive("batch-size");
+
+    std::shared_ptr<magnets::Backend> be = backend_for(backend_name);
+    const std::string tok_path = a.text("tokenizer");
+    magnets::Tokenizer tok = magnets::Tokenizer::load(tok_path, be);
+    magnets::ImageSet data = load_for(tok.config(), a.text("dataset"), split, limit);
+    magnets::log_info("evaluating %s on %s", tok_path.c_str(), describe_set(data).c_str());
+    const double t0 = magnets::now_seconds();
+    magnets::TokenizerEval ev = magnets::evaluate_tokenizer(tok, data, batch);
+    const double elapsed = magnets::now_seconds() - t0;
+    const int64_t k = tok.config().codebook_size;
+
+    if (a.flag("json")) {
+        std::printf("{\"tokenizer\":%s,\"tokenizer_hash\":%s,\"dataset\":%s,\"split\":%s,\"images\":%" PRId64
+                    ",\"psnr\":%s,\"mse\":%s,\"codes_used\":%" PRId64 ",\"codebook_size\":%" PRId64
+                    ",\"usage\":%s,\"perplexity\":%s,\"seconds\":%s}\n",
+                    json_string(tok_path).c_str(), json_string(tok.hash()).c_str(), json_string(data.source).c_str(),
+                    json_string(data.split).c_str(), ev.images, json_number(ev.psnr).c_str(),
+                    json_number(ev.mse).c_str(), ev.codes_used, k, json_number(ev.usage).c_str(),
+                    json_number(ev.perplexity).c_str(), json_number(elapsed).c_str());
+    } else {
+        std::printf("tokenizer   %s (%s)\n", tok_path.c_str(), tok.hash().c_str());
+        std::printf("dataset     %s, %s split\n", data.source.c_str(), data.split.c_str());
+        std::printf("images      %" PRId64 "\n", ev.images);
+        std::printf("psnr        %.2f dB\n", ev.psnr);
+        std::printf("mse         %.6f\n", ev.mse);
+        std::printf("codes used  %" PRId64 " / %" PRId64 "\n", ev.codes_used, k);
+        std::printf("usage       %.3f\n", ev.usage);
+        std::printf("perplexity  %.1f\n", ev.perplexity);
+    }
+    return 0;
+}
+
+// ---- info ------------------------------------------------------------------
+
+bool is_png(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f)
+        throw magnets::Error("cannot open file", path, std::strerror(errno), "check the path");
+    char magic[8] = {};
+    f.read(magic, 8);
+    return f.gcount() == 8 && std::memcmp(magic, "\x89PNG\r\n\x1a\n", 8) == 0;
+}
+
+// Weights hash of a tokenizer checkpoint, or empty when it cannot be read
+// (info still shows the attributes of a file it cannot load).
+std::string tokenizer_weights_hash(const std::string& path) {
+    try {
+        magnets::Checkpoint ck = magnets::read_checkpoint(path, magnets::tokenizer_format,
+                                                          magnets::tokenizer_format_version, false);
+        return magnets::weights_hash(ck.weights);
+    } catch (const magnets::Error& e) {
+        magnets::log_warn("%s", e.what());
+        return {};
+    }
+}
+
+void info_one(const std::string& path, bool json) {
+    if (is_png(path)) {
+        magnets::Image img = magnets::read_image(path);
+        auto text = magnets::read_png_text(path);
+        if (json) {
+            std::string s = "{\"file\":" + json_string(path) + ",\"type\":\"png\",\"width\":" +
+                            std::to_string(img.width) + ",\"height\":" + std::to_string(img.height) +
+                            ",\"channels\":" + std::to_string(img.channels) + ",\"text\":{";
+            bool first = true;
+            for (const auto& [k, v] : text) {
+                s += (first ? "" : ",") + json_string(k) + ":" + json_string(v);
+                first = false;
+            }
+            std::printf("%s}}\n", s.c_str());
+        } else {
+            std::printf("%s: PNG, %" PRId64 "x%" PRId64 ", %" PRId64 " channel(s)\n", path.c_str(), img.width,
+                        img.height, img.channels);
+            for (const auto& [k, v] : text) std::printf("  %-20s %s\n", k.c_str(), v.c_str());
+        }
+        return;
+    }
+    magnets::FileSummary fs = magnets::describe_file(path);
+    std::string hash;
+    auto fmt = fs.root_attrs.find("format");
+    if (fmt != fs.root_attrs.end() && magnets::attr_to_string(fmt->second) == magnets::tokenizer_format)
+        hash = tokenizer_weights_hash(path);
+    if (json) {
+        std::string s = "{\"file\":" + json_string(path) + ",\"type\":\"hdf5\",\"attrs\":" + json_attrs(fs.root_attrs) +
+                        ",\"datasets\":{";
+        bool first = true;
+        for (const auto& [p, d] : fs.datasets) {
+            s += (first ? "" : ",") + json_string(p) + ":" + json_string(d);
+            first = false;
+        }
+        s += "}";
+        if (!hash.empty()) s += ",\"weights_hash\":" + json_string(hash);
+        std::printf("%s}\n", s.c_str());
+        return;
+    }
+    std::printf("%s: HDF5\n", path.c_str());
+    for (const auto& [k, v] : fs.root_attrs) std::printf("  %-22s %s\n", k.c_str(), magnets::attr_to_string(v).c_str());
+    if (!hash.empty()) std::printf("  %-22s %s\n", "(weights hash)", hash.c_str());
+    std::printf("datasets:\n");
+    for (const auto& [p, d] : fs.datasets) std::printf("  %-40s %s\n", p.c_str(), d.c_str());
+}
+
+int run_info(const Args& a) {
+    apply_global(a);
+    if (a.operands().empty()) throw UsageError("info needs at least one FILE");
+    for (const auto& path : a.operands()) info_one(path, a.flag("json"));
+    return 0;
+}
+
+const std::vector<CommandSpec>& commands() {
+    static const std::vector<CommandSpec> table = {
+        {"train", "train a tokenizer on a dataset, or resume a run", nullptr, &train_options, run_train},
+        {"encode", "encode a dataset into a token file", nullptr, &encode_options, run_encode},
+        {"decode", "decode token files into PNG images and a grid", nullptr, &decode_options, run_decode},
+        {"eval", "measure reconstruction PSNR and codebook use on a split", nullptr, &eval_options, run_eval},
+        {"info", "print the metadata of magnets files (HDF5 or PNG)", "FILE...", &info_options, run_info},
+    };
+    return table;
+}
+
+int usage_error(const std::string& msg, const char* command) {
+    std::fprintf(stderr, "%s: usage error: %s\n", prog, msg.c_str());
+    if (command) std::fprintf(stderr, "try '%s %s --help'\n", prog, command);
+    else std::fprintf(stderr, "try '%s --help'\n", prog);
+    return 2;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2) return usage_error("missing command (train, encode, decode, eval or info)", nullptr);
+    const std::string first = argv[1];
+    if (first == "-h" || first == "--help") {
+        print_main_help();
+        return 0;
+    }
+    if (first == "--version") {
+        std::printf("%s %s\n", prog, magnets::version_string);
+        return 0;
+    }
+    const CommandSpec* cmd = nullptr;
+    for (const auto& c : commands())
+        if (first == c.name) cmd = &c;
+    if (!cmd) {
+        if (!first.empty() && first[0] == '-')
+            return usage_error("expected a command before '" + first + "'", nullptr);
+        return usage_error("unknown command '" + first + "'", nullptr);
+    }
+
+    try {
+        Args args = parse_command(*cmd, argc - 1, argv + 1);
+        if (args.flag("help")) {
+            print_command_help(*cmd);
+            return 0;
+        }
+        if (args.flag("version")) {
+            std::printf("%s %s\n", prog, magnets::version_string);
+            return 0;
+        }
+        check_required(*cmd, args);
+        return cmd->run(args);
+    } catch (const UsageError& e) {
+        return usage_error(e.what(), cmd->name);
+    } catch (const magnets::Error& e) {
+        std::fprintf(stderr, "%s: error: %s\n", prog, e.what());
+        if (!e.hint().empty()) std::fprintf(stderr, "hint: %s\n", e.hint().c_str());
+        return 1;
+    } catch (const std::bad_alloc&) {
+        std::fprintf(stderr, "%s: error: out of memory\nhint: use a smaller --batch-size or --limit\n", prog);
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s: error: %s\n", prog, e.what());
+        return 1;
+    }
+}
