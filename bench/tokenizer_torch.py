@@ -117,7 +117,7 @@ class Tokenizer(nn.Module):
         loss = recon + cfg["commitment"] * commit
         if cfg["quantizer"] == "loss":
             loss = loss + F.mse_loss(z_q, z_e.detach())
-        return loss, rows.detach(), codes
+        return loss, rows.detach(), codes, x_hat.detach()
 
     @torch.no_grad()
     def ema_update(self, rows, codes):
@@ -207,7 +207,7 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg, total)
         opt.zero_grad(set_to_none=True)
-        loss, rows, codes = model.step_loss(x)
+        loss, rows, codes, x_hat = model.step_loss(x)
         loss.backward()
         if cfg["quantizer"] == "ema":
             window += model.ema_update(rows, codes)
@@ -219,7 +219,9 @@ def main():
                 dead = torch.nonzero(window <= args.dead_threshold * window.sum() / K).flatten()
                 model.reseed(dead, rows, gen)
                 window.zero_()
-        # PSNR, as the C++ step reports it (per-image MSE of the clamped output); cheap.
+        with torch.no_grad():  # batch PSNR, as the C++ step reports it
+            mse = (x_hat.clamp(0, 1) - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+            psnr = float((-10.0 * torch.log10(mse)).mean())
     t_end = time.perf_counter()
 
     seconds = t_end - t_start
@@ -227,7 +229,7 @@ def main():
         "impl": "torch", "version": torch.__version__, "mode": args.mode,
         "threads": torch.get_num_threads(), "batch_size": B, "steps": args.steps, "warmup": args.warmup,
         "seconds": round(seconds, 4), "ms_per_step": round(1e3 * seconds / args.steps, 3),
-        "images_per_s": round(args.steps * B / seconds, 2), "final_loss": round(float(loss), 6),
+        "images_per_s": round(args.steps * B / seconds, 2), "final_loss": round(float(loss.detach()), 6), "final_psnr": round(psnr, 3),
     }))
 
 

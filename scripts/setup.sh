@@ -59,13 +59,14 @@ install_packages() {
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 }
 
+# build [TARGET...]: configure once, then compile the targets (default: all).
 build() {
     if [[ ! -f "$build_dir/build.ninja" ]]; then
         rm -rf "$build_dir"
         meson setup "$build_dir"
     fi
     # ninja re-runs meson itself when a meson.build changed.
-    meson compile -C "$build_dir"
+    meson compile -C "$build_dir" "$@"
 }
 
 run_demo() {
@@ -125,7 +126,7 @@ run_tests() {
 
 (($# == 1)) || usage
 case "$1" in
-    demo) install_packages "${build_packages[@]}"; build; run_demo ;;
+    demo) install_packages "${build_packages[@]}"; build magnets-tokenize; run_demo ;;
     test) install_packages "${build_packages[@]}" "${test_packages[@]}"; build; run_tests ;;
     deps) install_packages "${build_packages[@]}" "${test_packages[@]}" ;;
     build) install_packages "${build_packages[@]}"; build ;;

@@ -309,9 +309,10 @@ TEST_CASE("ref conv2d forward and backward equal im2col + matmul") {
 
 TEST_CASE("ref results do not depend on the thread count") {
     auto ref = make_backend("ref");
-    const MatmulCase t{37, 45, 29, true, false, 3, 2};
+    // Large enough (> 2^16 multiply-adds) that ref runs them multi-threaded.
+    const MatmulCase t{97, 130, 70, true, false, 3, 2};
     const MatmulInputs in = make_inputs(t, 5);
-    const Conv2dShape s = conv_shape(3, 4, 9, 9, 5, 3, 3, 2, 1);
+    const Conv2dShape s = conv_shape(4, 8, 17, 17, 8, 3, 3, 2, 1);
     const ConvData d = make_conv_data(s, 6);
     const int saved = num_threads();
     set_num_threads(1);

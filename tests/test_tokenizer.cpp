@@ -5,6 +5,7 @@
 #include "magnets/backend.h"
 #include "magnets/error.h"
 #include "magnets/formats.h"
+#include "magnets/rng.h"
 #include "magnets/tokenizer.h"
 
 #include <hdf5.h>
@@ -14,6 +15,8 @@
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 using namespace magnets;
 

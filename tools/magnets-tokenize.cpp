@@ -58,6 +58,7 @@ struct OptionSpec {
     const char* help;
     const char* default_value = nullptr; // applied when absent, shown in --help
     bool required = false;
+    bool from_preset = false;            // default comes from --preset
 };
 
 std::string long_name(const OptionSpec& o) {
@@ -89,22 +90,22 @@ const std::vector<OptionSpec> train_options = {
     {"limit", ArgKind::integer, "N", "use only the first N images"},
     {"preset", ArgKind::text, "NAME", "tiny, demo or quality: every default below", "demo"},
     {"resume", ArgKind::flag, nullptr, "continue the run saved in --output (bit-identical)"},
-    {"steps", ArgKind::integer, "N", "optimizer steps"},
-    {"batch-size", ArgKind::integer, "N", "images per step"},
-    {"lr", ArgKind::real, "X", "Adam peak learning rate (linear warm-up, cosine decay)"},
-    {"seed", ArgKind::integer, "N", "seed of every random draw (init, data order, restarts)"},
-    {"codebook-size", ArgKind::integer, "K", "number of codes"},
-    {"code-dim", ArgKind::integer, "C", "dimension of a code"},
-    {"base-channels", ArgKind::integer, "N", "convolution width at full resolution"},
-    {"hidden-channels", ArgKind::integer, "N", "convolution width at lower resolutions"},
-    {"res-blocks", ArgKind::integer, "N", "residual blocks in the encoder and in the decoder"},
-    {"image-size", ArgKind::integer, "N", "input side in pixels (Fashion-MNIST is padded to it)"},
-    {"channels", ArgKind::integer, "N", "1 (gray) or 3 (RGB)"},
-    {"quantizer", ArgKind::text, "NAME", "ema (EMA codebook) or loss (codebook + commitment loss)"},
-    {"recon", ArgKind::text, "NAME", "reconstruction loss: l2 or l1"},
-    {"checkpoint-every", ArgKind::integer, "N", "write a checkpoint every N steps (0 = only at the end)"},
-    {"log-every", ArgKind::integer, "N", "print a log line every N steps"},
-    {"log", ArgKind::text, "FILE", "append one JSON object per log line to FILE"},
+    {"steps", ArgKind::integer, "N", "optimizer steps", nullptr, false, true},
+    {"batch-size", ArgKind::integer, "N", "images per step", nullptr, false, true},
+    {"lr", ArgKind::real, "X", "Adam peak learning rate (linear warm-up, cosine decay)", nullptr, false, true},
+    {"seed", ArgKind::integer, "N", "seed of every random draw (init, data order, restarts)", nullptr, false, true},
+    {"codebook-size", ArgKind::integer, "K", "number of codes", nullptr, false, true},
+    {"code-dim", ArgKind::integer, "C", "dimension of a code", nullptr, false, true},
+    {"base-channels", ArgKind::integer, "N", "convolution width at full resolution", nullptr, false, true},
+    {"hidden-channels", ArgKind::integer, "N", "convolution width at lower resolutions", nullptr, false, true},
+    {"res-blocks", ArgKind::integer, "N", "residual blocks in the encoder and in the decoder", nullptr, false, true},
+    {"image-size", ArgKind::integer, "N", "input side in pixels (Fashion-MNIST is padded to it)", nullptr, false, true},
+    {"channels", ArgKind::integer, "N", "1 (gray) or 3 (RGB)", nullptr, false, true},
+    {"quantizer", ArgKind::text, "NAME", "ema (EMA codebook) or loss (codebook + commitment loss)", nullptr, false, true},
+    {"recon", ArgKind::text, "NAME", "reconstruction loss: l2 or l1", nullptr, false, true},
+    {"checkpoint-every", ArgKind::integer, "N", "write a checkpoint every N steps (0 = only at the end)", nullptr, false, true},
+    {"log-every", ArgKind::integer, "N", "print a log line every N steps", nullptr, false, true},
+    {"log", ArgKind::text, "FILE", "also write each log line to FILE as JSON (appended on --resume)"},
     {"recon-png", ArgKind::text, "FILE",
      "after training, write 32 test images (top) and their reconstructions (bottom), x4"},
     {"stop-after", ArgKind::integer, "N", "testing aid: stop as if interrupted after step N (exit 0)"},
@@ -152,6 +153,7 @@ struct CommandSpec {
     const char* operands; // positional operands in the usage line, or nullptr
     const std::vector<OptionSpec>* options;
     int (*run)(const Args&);
+    void (*more_help)() = nullptr; // printed after the options
 };
 
 // ---- parsed arguments ------------------------------------------------------
@@ -203,7 +205,7 @@ void print_option_table(const std::vector<OptionSpec>& table) {
         std::string help = o.help;
         if (o.required) help += " (required)";
         if (o.default_value) help += std::string(" (default: ") + o.default_value + ")";
-        if (o.kind == ArgKind::texts) help += " (repeatable)";
+        if (o.from_preset) help += " (default: from --preset)";
         std::printf("  %-*s  %s\n", static_cast<int>(width), option_label(o).c_str(), help.c_str());
     }
 }
@@ -223,8 +225,19 @@ void print_command_help(const CommandSpec& c) {
     std::printf("usage: %s %s [options]%s%s\n\n%s.\n\noptions:\n", prog, c.name, c.operands ? " " : "",
                 c.operands ? c.operands : "", c.summary);
     print_option_table(*c.options);
+    if (c.more_help) c.more_help();
     std::printf("\noptions of every command:\n");
     print_option_table(global_options);
+}
+
+void print_presets() {
+    std::printf("\npresets:\n");
+    for (const auto& name : magnets::tokenizer_preset_names()) {
+        const magnets::TokenizerPreset p = magnets::tokenizer_preset(name);
+        std::printf("  %-8s %s (%" PRId64 " steps, batch %" PRId64 ", K = %" PRId64 ", widths %" PRId64 "/%" PRId64 ")\n",
+                    name.c_str(), p.description.c_str(), p.train.steps, p.train.batch_size, p.model.codebook_size,
+                    p.model.base_channels, p.model.hidden_channels);
+    }
 }
 
 // ---- parsing ---------------------------------------------------------------
@@ -407,16 +420,65 @@ void apply_overrides(const Args& a, magnets::TokenizerConfig& m, magnets::Tokeni
     }
 }
 
-// On --resume the architecture comes from the checkpoint; changing it is a usage error.
-const std::vector<std::string> model_option_names = {"codebook-size", "code-dim", "base-channels",
-                                                     "hidden-channels", "res-blocks", "image-size",
-                                                     "channels", "quantizer", "recon", "preset"};
-// Training options that change the arithmetic of the run; --steps, --log-every
-// and --checkpoint-every may change on resume (extending a finished run is allowed).
-const std::vector<std::string> fixed_train_option_names = {"batch-size", "lr", "seed"};
+// Options that fix the model and the arithmetic of a run. With --resume they
+// may be repeated (the same command line plus --resume works) but must resolve
+// to the checkpoint's values; --steps, --log-every and --checkpoint-every may
+// change (a larger --steps extends a finished run).
+const std::vector<std::string> fixed_option_names = {
+    "preset", "codebook-size", "code-dim", "base-channels", "hidden-channels", "res-blocks",
+    "image-size", "channels", "quantizer", "recon", "batch-size", "lr", "seed"};
+
+// "name: requested X, checkpoint Y" for every attribute that differs.
+std::string attr_differences(const magnets::Attrs& want, const magnets::Attrs& have) {
+    std::string out;
+    for (const auto& [k, v] : want) {
+        auto it = have.find(k);
+        const std::string h = it == have.end() ? "(none)" : magnets::attr_to_string(it->second);
+        if (it == have.end() || !(it->second == v))
+            out += (out.empty() ? "" : "; ") + k + ": requested " + magnets::attr_to_string(v) + ", checkpoint " + h;
+    }
+    return out;
+}
+
+// The configuration to resume with: the checkpoint's, after checking that the
+// options given agree with it.
+void resolve_resume(const Args& a, const std::string& output, magnets::TokenizerConfig& model,
+                    magnets::TokenizerTrainConfig& train) {
+    magnets::Checkpoint ck =
+        magnets::read_checkpoint(output, magnets::tokenizer_format, magnets::tokenizer_format_version, true);
+    if (!ck.has_state())
+        throw magnets::Error("cannot resume", output, "the checkpoint holds weights only (no training state)",
+                             "train again without --resume, or to another output");
+    const magnets::TokenizerConfig saved_model = magnets::TokenizerConfig::from_attrs(ck.attrs, output);
+    magnets::TokenizerTrainConfig saved = magnets::TokenizerTrainConfig::from_attrs(ck.attrs, output);
+    bool given = false;
+    for (const auto& n : fixed_option_names) given = given || a.has(n);
+    if (given) {
+        magnets::TokenizerTrainConfig want = train;
+        want.steps = saved.steps;
+        want.log_every = saved.log_every;
+        want.checkpoint_every = saved.checkpoint_every;
+        magnets::Attrs want_attrs, have_attrs;
+        model.to_attrs(want_attrs);
+        want.to_attrs(want_attrs);
+        saved_model.to_attrs(have_attrs);
+        saved.to_attrs(have_attrs);
+        const std::string diff = attr_differences(want_attrs, have_attrs);
+        if (!diff.empty())
+            throw UsageError("--resume: the options differ from the checkpoint's (" + diff +
+                             "); give the original options, or only -o and --resume");
+    }
+    if (a.has("steps")) saved.steps = train.steps;
+    if (a.has("log-every")) saved.log_every = train.log_every;
+    if (a.has("checkpoint-every")) saved.checkpoint_every = train.checkpoint_every;
+    model = saved_model;
+    train = saved;
+}
 
 void print_table(const std::vector<std::pair<std::string, std::string>>& rows) {
-    for (const auto& [k, v] : rows) magnets::log_info("  %-20s %s", k.c_str(), v.c_str());
+    int w = 0;
+    for (const auto& kv : rows) w = std::max(w, static_cast<int>(kv.first.size()));
+    for (const auto& [k, v] : rows) magnets::log_info("  %-*s  %s", w, k.c_str(), v.c_str());
 }
 
 void write_recon_png(magnets::Tokenizer& tok, const std::string& spec, const std::string& path,
@@ -474,24 +536,7 @@ int run_train(const Args& a) {
     if (a.has("log")) magnets::check_writable(a.text("log"));
     if (a.has("recon-png")) magnets::check_writable(a.text("recon-png"));
 
-    if (resume) {
-        // The checkpoint fixes the architecture and the arithmetic of the run.
-        for (const auto& n : model_option_names)
-            if (a.has(n)) throw UsageError("--" + n + " cannot be given with --resume (the checkpoint fixes it)");
-        for (const auto& n : fixed_train_option_names)
-            if (a.has(n)) throw UsageError("--" + n + " cannot change on --resume");
-        magnets::Checkpoint ck =
-            magnets::read_checkpoint(output, magnets::tokenizer_format, magnets::tokenizer_format_version, true);
-        if (!ck.has_state())
-            throw magnets::Error("cannot resume", output, "the checkpoint has no training state",
-                                 "it was written by save_tokenizer or stripped; start a new run instead");
-        model = magnets::TokenizerConfig::from_attrs(ck.attrs, output);
-        magnets::TokenizerTrainConfig saved = magnets::TokenizerTrainConfig::from_attrs(ck.attrs, output);
-        saved.steps = a.has("steps") ? train.steps : saved.steps;
-        saved.log_every = a.has("log-every") ? train.log_every : saved.log_every;
-        saved.checkpoint_every = a.has("checkpoint-every") ? train.checkpoint_every : saved.checkpoint_every;
-        train = saved;
-    }
+    if (resume) resolve_resume(a, output, model, train);
     try {
         model.validate();
     } catch (const magnets::Error& e) {
@@ -573,10 +618,13 @@ int run_train(const Args& a) {
         if (spec != "fashion-mnist") cmd += " --dataset " + spec;
         if (split != "train") cmd += " --split " + split;
         if (limit >= 0) cmd += " --limit " + std::to_string(limit);
+        // oneDNN sums in a thread-dependent order: same threads and backend for a bit-identical run.
+        if (a.has("threads")) cmd += " --threads " + std::to_string(a.integer("threads"));
+        if (a.has("backend")) cmd += " --backend " + backend_name;
         magnets::log_info("resume with: %s", cmd.c_str());
         return sig ? 128 + sig : 0;
     }
-    magnets::log_info("trained %" PRId64 " steps in %.1f s; wrote %s (tokenizer hash %s)", last, elapsed,
+    magnets::log_info("reached step %" PRId64 " in %.1f s; wrote %s (tokenizer hash %s)", last, elapsed,
                       output.c_str(), tok.hash().c_str());
     if (a.has("recon-png")) write_recon_png(tok, spec, a.text("recon-png"), output);
     return 0;
@@ -847,11 +895,15 @@ void info_one(const std::string& path, bool json) {
         std::printf("%s}\n", s.c_str());
         return;
     }
+    int key_w = 14, path_w = 0;
+    for (const auto& kv : fs.root_attrs) key_w = std::max(key_w, static_cast<int>(kv.first.size()));
+    for (const auto& pd : fs.datasets) path_w = std::max(path_w, static_cast<int>(pd.first.size()));
     std::printf("%s: HDF5\n", path.c_str());
-    for (const auto& [k, v] : fs.root_attrs) std::printf("  %-22s %s\n", k.c_str(), magnets::attr_to_string(v).c_str());
-    if (!hash.empty()) std::printf("  %-22s %s\n", "(weights hash)", hash.c_str());
+    for (const auto& [k, v] : fs.root_attrs)
+        std::printf("  %-*s  %s\n", key_w, k.c_str(), magnets::attr_to_string(v).c_str());
+    if (!hash.empty()) std::printf("  %-*s  %s\n", key_w, "(weights hash)", hash.c_str());
     std::printf("datasets:\n");
-    for (const auto& [p, d] : fs.datasets) std::printf("  %-40s %s\n", p.c_str(), d.c_str());
+    for (const auto& [p, d] : fs.datasets) std::printf("  %-*s  %s\n", path_w, p.c_str(), d.c_str());
 }
 
 int run_info(const Args& a) {
@@ -863,7 +915,8 @@ int run_info(const Args& a) {
 
 const std::vector<CommandSpec>& commands() {
     static const std::vector<CommandSpec> table = {
-        {"train", "train a tokenizer on a dataset, or resume a run", nullptr, &train_options, run_train},
+        {"train", "train a tokenizer on a dataset, or resume a run", nullptr, &train_options, run_train,
+         print_presets},
         {"encode", "encode a dataset into a token file", nullptr, &encode_options, run_encode},
         {"decode", "decode token files into PNG images and a grid", nullptr, &decode_options, run_decode},
         {"eval", "measure reconstruction PSNR and codebook use on a split", nullptr, &eval_options, run_eval},

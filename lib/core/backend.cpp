@@ -90,7 +90,7 @@ MatmulDims check_matmul_args(const char* backend, ConstMat a, bool trans_a, Cons
                                mat_str("C", c);
     for (ConstMat x : {a, b, ConstMat(c)}) {
         check(x.rows >= 0 && x.cols >= 0, what, "negative size in " + shapes);
-        check(x.ld >= x.cols && x.ld >= 1, what, "leading dimension smaller than cols in " + shapes,
+        check(x.ld >= x.cols, what, "leading dimension smaller than cols in " + shapes,
               "ld is the distance between rows, at least cols");
         check(x.data != nullptr || x.rows * x.cols == 0, what, "null data in " + shapes);
     }

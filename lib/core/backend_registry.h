@@ -22,6 +22,7 @@ struct MatmulDims {
 
 // Throws Error naming `backend` unless op(A), op(B) and C agree, every
 // ld >= cols, sizes are non-negative, and data is non-null where elements exist.
+// Overlap of C with A or B is not detected; every backend assumes there is none.
 MatmulDims check_matmul_args(const char* backend, ConstMat a, bool trans_a, ConstMat b,
                              bool trans_b, Mat c);
 

@@ -10,11 +10,14 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <filesystem>
+#include <fstream>
 
 namespace magnets {
 namespace {
@@ -30,6 +33,18 @@ const std::vector<std::string>& class_names() {
     return names;
 }
 
+// Uncompressed size recorded in a gzip trailer (ISIZE, mod 2^32), or 0 when
+// `path` is not a gzip file. Used only to size the buffer.
+size_t gzip_size_hint(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    unsigned char magic[2] = {};
+    if (!in.read(reinterpret_cast<char*>(magic), 2) || magic[0] != 0x1f || magic[1] != 0x8b) return 0;
+    unsigned char isize[4] = {};
+    in.seekg(-4, std::ios::end);
+    if (!in.read(reinterpret_cast<char*>(isize), 4)) return 0;
+    return size_t(isize[0]) | size_t(isize[1]) << 8 | size_t(isize[2]) << 16 | size_t(isize[3]) << 24;
+}
+
 // Reads a whole gzip file (or a plain file: gzread passes those through).
 std::vector<uint8_t> read_gz(const std::string& path) {
     std::error_code ec;
@@ -39,21 +54,25 @@ std::vector<uint8_t> read_gz(const std::string& path) {
     if (!f) throw Error("cannot load Fashion-MNIST", path, std::strerror(errno), install_hint);
     gzbuffer(f, 1 << 20);
     std::vector<uint8_t> out;
-    constexpr size_t step = 8 << 20;
+    // One extra byte so a correct hint finishes with a single read plus an EOF read.
+    size_t capacity = gzip_size_hint(path) + 1, size = 0;
+    constexpr size_t max_read = size_t(1) << 30;
     while (true) {
-        const size_t at = out.size();
-        out.resize(at + step);
-        const int n = gzread(f, out.data() + at, static_cast<unsigned>(step));
+        if (size == capacity) capacity = capacity * 2;
+        out.resize(capacity);
+        const unsigned want = static_cast<unsigned>(std::min(capacity - size, max_read));
+        const int n = gzread(f, out.data() + size, want);
         if (n < 0) {
             int err = 0;
             const std::string why = gzerror(f, &err);
             gzclose(f);
             throw Error("damaged Fashion-MNIST file", path, "gzip error: " + why, install_hint);
         }
-        out.resize(at + static_cast<size_t>(n));
         if (n == 0) break;
+        size += static_cast<size_t>(n);
     }
     gzclose(f);
+    out.resize(size);
     return out;
 }
 
@@ -97,11 +116,8 @@ Idx read_idx(const std::string& path, uint32_t magic) {
 }
 
 // Appends one IDX image/label file pair to `set` (pixels padded to size x size).
-void append_pair(ImageSet& set, const std::string& dir, const std::string& prefix, int64_t size) {
-    const std::string img_path = dir + "/" + prefix + "-images-idx3-ubyte.gz";
-    const std::string lab_path = dir + "/" + prefix + "-labels-idx1-ubyte.gz";
-    const Idx images = read_idx(img_path, 2051);
-    const Idx labels = read_idx(lab_path, 2049);
+void append_pair(ImageSet& set, const Idx& images, const Idx& labels, const std::string& img_path,
+                 const std::string& lab_path, int64_t size) {
     if (images.count != labels.count)
         throw Error("damaged Fashion-MNIST files", img_path,
                     std::to_string(images.count) + " images but " + std::to_string(labels.count) + " labels in " +
@@ -158,8 +174,31 @@ ImageSet load_fashion_mnist(const std::string& split, int64_t size, const std::s
     set.class_names = class_names();
     set.source = "fashion-mnist";
     set.split = split;
-    if (split != "test") append_pair(set, dir, "train", size);
-    if (split != "train") append_pair(set, dir, "t10k", size);
+    std::vector<std::string> prefixes;
+    if (split != "test") prefixes.push_back("train");
+    if (split != "train") prefixes.push_back("t10k");
+    // Inflating dominates (about 0.3 s for the train images): the files are
+    // read in parallel, errors rethrown in file order.
+    const int64_t nfiles = static_cast<int64_t>(prefixes.size()) * 2;
+    std::vector<std::string> paths;
+    for (const auto& p : prefixes) {
+        paths.push_back(dir + "/" + p + "-images-idx3-ubyte.gz");
+        paths.push_back(dir + "/" + p + "-labels-idx1-ubyte.gz");
+    }
+    std::vector<Idx> idx(nfiles);
+    std::vector<std::exception_ptr> errors(nfiles);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < nfiles; ++i) {
+        try {
+            idx[i] = read_idx(paths[i], i % 2 == 0 ? 2051 : 2049);
+        } catch (...) {
+            errors[i] = std::current_exception();
+        }
+    }
+    for (const auto& e : errors)
+        if (e) std::rethrow_exception(e);
+    for (size_t p = 0; p < prefixes.size(); ++p)
+        append_pair(set, idx[2 * p], idx[2 * p + 1], paths[2 * p], paths[2 * p + 1], size);
     return set;
 }
 

@@ -43,7 +43,7 @@ std::vector<fs::path> sorted_entries(const fs::path& dir) {
 }
 
 uint64_t fnv1a(const std::string& s) {
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = 14695981039346656037ull;
     for (unsigned char c : s) {
         h ^= c;
         h *= 1099511628211ull;

@@ -174,7 +174,8 @@ void write_checkpoint(const std::string& path, const Checkpoint& ck, const std::
 
 Checkpoint read_checkpoint(const std::string& path, const std::string& expected_format, int64_t max_version,
                            bool load_state) {
-    h5::File f = h5::File::open(path, false, checkpoint_hint);
+    h5::File f = h5::File::open(path, false,
+                                "expected a " + expected_format + " file; " + checkpoint_hint);
     const Attrs root = f.attrs();
     h5::check_format(root, path, expected_format, max_version, "not a " + expected_format + " file",
                      "pass a " + expected_format + " file");
@@ -196,7 +197,7 @@ Checkpoint read_checkpoint(const std::string& path, const std::string& expected_
 // FNV-1a 64 over, for each tensor in name order: the name's bytes, a 0 byte,
 // the rank and dims as little-endian int64, then the values' f32 bytes.
 std::string weights_hash(const std::map<std::string, Tensor>& weights) {
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = 14695981039346656037ull;
     auto feed = [&h](const void* p, size_t n) {
         const auto* b = static_cast<const unsigned char*>(p);
         for (size_t i = 0; i < n; ++i) {

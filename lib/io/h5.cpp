@@ -262,7 +262,7 @@ File File::open(const std::string& path, bool writable, const std::string& hint)
     init();
     namespace fs = std::filesystem;
     std::error_code ec;
-    if (!fs::exists(path, ec)) throw Error("cannot open file", path, "no such file", hint);
+    if (!fs::exists(path, ec)) throw Error("cannot open file", path, "no such file", "check the path");
     if (fs::is_directory(path, ec)) throw Error("cannot open file", path, "it is a directory", hint);
     const htri_t is_h5 = H5Fis_hdf5(path.c_str());
     if (is_h5 < 0) throw Error("cannot open file", path, last_error(), hint);

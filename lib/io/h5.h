@@ -125,8 +125,8 @@ public:
     // Creates (truncates) `path` for writing.
     static File create(const std::string& path);
     // Opens an existing file. Missing, non-HDF5 and truncated files throw
-    // Error("cannot open file", path, why, hint) with the caller's `hint` (for
-    // example "re-create it with magnets-tokenize").
+    // Error("cannot open file", path, why, hint); non-HDF5 and truncated files
+    // get the caller's `hint` (for example "re-create it with magnets-tokenize").
     static File open(const std::string& path, bool writable = false, const std::string& hint = {});
     // Flushes and closes, throwing on failure (the destructor ignores errors).
     void close();

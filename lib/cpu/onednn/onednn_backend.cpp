@@ -6,15 +6,19 @@
 //   dimensions and transposes cost no copy: op(A) = A^T is the stored [k, m]
 //   matrix with strides {1, ld}. alpha is an output scale, beta a sum post-op
 //   (only when beta != 0, so beta = 0 never reads C and NaN in C is dropped).
-// - Creating a oneDNN primitive takes 0.1-1 ms, far more than running a small
-//   one, so every primitive (with its memory objects and reorders) is cached
+// - Creating a oneDNN primitive (kernels are JIT-compiled) took 0.5 ms for a
+//   small convolution and up to 20 ms for the first matmul here, far more than
+//   running a small one (2-4 us), so every primitive (with its memory objects and reorders) is cached
 //   by shape, leading dimensions, flags, and for matmul alpha and beta. Each
 //   cache is cleared when it exceeds k_max_plans entries, which bounds memory
 //   for callers that vary alpha/beta freely.
 // - Convolutions take NCHW data and OIHW weights, the caller's layouts. Each op
 //   either runs on those plain layouts directly or lets oneDNN choose blocked
 //   layouts (format_tag::any) and reorders inputs in and outputs out on every
-//   call; k_default_conv_layouts records which was faster here and why.
+//   call; k_default_conv_layouts records which was faster here and why. The
+//   blocked copies live in scratch buffers shared by all plans (calls are
+//   serial), so memory grows with the largest convolution, not with the
+//   number of cached shapes.
 // - One engine and one in-order stream per backend; every call waits for its
 //   work, so results are ready on return. Not thread-safe: one caller at a
 //   time per Backend object (the caches and stream are unguarded). Threads
@@ -27,6 +31,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <unordered_map>
 #include <vector>
@@ -45,8 +50,16 @@ constexpr size_t k_max_plans = 1024;
 struct ConvLayouts {
     bool forward_any, backward_data_any, backward_weights_any;
 };
-// Measured with bench_backend-like shapes (n=64, 32-64 channels, 8-32 px,
-// 3x3 and 4x4/s2) on 2-core AVX2: see the comment at the end of this file.
+// Blocked (any + reorders) for every op. Plain NCHW/OIHW makes oneDNN 2.6 fall
+// back to im2col + GEMM ("gemm:jit"); blocked layouts get the direct AVX2
+// kernels ("jit:avx2", nChw8c) and win even with the reorders counted (each
+// reorder of a 64x32x32x32 tensor costs ~1.2 ms). Measured on 1 thread of the
+// 2-core EPYC, n = 64, time per call including reorders, plain -> blocked:
+//   32->32 3x3 32x32:    fwd 37 -> 21 ms, bwd-data 55 -> 20, bwd-weights 62 -> 31
+//   64->64 3x3 16x16:    fwd 27 -> 19 ms, bwd-data 32 -> 18, bwd-weights 37 -> 23
+//   32->64 4x4/2 32x32:  fwd 31 -> 19 ms, bwd-data 37 -> 18, bwd-weights 39 -> 20
+//   64->32 4x4/2 16x16:  fwd 13 -> 6 ms,  bwd-data 15 -> 6,  bwd-weights 13 -> 6
+// (a second run on a busier machine gave the same ordering, 1.2-2.7x).
 constexpr ConvLayouts k_default_conv_layouts{true, true, true};
 
 // Cache key: an op tag and up to 11 integers, compared exactly.
@@ -72,11 +85,13 @@ int64_t float_bits(float f) {
 
 // A primitive with its argument memories. Each Port is one argument: `user`
 // wraps the caller's buffer (handle set per call); when oneDNN wants another
-// layout, `inner` is a buffer owned by the plan and `reorder` converts between
-// the two (user -> inner for inputs, inner -> user for outputs).
+// layout, `inner` points into the backend's scratch buffer `slot` (handle set
+// per call) and `reorder` converts between the two (user -> inner for inputs,
+// inner -> user for outputs).
 struct Port {
     bool input = true;
     bool reordered = false;
+    int slot = -1;
     memory user, inner;
     dnnl::reorder reorder;
 };
@@ -176,7 +191,9 @@ private:
             p.inner = p.user;
         } else {
             p.reordered = true;
-            p.inner = memory(want, engine_);
+            p.slot = int(std::count_if(plan.ports.begin(), plan.ports.end(),
+                                       [](const Port& q) { return q.reordered; }));
+            p.inner = memory(want, engine_, DNNL_MEMORY_NONE);
             p.reorder = input ? dnnl::reorder(p.user, p.inner) : dnnl::reorder(p.inner, p.user);
         }
         plan.args[arg] = p.inner;
@@ -193,8 +210,11 @@ private:
             if (!ptr) continue;
             plan.ports.at(i++).user.set_data_handle(const_cast<float*>(ptr));
         }
-        for (Port& p : plan.ports)
-            if (p.reordered && p.input) p.reorder.execute(stream_, p.user, p.inner);
+        for (Port& p : plan.ports) {
+            if (!p.reordered) continue;
+            p.inner.set_data_handle(scratch(p.slot, p.inner.get_desc().get_size()));
+            if (p.input) p.reorder.execute(stream_, p.user, p.inner);
+        }
         plan.prim.execute(stream_, plan.args);
         for (Port& p : plan.ports)
             if (p.reordered && !p.input) p.reorder.execute(stream_, p.inner, p.user);
@@ -304,10 +324,31 @@ private:
         return plan;
     }
 
+    // Scratch buffer `slot` with at least `bytes`, grown on demand; plans set
+    // their handles on every call, so growing never leaves one dangling.
+    void* scratch(int slot, size_t bytes) {
+        if (size_t(slot) >= scratch_.size()) scratch_.resize(size_t(slot) + 1);
+        Scratch& s = scratch_[size_t(slot)];
+        if (s.bytes < bytes) {
+            s.data.reset(static_cast<float*>(::operator new(bytes, k_alignment)));
+            s.bytes = bytes;
+        }
+        return s.data.get();
+    }
+
+    struct AlignedDelete {
+        void operator()(float* p) const { ::operator delete(p, k_alignment); }
+    };
+    struct Scratch {
+        std::unique_ptr<float, AlignedDelete> data;
+        size_t bytes = 0;
+    };
+
     ConvLayouts layouts_;
     dnnl::engine engine_;
     dnnl::stream stream_;
     PlanMap matmul_plans_, conv_plans_;
+    std::vector<Scratch> scratch_;
 };
 
 } // namespace

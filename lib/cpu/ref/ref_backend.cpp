@@ -2,12 +2,11 @@
 // tested against. Correctness first: every sum accumulates in double, each
 // output element is owned by one OpenMP thread and summed in a fixed order, so
 // results do not depend on the thread count. Loop orders are chosen so the
-// innermost loop runs over contiguous memory; it is still 10-50x slower than
-// oneDNN and is not meant for training.
+// innermost loop runs over contiguous memory; it is still 5-40x slower than
+// oneDNN (bench_backend) and is not meant for training. The loops rely on
+// -O3 (Meson's release default) to vectorise.
 #include "core/backend_registry.h"
 #include "magnets/error.h"
-
-#include <omp.h>
 
 #include <algorithm>
 #include <cstring>
@@ -18,6 +17,10 @@ namespace magnets {
 namespace {
 
 constexpr std::align_val_t k_alignment{64};
+// Below this many multiply-adds an op runs on the calling thread: waking an
+// OpenMP team costs more than the work, and on a busy 2-core host a small
+// parallel region was measured 200x slower than the serial loop.
+constexpr int64_t k_min_parallel_work = int64_t(1) << 16;
 
 // Output positions o in [0, out) whose input position o * stride - pad + k
 // lies in [0, len): the half-open range [lo, hi) (empty when lo >= hi).
@@ -59,8 +62,9 @@ public:
         const int64_t m = d.m, n = d.n, k = d.k;
         if (m == 0 || n == 0) return;
 
+        const bool parallel = m * n * k >= k_min_parallel_work;
         std::vector<float> bp(static_cast<size_t>(k * n)); // op(B) [k, n], contiguous
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
         for (int64_t p = 0; p < k; ++p)
             for (int64_t j = 0; j < n; ++j)
                 bp[p * n + j] = trans_b ? b.data[j * b.ld + p] : b.data[p * b.ld + j];
@@ -68,7 +72,7 @@ public:
         constexpr int64_t k_rows = 8, k_cols = 256;
         const int64_t row_tiles = (m + k_rows - 1) / k_rows;
         const int64_t col_tiles = (n + k_cols - 1) / k_cols;
-#pragma omp parallel
+#pragma omp parallel if (parallel)
         {
             std::vector<double> arow(static_cast<size_t>(k_rows * k)); // op(A) rows of the tile
             std::vector<double> acc(static_cast<size_t>(k_rows * k_cols));
@@ -108,7 +112,8 @@ public:
         check_conv2d_shape("ref", Op::conv2d_forward, s);
         check(x && w && y, "ref: null buffer", "a required buffer pointer is null");
         const int64_t oh = s.out_h(), ow = s.out_w();
-#pragma omp parallel
+        const bool parallel = s.n * s.c_out * oh * ow * s.c_in * s.kh * s.kw >= k_min_parallel_work;
+#pragma omp parallel if (parallel)
         {
             std::vector<double> acc(static_cast<size_t>(oh * ow));
 #pragma omp for collapse(2) schedule(static)
@@ -151,7 +156,8 @@ public:
         check_conv2d_shape("ref", Op::conv2d_backward_data, s);
         check(dy && w && dx, "ref: null buffer", "a required buffer pointer is null");
         const int64_t oh = s.out_h(), ow = s.out_w();
-#pragma omp parallel
+        const bool parallel = s.n * s.c_out * oh * ow * s.c_in * s.kh * s.kw >= k_min_parallel_work;
+#pragma omp parallel if (parallel)
         {
             std::vector<double> acc(static_cast<size_t>(s.h * s.w));
 #pragma omp for collapse(2) schedule(static)
@@ -195,7 +201,8 @@ public:
         check_conv2d_shape("ref", Op::conv2d_backward_weights, s);
         check(x && dy && dw, "ref: null buffer", "a required buffer pointer is null");
         const int64_t oh = s.out_h(), ow = s.out_w();
-#pragma omp parallel for collapse(2) schedule(static)
+        const bool parallel = s.n * s.c_out * oh * ow * s.c_in * s.kh * s.kw >= k_min_parallel_work;
+#pragma omp parallel for collapse(2) schedule(static) if (parallel)
         for (int64_t co = 0; co < s.c_out; ++co) {
             for (int64_t ci = 0; ci < s.c_in; ++ci) {
                 for (int64_t ky = 0; ky < s.kh; ++ky) {
@@ -224,7 +231,7 @@ public:
             }
         }
         if (!dbias) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
         for (int64_t co = 0; co < s.c_out; ++co) {
             double sum = 0.0;
             for (int64_t ni = 0; ni < s.n; ++ni) {
