@@ -37,8 +37,8 @@ def conv_param(name, ci, co, k, params):
 def build():
     p = {}
     B, H, C, c = cfg["base_channels"], cfg["hidden_channels"], cfg["channels"], cfg["code_dim"]
-    conv_param("enc.conv_in", C, B, 3, p)
-    for i in range(cfg["num_down"]):
+    conv_param("enc.conv_in", 4 * C, B, 3, p)
+    for i in range(cfg["num_down"] - 1):
         conv_param(f"enc.down{i}", B if i == 0 else H, H, 4, p)
     for j in range(cfg["res_blocks"]):
         conv_param(f"enc.res{j}.conv_a", H, H, 3, p)
@@ -48,9 +48,9 @@ def build():
     for j in range(cfg["res_blocks"]):
         conv_param(f"dec.res{j}.conv_a", H, H, 3, p)
         conv_param(f"dec.res{j}.conv_b", H, H, 1, p)
-    for i in range(cfg["num_down"]):
-        conv_param(f"dec.up{i}", H, B if i == cfg["num_down"] - 1 else H, 3, p)
-    conv_param("dec.conv_out", B, C, 3, p)
+    for i in range(cfg["num_down"] - 1):
+        conv_param(f"dec.up{i}", H, B if i == cfg["num_down"] - 2 else H, 3, p)
+    conv_param("dec.conv_out", B, 4 * C, 3, p)
     return p
 
 
@@ -67,8 +67,8 @@ def res(p, name, h):
 
 
 def encode(p, x):
-    h = F.relu(conv(p, "enc.conv_in", x))
-    for i in range(cfg["num_down"]):
+    h = F.relu(conv(p, "enc.conv_in", F.pixel_unshuffle(x, 2)))
+    for i in range(cfg["num_down"] - 1):
         h = F.relu(conv(p, f"enc.down{i}", h, stride=2, pad=1))
     for j in range(cfg["res_blocks"]):
         h = res(p, f"enc.res{j}", h)
@@ -80,9 +80,9 @@ def decode(p, zq):
     for j in range(cfg["res_blocks"]):
         h = res(p, f"dec.res{j}", h)
     h = F.relu(h)
-    for i in range(cfg["num_down"]):
+    for i in range(cfg["num_down"] - 1):
         h = F.relu(conv(p, f"dec.up{i}", F.interpolate(h, scale_factor=2, mode="nearest")))
-    return conv(p, "dec.conv_out", h)
+    return F.pixel_shuffle(conv(p, "dec.conv_out", h), 2)
 
 
 for attempt in range(100):

@@ -249,6 +249,9 @@ TEST_CASE("check_writable explains a missing or non-directory parent") {
     expect_error([&] { check_writable(dir / "file/x.h5"); });
     expect_error([&] { check_writable(dir.path.string()); }); // a directory, not a file name
     check_writable(dir / "ok.h5");
+    CHECK(dir.entries() == std::vector<std::string>{"file"}); // the probe file is gone
+    if (fs::is_directory("/proc/self")) // writable by access() for root, yet no file can be created
+        CHECK(contains(expect_error([] { check_writable("/proc/magnets-test.h5"); }).why(), "'/proc'"));
     expect_error([&] { write_token_file(dir / "no/such/dir/x.h5", sample_tokens(1, 1, 2, 2, 4), "t"); });
 }
 

@@ -53,7 +53,7 @@ uint32_t Philox::below(uint64_t stream, uint64_t index, uint32_t n) const {
 }
 
 uint64_t stream_id(const char* purpose, uint64_t step) {
-    uint64_t h = 1469598103934665603ull; // FNV-1a 64
+    uint64_t h = 14695981039346656037ull; // FNV-1a 64
     for (const char* p = purpose; *p; ++p) { h ^= static_cast<unsigned char>(*p); h *= 1099511628211ull; }
     // splitmix64 finaliser over (hash, step) so nearby steps give unrelated streams.
     uint64_t z = h ^ (step * 0x9E3779B97F4A7C15ull);

@@ -51,6 +51,20 @@ void check_writable(const std::string& path) {
         throw Error("cannot write file", path,
                     "directory '" + dir + "' is not writable (" + std::strerror(errno) + ")",
                     "choose another output path or fix the directory's permissions");
+    // access() says yes to root everywhere, and to pseudo file systems such as
+    // /proc: creating (and removing) a probe file is the only reliable test.
+    const fs::path p(path);
+    const std::string probe =
+        (p.parent_path() / ("." + p.filename().string() + ".probe." + std::to_string(::getpid()))).string();
+    const int fd = ::open(probe.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0 && errno != EEXIST)
+        throw Error("cannot write file", path,
+                    "cannot create files in '" + dir + "' (" + std::strerror(errno) + ")",
+                    "choose another output path");
+    if (fd >= 0) {
+        ::close(fd);
+        ::unlink(probe.c_str());
+    }
 }
 
 // The temp name is hidden (leading '.') and carries the pid so concurrent

@@ -101,6 +101,38 @@ void upsample2_backward(const Tensor& dy, Tensor& dx) {
     }
 }
 
+void pixel_unshuffle2(const Tensor& x, Tensor& y) {
+    const int64_t n = x.dim(0), c = x.dim(1), h = x.dim(2) / 2, w = x.dim(3) / 2;
+    check(x.dim(2) % 2 == 0 && x.dim(3) % 2 == 0, "pixel unshuffle", "odd spatial size " + x.shape_str());
+    ensure(y, {n, 4 * c, h, w});
+    const float* a = x.data();
+    float* b = y.data();
+    for (int64_t p = 0; p < n * c; ++p)
+        for (int64_t di = 0; di < 2; ++di)
+            for (int64_t dj = 0; dj < 2; ++dj) {
+                float* dst = b + (p * 4 + di * 2 + dj) * h * w;
+                const float* src = a + p * 4 * h * w;
+                for (int64_t i = 0; i < h; ++i)
+                    for (int64_t j = 0; j < w; ++j) dst[i * w + j] = src[(2 * i + di) * 2 * w + 2 * j + dj];
+            }
+}
+
+void pixel_shuffle2(const Tensor& x, Tensor& y) {
+    const int64_t n = x.dim(0), c = x.dim(1) / 4, h = x.dim(2), w = x.dim(3);
+    check(x.dim(1) % 4 == 0, "pixel shuffle", "channels not a multiple of 4 in " + x.shape_str());
+    ensure(y, {n, c, 2 * h, 2 * w});
+    const float* a = x.data();
+    float* b = y.data();
+    for (int64_t p = 0; p < n * c; ++p)
+        for (int64_t di = 0; di < 2; ++di)
+            for (int64_t dj = 0; dj < 2; ++dj) {
+                const float* src = a + (p * 4 + di * 2 + dj) * h * w;
+                float* dst = b + p * 4 * h * w;
+                for (int64_t i = 0; i < h; ++i)
+                    for (int64_t j = 0; j < w; ++j) dst[(2 * i + di) * 2 * w + 2 * j + dj] = src[i * w + j];
+            }
+}
+
 void add(const Tensor& a, const Tensor& b, Tensor& y) {
     check(a.shape() == b.shape(), "add", "shape mismatch " + a.shape_str() + " vs " + b.shape_str());
     if (&y != &a) ensure(y, a.shape());

@@ -40,6 +40,12 @@ void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx);
 void upsample2_forward(const Tensor& x, Tensor& y);
 // dx [n, c, h, w] = sum of dy over each 2x2 block.
 void upsample2_backward(const Tensor& dy, Tensor& dx);
+// Pixel unshuffle by 2 (PyTorch's pixel_unshuffle): x [n, c, 2h, 2w] -> y [n, 4c, h, w],
+// y[b, 4q + 2di + dj, i, j] = x[b, q, 2i + di, 2j + dj]. Its backward is pixel_shuffle2.
+void pixel_unshuffle2(const Tensor& x, Tensor& y);
+// Pixel shuffle by 2 (PyTorch's pixel_shuffle): x [n, 4c, h, w] -> y [n, c, 2h, 2w];
+// the inverse permutation of pixel_unshuffle2 (and its backward).
+void pixel_shuffle2(const Tensor& x, Tensor& y);
 // y = a + b (same shape); out may alias a.
 void add(const Tensor& a, const Tensor& b, Tensor& y);
 // y += x.

@@ -24,9 +24,11 @@ ReconLoss parse_recon_loss(const std::string& s) {
 void TokenizerConfig::validate() const {
     auto bad = [](const std::string& why) { throw Error("invalid tokenizer configuration", {}, why); };
     if (channels != 1 && channels != 3) bad("channels must be 1 or 3");
-    if (num_down < 1 || num_down > 5) bad("num_down must be in 1..5");
+    if (num_down < 1 || num_down > 5) bad("num_down must be in 1..5 (the first stage is a pixel unshuffle)");
     if (image_size <= 0 || (image_size % (int64_t{1} << num_down)) != 0)
         bad("image_size must be a positive multiple of 2^num_down");
+    if (num_down == 1 && base_channels != hidden_channels)
+        bad("with num_down = 1 there is no strided stage, so base_channels must equal hidden_channels");
     if (base_channels < 1 || hidden_channels < 1 || code_dim < 1 || res_blocks < 0) bad("widths must be positive");
     if (codebook_size < 2 || codebook_size > 65535) bad("codebook_size must be in 2..65535 (tokens are uint16)");
     if (!(commitment >= 0)) bad("commitment must be >= 0");
@@ -58,8 +60,10 @@ TokenizerConfig TokenizerConfig::from_attrs(const Attrs& a, const std::string& p
 Tokenizer::Impl::Impl(const TokenizerConfig& c, std::shared_ptr<Backend> b) : cfg(c), be(std::move(b)) {
     cfg.validate();
     const int64_t B = cfg.base_channels, H = cfg.hidden_channels;
-    enc_in = nn::Conv2d("enc.conv_in", cfg.channels, B, 3, 1, 1);
-    for (int64_t i = 0; i < cfg.num_down; ++i)
+    // Stage 1 of num_down is a pixel unshuffle (space-to-depth): no convolution
+    // ever runs at full resolution, where 1-channel convs are slow and costly.
+    enc_in = nn::Conv2d("enc.conv_in", 4 * cfg.channels, B, 3, 1, 1);
+    for (int64_t i = 0; i < cfg.num_down - 1; ++i)
         enc_down.emplace_back("enc.down" + std::to_string(i), i == 0 ? B : H, H, 4, 2, 1);
     for (int64_t j = 0; j < cfg.res_blocks; ++j) enc_res.emplace_back("enc.res" + std::to_string(j), H);
     enc_out = nn::Conv2d("enc.conv_out", H, cfg.code_dim, 1, 1, 0);
@@ -69,9 +73,10 @@ Tokenizer::Impl::Impl(const TokenizerConfig& c, std::shared_ptr<Backend> b) : cf
     ema_sum = Tensor({cfg.codebook_size, cfg.code_dim});
     dec_in = nn::Conv2d("dec.conv_in", cfg.code_dim, H, 3, 1, 1);
     for (int64_t j = 0; j < cfg.res_blocks; ++j) dec_res.emplace_back("dec.res" + std::to_string(j), H);
-    for (int64_t i = 0; i < cfg.num_down; ++i)
-        dec_up.emplace_back("dec.up" + std::to_string(i), H, i == cfg.num_down - 1 ? B : H, 3, 1, 1);
-    dec_out = nn::Conv2d("dec.conv_out", B, cfg.channels, 3, 1, 1);
+    for (int64_t i = 0; i < cfg.num_down - 1; ++i)
+        dec_up.emplace_back("dec.up" + std::to_string(i), H, i == cfg.num_down - 2 ? B : H, 3, 1, 1);
+    // With no upsampling stage the decoder's last width is H.
+    dec_out = nn::Conv2d("dec.conv_out", cfg.num_down > 1 ? B : H, 4 * cfg.channels, 3, 1, 1);
 }
 
 std::vector<std::pair<std::string, std::pair<Tensor*, Tensor*>>> Tokenizer::Impl::params() {
@@ -94,7 +99,8 @@ std::vector<std::pair<std::string, std::pair<Tensor*, Tensor*>>> Tokenizer::Impl
 
 void Tokenizer::Impl::encoder_forward(const Tensor& input) {
     Backend& b = *be;
-    enc_in.forward(b, input, e_in);
+    nn::pixel_unshuffle2(input, x_s2d);
+    enc_in.forward(b, x_s2d, e_in);
     nn::relu_forward(e_in, e_in_r);
     e_down.resize(enc_down.size());
     e_down_r.resize(enc_down.size());
@@ -143,14 +149,16 @@ void Tokenizer::Impl::decoder_forward(const Tensor& zq) {
         nn::relu_forward(d_up[i], d_up_r[i]);
         h = &d_up_r[i];
     }
-    dec_out.forward(b, *h, x_hat);
+    dec_out.forward(b, *h, out_s2d);
+    nn::pixel_shuffle2(out_s2d, x_hat);
 }
 
 void Tokenizer::Impl::decoder_backward(const Tensor& d_xhat, Tensor& dzq) {
     Backend& b = *be;
-    Tensor g, g2;
+    Tensor g, g2, d_s2d;
     const Tensor* last = dec_up.empty() ? &d_res_r : &d_up_r.back();
-    dec_out.backward(b, *last, d_xhat, &g);
+    nn::pixel_unshuffle2(d_xhat, d_s2d);
+    dec_out.backward(b, *last, d_s2d, &g);
     for (size_t i = dec_up.size(); i-- > 0;) {
         nn::relu_backward(d_up_r[i], g, g);
         dec_up[i].backward(b, d_up_in[i], g, &g2);
@@ -181,7 +189,7 @@ void Tokenizer::Impl::encoder_backward(const Tensor& dze) {
         std::swap(g, g2);
     }
     nn::relu_backward(e_in_r, g, g);
-    enc_in.backward(b, x, g, nullptr);
+    enc_in.backward(b, x_s2d, g, nullptr);
 }
 
 // ---- public API ---------------------------------------------------------------

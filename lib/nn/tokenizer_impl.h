@@ -29,6 +29,7 @@ struct Tokenizer::Impl {
 
     // saved activations (training)
     Tensor x;                                   // input [n, C, S, S]
+    Tensor x_s2d;                               // pixel-unshuffled input [n, 4C, S/2, S/2]
     Tensor e_in, e_in_r;                        // conv_in out, relu
     std::vector<Tensor> e_down, e_down_r;       // per down stage
     std::vector<Tensor> e_res_out;              // per res block
@@ -39,7 +40,7 @@ struct Tokenizer::Impl {
     std::vector<Tensor> d_res_out;
     Tensor d_res_r;
     std::vector<Tensor> d_up_in, d_up, d_up_r;  // upsampled input, conv out, relu
-    Tensor x_hat;
+    Tensor out_s2d, x_hat;                      // dec.conv_out output [n, 4C, S/2, S/2], shuffled [n, C, S, S]
 
     Impl(const TokenizerConfig& c, std::shared_ptr<Backend> b);
     // Every learnable parameter and its gradient, in a stable order.

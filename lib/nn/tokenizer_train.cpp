@@ -47,9 +47,9 @@ TokenizerPreset tokenizer_preset(const std::string& name) {
         p.train.restart_every = 10; p.train.log_every = 5; p.train.checkpoint_every = 0;
     } else if (name == "demo") {
         p.description = "under 10 minutes on 2 cores; Fashion-MNIST 32x32 -> 8x8 tokens, 512 codes";
-        p.model.base_channels = 32; p.model.hidden_channels = 64; p.model.res_blocks = 2;
+        p.model.base_channels = 64; p.model.hidden_channels = 64; p.model.res_blocks = 2;
         p.model.codebook_size = 512; p.model.code_dim = 32;
-        p.train.steps = 1500; p.train.batch_size = 64; p.train.lr = 2e-3; p.train.warmup = 100;
+        p.train.steps = 2000; p.train.batch_size = 64; p.train.lr = 2e-3; p.train.warmup = 100;
         p.train.restart_every = 50; p.train.log_every = 25; p.train.checkpoint_every = 250;
     } else if (name == "quality") {
         p.description = "about an hour on 2 cores; wider and longer than demo";
