@@ -23,7 +23,7 @@ warmup=3
 repeats=3
 preset=demo
 backend=auto
-command_line="bench/run_tokenizer_bench.sh $*"
+command_line="bench/run_tokenizer_bench.sh$(printf " %q" "$@")"
 
 while (($#)); do
     case "$1" in

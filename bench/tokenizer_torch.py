@@ -2,7 +2,8 @@
 """The magnets VQ tokenizer and its training step in PyTorch, for throughput comparison.
 
 Same architecture, parameter names and layouts as lib/nn/tokenizer.cpp (see
-magnets-formats(5)); same training step as lib/nn/tokenizer_train.cpp: random
+magnets-formats(5); checked by loading a magnets checkpoint's /weights into it
+and comparing tokens); same training step as lib/nn/tokenizer_train.cpp: random
 batch from Fashion-MNIST (28x28 padded to image_size), encoder, nearest-code
 quantizer with straight-through gradients, decoder, loss = recon +
 beta * commitment (+ codebook loss for quantizer=loss), EMA codebook update
@@ -39,11 +40,13 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
+    # Stage 1 of num_down is a pixel unshuffle (space-to-depth), so no conv runs
+    # at full resolution; then num_down - 1 stride-2 convs.
     def __init__(self, cfg):
         super().__init__()
         B, H = cfg["base_channels"], cfg["hidden_channels"]
-        self.conv_in = nn.Conv2d(cfg["channels"], B, 3, 1, 1)
-        for i in range(cfg["num_down"]):
+        self.conv_in = nn.Conv2d(4 * cfg["channels"], B, 3, 1, 1)
+        for i in range(cfg["num_down"] - 1):
             setattr(self, f"down{i}", nn.Conv2d(B if i == 0 else H, H, 4, 2, 1))
         for j in range(cfg["res_blocks"]):
             setattr(self, f"res{j}", ResBlock(H))
@@ -51,8 +54,8 @@ class Encoder(nn.Module):
         self.num_down, self.res_blocks = cfg["num_down"], cfg["res_blocks"]
 
     def forward(self, x):
-        h = F.relu(self.conv_in(x))
-        for i in range(self.num_down):
+        h = F.relu(self.conv_in(F.pixel_unshuffle(x, 2)))
+        for i in range(self.num_down - 1):
             h = F.relu(getattr(self, f"down{i}")(h))
         for j in range(self.res_blocks):
             h = getattr(self, f"res{j}")(h)
@@ -60,6 +63,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    # Mirror of the encoder: num_down - 1 (nearest x2, conv3x3) stages, then a
+    # conv to 4 * channels and a pixel shuffle.
     def __init__(self, cfg):
         super().__init__()
         B, H = cfg["base_channels"], cfg["hidden_channels"]
@@ -67,9 +72,9 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg["code_dim"], H, 3, 1, 1)
         for j in range(cfg["res_blocks"]):
             setattr(self, f"res{j}", ResBlock(H))
-        for i in range(n):
-            setattr(self, f"up{i}", nn.Conv2d(H, B if i == n - 1 else H, 3, 1, 1))
-        self.conv_out = nn.Conv2d(B, cfg["channels"], 3, 1, 1)
+        for i in range(n - 1):
+            setattr(self, f"up{i}", nn.Conv2d(H, B if i == n - 2 else H, 3, 1, 1))
+        self.conv_out = nn.Conv2d(B if n > 1 else H, 4 * cfg["channels"], 3, 1, 1)
         self.num_down, self.res_blocks = n, cfg["res_blocks"]
 
     def forward(self, z):
@@ -77,9 +82,9 @@ class Decoder(nn.Module):
         for j in range(self.res_blocks):
             h = getattr(self, f"res{j}")(h)
         h = F.relu(h)
-        for i in range(self.num_down):
+        for i in range(self.num_down - 1):
             h = F.relu(getattr(self, f"up{i}")(F.interpolate(h, scale_factor=2, mode="nearest")))
-        return self.conv_out(h)
+        return F.pixel_shuffle(self.conv_out(h), 2)
 
 
 class Tokenizer(nn.Module):

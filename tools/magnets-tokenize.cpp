@@ -164,7 +164,7 @@ public:
         : r_(std::move(r)), operands_(std::move(operands)) {}
     // Given on the command line (defaults do not count).
     bool has(const std::string& name) const { return r_.count(name) > 0; }
-    bool flag(const std::string& name) const { return r_.count(name) > 0; }
+    bool flag(const std::string& name) const { return r_.count(name) > 0 && r_[name].as<bool>(); }
     std::string text(const std::string& name) const { return r_[name].as<std::string>(); }
     int64_t integer(const std::string& name) const { return r_[name].as<int64_t>(); }
     double real(const std::string& name) const { return r_[name].as<double>(); }
@@ -370,8 +370,6 @@ std::shared_ptr<magnets::Backend> backend_for(const std::string& name) {
     return std::shared_ptr<magnets::Backend>(magnets::make_backend(name));
 }
 
-std::string creator() { return std::string(prog) + " " + magnets::version_string; }
-
 // ---- train -----------------------------------------------------------------
 
 std::atomic<bool> g_stop{false};
@@ -500,7 +498,8 @@ void write_recon_png(magnets::Tokenizer& tok, const std::string& spec, const std
                 magnets::image_from_float(src->data() + i * ppi, set.channels, set.height, set.width), 4));
     magnets::Image grid = magnets::make_grid(tiles, 8);
     magnets::write_png(path, grid,
-                       {{"creator", creator()},
+                       {{"creator", prog},
+                        {"creator_version", magnets::version_string},
                         {"tokenizer", tok_path},
                         {"tokenizer_hash", tok.hash()},
                         {"source", set.source},
@@ -670,7 +669,7 @@ int run_encode(const Args& a) {
         bar.update(first + m);
     }
     bar.finish();
-    magnets::write_token_file(output, tf, creator());
+    magnets::write_token_file(output, tf, prog);
     magnets::log_info("wrote %s (%" PRId64 " items, %" PRId64 "x%" PRId64 " tokens, K = %" PRId64 ")",
                       output.c_str(), n, tf.grid_h, tf.grid_w, tf.codebook_size);
     return 0;
@@ -761,7 +760,8 @@ int run_decode(const Args& a) {
             magnets::Image img = magnets::image_from_float(y.data() + j * ppi, c, s, s);
             const int32_t label = it.file->labels[static_cast<size_t>(it.index)];
             std::map<std::string, std::string> text = {
-                {"creator", creator()},
+                {"creator", prog},
+                {"creator_version", magnets::version_string},
                 {"source", it.path},
                 {"index", std::to_string(it.index)},
                 {"label", std::to_string(label)},
@@ -783,7 +783,8 @@ int run_decode(const Args& a) {
         for (const auto& p : inputs) sources += (sources.empty() ? "" : ", ") + p;
         magnets::write_png((std::filesystem::path(out_dir) / "grid.png").string(),
                            magnets::make_grid(tiles, std::min<int64_t>(cols, static_cast<int64_t>(tiles.size()))),
-                           {{"creator", creator()},
+                           {{"creator", prog},
+                            {"creator_version", magnets::version_string},
                             {"source", sources},
                             {"items", std::to_string(tiles.size())},
                             {"tokenizer", tok_path},

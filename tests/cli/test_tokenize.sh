@@ -5,8 +5,8 @@
 # Environment (set by tests/meson.build):
 #   MAGNETS_BIN       folder with magnets-tokenize
 #   MAGNETS_FIXTURES  tests/fixtures (tok_tiny.h5: `magnets-tokenize train --preset tiny
-#                     --hidden-channels 12 --limit 512 --steps 30 --threads 1 -o tok_tiny.h5`,
-#                     about 160 KB)
+#                     --limit 512 --steps 30 --threads 1 -o tok_tiny.h5`, about 170 KB;
+#                     regenerate it when the tokenizer's architecture or format changes)
 # Needs Fashion-MNIST (dataset-fashion-mnist). Cases that patch HDF5 files use
 # /usr/bin/python3 with h5py and are skipped without it.
 # Prints "ok - name" / "not ok - name" per case; exits 1 when any case failed.
