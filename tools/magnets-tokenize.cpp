@@ -96,7 +96,7 @@ const std::vector<OptionSpec> train_options = {
     {"seed", ArgKind::integer, "N", "seed of every random draw (init, data order, restarts)", nullptr, false, true},
     {"codebook-size", ArgKind::integer, "K", "number of codes", nullptr, false, true},
     {"code-dim", ArgKind::integer, "C", "dimension of a code", nullptr, false, true},
-    {"base-channels", ArgKind::integer, "N", "convolution width at full resolution", nullptr, false, true},
+    {"base-channels", ArgKind::integer, "N", "convolution width at half resolution (after the pixel unshuffle)", nullptr, false, true},
     {"hidden-channels", ArgKind::integer, "N", "convolution width at lower resolutions", nullptr, false, true},
     {"res-blocks", ArgKind::integer, "N", "residual blocks in the encoder and in the decoder", nullptr, false, true},
     {"image-size", ArgKind::integer, "N", "input side in pixels (Fashion-MNIST is padded to it)", nullptr, false, true},
@@ -603,6 +603,7 @@ int run_train(const Args& a) {
     opt.resume = resume;
     opt.stop = &g_stop;
     opt.stop_after = stop_after;
+    opt.creator = prog;
 
     install_stop_handlers();
     const double t0 = magnets::now_seconds();

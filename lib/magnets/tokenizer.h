@@ -1,8 +1,9 @@
 // magnets/tokenizer.h: the VQ tokenizer (images <-> discrete token grids).
 //
-// Conv encoder (stride-2 downsampling, residual blocks) -> vector quantizer
-// (K codes of dimension c, EMA or loss-trained codebook, dead-code restarts)
-// -> conv decoder (nearest upsampling + conv, residual blocks). Images are
+// Conv encoder (pixel unshuffle, then stride-2 convs and residual blocks) ->
+// vector quantizer (K codes of dimension c, EMA or loss-trained codebook,
+// dead-code restarts) -> conv decoder (residual blocks, nearest upsampling +
+// conv, pixel shuffle). No convolution runs at full resolution. Images are
 // [n, channels, size, size] floats in [0, 1]; tokens are [n, size/f, size/f]
 // with f = 2^num_down.
 //
@@ -42,9 +43,10 @@ ReconLoss parse_recon_loss(const std::string& s);
 struct TokenizerConfig {
     int64_t image_size = 32;     // input is image_size x image_size
     int64_t channels = 1;        // 1 gray, 3 RGB
-    int64_t base_channels = 32;  // width at full resolution
+    int64_t base_channels = 32;  // width at half resolution (after the pixel unshuffle)
     int64_t hidden_channels = 64;// width at every lower resolution
-    int64_t num_down = 2;        // stride-2 stages: tokens = image_size / 2^num_down per side
+    int64_t num_down = 2;        // halvings: a pixel unshuffle + (num_down - 1) stride-2 convs;
+                                 // tokens = image_size / 2^num_down per side
     int64_t res_blocks = 2;      // residual blocks at token resolution (encoder and decoder each)
     int64_t codebook_size = 512; // K
     int64_t code_dim = 32;       // c
@@ -142,6 +144,7 @@ struct TokenizerTrainOptions {
     bool resume = false;               // continue from `output`'s train state
     std::atomic<bool>* stop = nullptr; // set by a signal handler: checkpoint and return
     int64_t stop_after = -1;           // testing aid: behave as if stopped after this step
+    std::string creator = "magnets";   // program name written into checkpoints
 };
 
 // Trains (or resumes) `tok` on `data`. Writes atomic checkpoints every
@@ -151,7 +154,7 @@ int64_t train_tokenizer(Tokenizer& tok, const ImageSet& data, const TokenizerTra
                         const std::function<void(const TokenizerLog&)>& on_log);
 
 // Writes `tok` (weights only) to a checkpoint file atomically.
-void save_tokenizer(const Tokenizer& tok, const std::string& path);
+void save_tokenizer(const Tokenizer& tok, const std::string& path, const std::string& creator = "magnets");
 
 struct TokenizerEval {
     int64_t images = 0;

@@ -49,14 +49,14 @@ TokenizerPreset tokenizer_preset(const std::string& name) {
         p.description = "under 10 minutes on 2 cores; Fashion-MNIST 32x32 -> 8x8 tokens, 512 codes";
         p.model.base_channels = 64; p.model.hidden_channels = 64; p.model.res_blocks = 2;
         p.model.codebook_size = 512; p.model.code_dim = 32;
-        p.train.steps = 2000; p.train.batch_size = 64; p.train.lr = 2e-3; p.train.warmup = 100;
-        p.train.restart_every = 50; p.train.log_every = 25; p.train.checkpoint_every = 250;
+        p.train.steps = 3500; p.train.batch_size = 64; p.train.lr = 3e-3; p.train.warmup = 100;
+        p.train.restart_every = 50; p.train.log_every = 50; p.train.checkpoint_every = 500;
     } else if (name == "quality") {
-        p.description = "about an hour on 2 cores; wider and longer than demo";
-        p.model.base_channels = 64; p.model.hidden_channels = 128; p.model.res_blocks = 2;
-        p.model.codebook_size = 512; p.model.code_dim = 64;
-        p.train.steps = 8000; p.train.batch_size = 64; p.train.lr = 1.5e-3; p.train.warmup = 200;
-        p.train.restart_every = 100; p.train.log_every = 50; p.train.checkpoint_every = 500;
+        p.description = "about 30-45 minutes on 2 cores; twice as wide as demo";
+        p.model.base_channels = 128; p.model.hidden_channels = 128; p.model.res_blocks = 2;
+        p.model.codebook_size = 512; p.model.code_dim = 32;
+        p.train.steps = 3000; p.train.batch_size = 64; p.train.lr = 2e-3; p.train.warmup = 100;
+        p.train.restart_every = 50; p.train.log_every = 50; p.train.checkpoint_every = 500;
     } else {
         std::string names;
         for (auto& n : tokenizer_preset_names()) names += (names.empty() ? "" : ", ") + n;
@@ -74,9 +74,9 @@ static Checkpoint make_checkpoint(Tokenizer& tok) {
     return ck;
 }
 
-void save_tokenizer(const Tokenizer& tok, const std::string& path) {
+void save_tokenizer(const Tokenizer& tok, const std::string& path, const std::string& creator) {
     Checkpoint ck = make_checkpoint(const_cast<Tokenizer&>(tok));
-    write_checkpoint(path, ck, "magnets");
+    write_checkpoint(path, ck, creator);
 }
 
 static void load_weights(Tokenizer& tok, const Checkpoint& ck, const std::string& path) {
@@ -199,6 +199,16 @@ int64_t train_tokenizer(Tokenizer& tok, const ImageSet& data, const TokenizerTra
         if (!ck.has_state())
             throw Error("cannot resume", opt.output, "the file holds weights only (no training state)",
                         "train again without --resume");
+        // The data order is a function of (seed, count): resuming on other data
+        // would silently train on a different sequence.
+        const std::string src = attr_string(ck.state_attrs, "data_source", opt.output);
+        const std::string split = attr_string(ck.state_attrs, "data_split", opt.output);
+        const int64_t count = attr_int(ck.state_attrs, "data_count", opt.output);
+        if (src != data.source || split != data.split || count != data.count())
+            throw Error("cannot resume", opt.output,
+                        "the interrupted run trained on " + src + " (" + split + ", " + std::to_string(count) +
+                            " images), not " + data.source + " (" + data.split + ", " + std::to_string(data.count()) + ")",
+                        "resume with the same --dataset, --split and --limit");
         load_weights(tok, ck, opt.output);
         adam.load(ck, opt.output);
         for (auto [name, dst] : {std::pair<const char*, Tensor*>{"ema_count", &m.ema_count}, {"ema_sum", &m.ema_sum}}) {
@@ -233,7 +243,10 @@ int64_t train_tokenizer(Tokenizer& tok, const ImageSet& data, const TokenizerTra
         ck.state_attrs["step"] = done;
         ck.state_attrs["data_position"] = done * tc.batch_size;
         ck.state_attrs["seed"] = static_cast<int64_t>(tc.seed);
-        write_checkpoint(opt.output, ck, "magnets-tokenize");
+        ck.state_attrs["data_source"] = data.source;
+        ck.state_attrs["data_split"] = data.split;
+        ck.state_attrs["data_count"] = data.count();
+        write_checkpoint(opt.output, ck, opt.creator);
     };
 
     DataOrder order(tc.seed, data.count());

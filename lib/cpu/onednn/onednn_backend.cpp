@@ -24,6 +24,7 @@
 //   time per Backend object (the caches and stream are unguarded). Threads
 //   come from OpenMP (oneDNN's CPU runtime here), see set_num_threads().
 #include "core/backend_registry.h"
+#include "cpu/host_backend.h"
 #include "magnets/error.h"
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -42,7 +43,7 @@ namespace {
 using dnnl::memory;
 using tag = dnnl::memory::format_tag;
 constexpr auto f32 = dnnl::memory::data_type::f32;
-constexpr std::align_val_t k_alignment{64};
+constexpr std::align_val_t k_alignment = k_host_alignment; // scratch buffers too
 constexpr size_t k_max_plans = 1024;
 
 // For each convolution op: true = let oneDNN pick blocked layouts (any) and
@@ -101,7 +102,7 @@ struct Plan {
     std::unordered_map<int, memory> args;
 };
 
-class OnednnBackend final : public Backend {
+class OnednnBackend final : public HostBackend {
 public:
     explicit OnednnBackend(ConvLayouts layouts = k_default_conv_layouts)
         : layouts_(layouts), engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
@@ -109,16 +110,6 @@ public:
     const char* name() const override { return "onednn"; }
     bool supports(Op) const override { return true; }
 
-    float* alloc(size_t count) override {
-        return static_cast<float*>(::operator new(std::max<size_t>(count, 1) * sizeof(float), k_alignment));
-    }
-    void free(float* p) override { ::operator delete(p, k_alignment); }
-    void upload(float* dst, const float* host_src, size_t count) override {
-        if (count) std::memcpy(dst, host_src, count * sizeof(float));
-    }
-    void download(float* host_dst, const float* src, size_t count) override {
-        if (count) std::memcpy(host_dst, src, count * sizeof(float));
-    }
 
     void matmul(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, float alpha,
                 float beta) override {

@@ -6,6 +6,7 @@
 // oneDNN (bench_backend) and is not meant for training. The loops rely on
 // -O3 (Meson's release default) to vectorise.
 #include "core/backend_registry.h"
+#include "cpu/host_backend.h"
 #include "magnets/error.h"
 
 #include <algorithm>
@@ -16,7 +17,6 @@
 namespace magnets {
 namespace {
 
-constexpr std::align_val_t k_alignment{64};
 // Below this many multiply-adds an op runs on the calling thread: waking an
 // OpenMP team costs more than the work, and on a busy 2-core host a small
 // parallel region was measured 200x slower than the serial loop.
@@ -36,21 +36,11 @@ Range valid_outputs(int64_t len, int64_t out, int64_t stride, int64_t pad, int64
     return {lo, hi};
 }
 
-class RefBackend final : public Backend {
+class RefBackend final : public HostBackend {
 public:
     const char* name() const override { return "ref"; }
     bool supports(Op) const override { return true; }
 
-    float* alloc(size_t count) override {
-        return static_cast<float*>(::operator new(std::max<size_t>(count, 1) * sizeof(float), k_alignment));
-    }
-    void free(float* p) override { ::operator delete(p, k_alignment); }
-    void upload(float* dst, const float* host_src, size_t count) override {
-        if (count) std::memcpy(dst, host_src, count * sizeof(float));
-    }
-    void download(float* host_dst, const float* src, size_t count) override {
-        if (count) std::memcpy(host_dst, src, count * sizeof(float));
-    }
 
     // C (m x n) is computed in tiles of k_rows rows x k_cols columns, each
     // owned by one thread: op(B) is first packed into a contiguous [k, n] copy,
