@@ -63,9 +63,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    # Mirror of the encoder: num_down - 1 (nearest x2, conv3x3, ReLU, residual
-    # block) stages, then a conv to 4 * channels and a pixel shuffle. The
-    # magnets name of up{i}_res is dec.up{i}.res.
+    # Mirror of the encoder: num_down - 1 (nearest x2, conv3x3) stages, then a
+    # conv to 4 * channels and a pixel shuffle.
     def __init__(self, cfg):
         super().__init__()
         B, H = cfg["base_channels"], cfg["hidden_channels"]
@@ -74,9 +73,7 @@ class Decoder(nn.Module):
         for j in range(cfg["res_blocks"]):
             setattr(self, f"res{j}", ResBlock(H))
         for i in range(n - 1):
-            out = B if i == n - 2 else H
-            setattr(self, f"up{i}", nn.Conv2d(H, out, 3, 1, 1))
-            setattr(self, f"up{i}_res", ResBlock(out))
+            setattr(self, f"up{i}", nn.Conv2d(H, B if i == n - 2 else H, 3, 1, 1))
         self.conv_out = nn.Conv2d(B if n > 1 else H, 4 * cfg["channels"], 3, 1, 1)
         self.num_down, self.res_blocks = n, cfg["res_blocks"]
 
@@ -87,7 +84,6 @@ class Decoder(nn.Module):
         h = F.relu(h)
         for i in range(self.num_down - 1):
             h = F.relu(getattr(self, f"up{i}")(F.interpolate(h, scale_factor=2, mode="nearest")))
-            h = getattr(self, f"up{i}_res")(h)
         return F.pixel_shuffle(self.conv_out(h), 2)
 
 

@@ -49,10 +49,7 @@ def build():
         conv_param(f"dec.res{j}.conv_a", H, H, 3, p)
         conv_param(f"dec.res{j}.conv_b", H, H, 1, p)
     for i in range(cfg["num_down"] - 1):
-        out_ch = B if i == cfg["num_down"] - 2 else H
-        conv_param(f"dec.up{i}", H, out_ch, 3, p)
-        conv_param(f"dec.up{i}.res.conv_a", out_ch, out_ch, 3, p)
-        conv_param(f"dec.up{i}.res.conv_b", out_ch, out_ch, 1, p)
+        conv_param(f"dec.up{i}", H, B if i == cfg["num_down"] - 2 else H, 3, p)
     conv_param("dec.conv_out", B, 4 * C, 3, p)
     return p
 
@@ -85,7 +82,6 @@ def decode(p, zq):
     h = F.relu(h)
     for i in range(cfg["num_down"] - 1):
         h = F.relu(conv(p, f"dec.up{i}", F.interpolate(h, scale_factor=2, mode="nearest")))
-        h = res(p, f"dec.up{i}.res", h)
     return F.pixel_shuffle(conv(p, "dec.conv_out", h), 2)
 
 

@@ -73,13 +73,8 @@ Tokenizer::Impl::Impl(const TokenizerConfig& c, std::shared_ptr<Backend> b) : cf
     ema_sum = Tensor({cfg.codebook_size, cfg.code_dim});
     dec_in = nn::Conv2d("dec.conv_in", cfg.code_dim, H, 3, 1, 1);
     for (int64_t j = 0; j < cfg.res_blocks; ++j) dec_res.emplace_back("dec.res" + std::to_string(j), H);
-    // Each upsampling stage: nearest x2, conv, ReLU, residual block. The
-    // residual blocks give the decoder capacity where the detail is.
-    for (int64_t i = 0; i < cfg.num_down - 1; ++i) {
-        const int64_t out = i == cfg.num_down - 2 ? B : H;
-        dec_up.emplace_back("dec.up" + std::to_string(i), H, out, 3, 1, 1);
-        dec_up_res.emplace_back("dec.up" + std::to_string(i) + ".res", out);
-    }
+    for (int64_t i = 0; i < cfg.num_down - 1; ++i)
+        dec_up.emplace_back("dec.up" + std::to_string(i), H, i == cfg.num_down - 2 ? B : H, 3, 1, 1);
     // With no upsampling stage the decoder's last width is H.
     dec_out = nn::Conv2d("dec.conv_out", cfg.num_down > 1 ? B : H, 4 * cfg.channels, 3, 1, 1);
 }
@@ -97,11 +92,7 @@ std::vector<std::pair<std::string, std::pair<Tensor*, Tensor*>>> Tokenizer::Impl
     p.push_back({"quant.codebook", {&codebook, &dcodebook}});
     conv(dec_in);
     for (auto& r : dec_res) { conv(r.conv_a); conv(r.conv_b); }
-    for (size_t i = 0; i < dec_up.size(); ++i) {
-        conv(dec_up[i]);
-        conv(dec_up_res[i].conv_a);
-        conv(dec_up_res[i].conv_b);
-    }
+    for (auto& c : dec_up) conv(c);
     conv(dec_out);
     return p;
 }
@@ -152,13 +143,11 @@ void Tokenizer::Impl::decoder_forward(const Tensor& zq) {
     d_up_in.resize(dec_up.size());
     d_up.resize(dec_up.size());
     d_up_r.resize(dec_up.size());
-    d_up_res.resize(dec_up.size());
     for (size_t i = 0; i < dec_up.size(); ++i) {
         nn::upsample2_forward(*h, d_up_in[i]);
         dec_up[i].forward(b, d_up_in[i], d_up[i]);
         nn::relu_forward(d_up[i], d_up_r[i]);
-        dec_up_res[i].forward(b, d_up_r[i], d_up_res[i]);
-        h = &d_up_res[i];
+        h = &d_up_r[i];
     }
     dec_out.forward(b, *h, out_s2d);
     nn::pixel_shuffle2(out_s2d, x_hat);
@@ -167,12 +156,11 @@ void Tokenizer::Impl::decoder_forward(const Tensor& zq) {
 void Tokenizer::Impl::decoder_backward(const Tensor& d_xhat, Tensor& dzq) {
     Backend& b = *be;
     Tensor g, g2, d_s2d;
-    const Tensor* last = dec_up.empty() ? &d_res_r : &d_up_res.back();
+    const Tensor* last = dec_up.empty() ? &d_res_r : &d_up_r.back();
     nn::pixel_unshuffle2(d_xhat, d_s2d);
     dec_out.backward(b, *last, d_s2d, &g);
     for (size_t i = dec_up.size(); i-- > 0;) {
-        dec_up_res[i].backward(b, g, g2);
-        nn::relu_backward(d_up_r[i], g2, g);
+        nn::relu_backward(d_up_r[i], g, g);
         dec_up[i].backward(b, d_up_in[i], g, &g2);
         nn::upsample2_backward(g2, g);
     }
@@ -244,7 +232,7 @@ void Tokenizer::init(uint64_t seed) {
     for (auto* c : {&m.enc_in, &m.enc_out, &m.dec_in, &m.dec_out}) c->init(rng);
     for (auto& c : m.enc_down) c.init(rng);
     for (auto& c : m.dec_up) c.init(rng);
-    for (auto* v : {&m.enc_res, &m.dec_res, &m.dec_up_res})
+    for (auto* v : {&m.enc_res, &m.dec_res})
         for (auto& r : *v) { r.conv_a.init(rng); r.conv_b.init(rng); }
     const uint64_t s = stream_id("quant.codebook");
     const float scale = 1.0f / std::sqrt(static_cast<float>(m.cfg.code_dim));

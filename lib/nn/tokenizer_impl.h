@@ -25,7 +25,6 @@ struct Tokenizer::Impl {
     nn::Conv2d dec_in;
     std::vector<nn::ResBlock> dec_res;
     std::vector<nn::Conv2d> dec_up;
-    std::vector<nn::ResBlock> dec_up_res;      // one residual block after each upsampling conv
     nn::Conv2d dec_out;
 
     // saved activations (training)
@@ -41,7 +40,6 @@ struct Tokenizer::Impl {
     std::vector<Tensor> d_res_out;
     Tensor d_res_r;
     std::vector<Tensor> d_up_in, d_up, d_up_r;  // upsampled input, conv out, relu
-    std::vector<Tensor> d_up_res;               // residual block output per stage
     Tensor out_s2d, x_hat;                      // dec.conv_out output [n, 4C, S/2, S/2], shuffled [n, C, S, S]
 
     Impl(const TokenizerConfig& c, std::shared_ptr<Backend> b);
