@@ -179,8 +179,11 @@ def check_tokenizer(c, f, args):
     for n, d in weights.items():
         c.expect(d.dtype == np.dtype("<f4"), f"/weights/{n} has dtype {d.dtype}, expected float32")
     B, K, C, ch = cfg["base_channels"], cfg["codebook_size"], cfg["code_dim"], cfg["channels"]
-    for n, shape in {"quant.codebook": (K, C), "enc.conv_in.weight": (B, ch, 3, 3),
-                     "dec.conv_out.weight": (ch, B, 3, 3), "dec.conv_out.bias": (ch,)}.items():
+    # The first halving is a pixel unshuffle: conv_in sees 4 * channels, and
+    # conv_out produces 4 * channels for the final pixel shuffle.
+    last = B if cfg["num_down"] > 1 else cfg["hidden_channels"]
+    for n, shape in {"quant.codebook": (K, C), "enc.conv_in.weight": (B, 4 * ch, 3, 3),
+                     "dec.conv_out.weight": (4 * ch, last, 3, 3), "dec.conv_out.bias": (4 * ch,)}.items():
         c.dataset(f["weights"], n, "<f4", shape)
     c.say(f"/weights: {len(weights)} tensors, {sum(d.size for d in weights.values())} values, hash {weights_hash(f)}")
     if "train_state" in f:

@@ -15,6 +15,7 @@ set -u
 bin="${MAGNETS_BIN:?set MAGNETS_BIN to the folder of magnets-tokenize}/magnets-tokenize"
 fixtures="${MAGNETS_FIXTURES:?set MAGNETS_FIXTURES to tests/fixtures}"
 tok="$fixtures/tok_tiny.h5"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/magnets-cli.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
@@ -323,6 +324,13 @@ PY
     rc=$?
     expect_rc 0
     done_case "the token file opens in h5py with tokens [64, ..., 8, 8] and labels"
+
+    # The documented layouts (magnets-formats(5)), checked by scripts/check_h5py.py.
+    /usr/bin/python3 "$root/scripts/check_h5py.py" --count 64 --tokenizer "$tok" "$d/tokens.h5" "$tok" \
+        >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    expect_rc 0; expect_out "tokens.h5: OK"; expect_out "tok_tiny.h5: OK"
+    done_case "check_h5py.py finds the documented datasets and attributes in the token file and checkpoint"
 else
     skip_case "the token file opens in h5py" "h5py not importable by /usr/bin/python3"
 fi
