@@ -48,11 +48,12 @@ std::unique_ptr<Backend> make_backend(const std::string& name) {
     }
     if (name == "cuda") {
         // The CUDA backend (lib/cuda) is registered here once it exists.
-        throw Error("backend not available: cuda", {},
-                    MAGNETS_HAVE_CUDA ? "the CUDA backend is not implemented in this version"
-                                      : "this library was built without CUDA",
-                    "rebuild with -Dcuda=enabled on a machine with CUDA, or use one of: " +
-                        join_available());
+        if (MAGNETS_HAVE_CUDA)
+            throw Error("backend not available: cuda", {},
+                        "this version of magnets has no CUDA backend yet (see lib/cuda/README.md)",
+                        "use one of: " + join_available());
+        throw Error("backend not available: cuda", {}, "this library was built without CUDA",
+                    "rebuild with -Dcuda=enabled on a machine with CUDA, or use one of: " + join_available());
     }
     throw Error("unknown backend: '" + name + "'", {}, {},
                 "use auto or one of: " + join_available());
