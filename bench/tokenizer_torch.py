@@ -64,7 +64,8 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     # Mirror of the encoder: num_down - 1 (nearest x2, conv3x3) stages, then a
-    # conv to 4 * channels and a pixel shuffle.
+    # conv to 4 * tail_channels, a pixel shuffle, ReLU and a full-resolution 3x3
+    # conv ("tail") to the image channels.
     def __init__(self, cfg):
         super().__init__()
         B, H = cfg["base_channels"], cfg["hidden_channels"]
@@ -74,7 +75,8 @@ class Decoder(nn.Module):
             setattr(self, f"res{j}", ResBlock(H))
         for i in range(n - 1):
             setattr(self, f"up{i}", nn.Conv2d(H, B if i == n - 2 else H, 3, 1, 1))
-        self.conv_out = nn.Conv2d(B if n > 1 else H, 4 * cfg["channels"], 3, 1, 1)
+        self.conv_out = nn.Conv2d(B if n > 1 else H, 4 * cfg["tail_channels"], 3, 1, 1)
+        self.tail = nn.Conv2d(cfg["tail_channels"], cfg["channels"], 3, 1, 1)
         self.num_down, self.res_blocks = n, cfg["res_blocks"]
 
     def forward(self, z):
@@ -84,7 +86,7 @@ class Decoder(nn.Module):
         h = F.relu(h)
         for i in range(self.num_down - 1):
             h = F.relu(getattr(self, f"up{i}")(F.interpolate(h, scale_factor=2, mode="nearest")))
-        return F.pixel_shuffle(self.conv_out(h), 2)
+        return self.tail(F.relu(F.pixel_shuffle(self.conv_out(h), 2)))
 
 
 class Tokenizer(nn.Module):

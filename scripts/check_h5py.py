@@ -24,7 +24,7 @@ import numpy as np
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 STANDARD = ["format", "format_version", "creator", "creator_version", "created"]
 TOKENIZER_INT = ["image_size", "channels", "base_channels", "hidden_channels", "num_down",
-                 "res_blocks", "codebook_size", "code_dim", "tokens_h", "tokens_w"]
+                 "res_blocks", "codebook_size", "code_dim", "tail_channels", "tokens_h", "tokens_w"]
 TOKENIZER_FLOAT = ["commitment", "ema_decay"]
 TOKENIZER_CHOICES = {"quantizer": ("ema", "loss"), "recon_loss": ("l2", "l1")}
 TRAIN_INT = ["train_steps", "train_batch_size", "train_warmup", "train_seed",
@@ -182,8 +182,10 @@ def check_tokenizer(c, f, args):
     # The first halving is a pixel unshuffle: conv_in sees 4 * channels, and
     # conv_out produces 4 * channels for the final pixel shuffle.
     last = B if cfg["num_down"] > 1 else cfg["hidden_channels"]
+    T = cfg["tail_channels"]
     for n, shape in {"quant.codebook": (K, C), "enc.conv_in.weight": (B, 4 * ch, 3, 3),
-                     "dec.conv_out.weight": (4 * ch, last, 3, 3), "dec.conv_out.bias": (4 * ch,)}.items():
+                     "dec.conv_out.weight": (4 * T, last, 3, 3), "dec.conv_out.bias": (4 * T,),
+                     "dec.tail.weight": (ch, T, 3, 3), "dec.tail.bias": (ch,)}.items():
         c.dataset(f["weights"], n, "<f4", shape)
     c.say(f"/weights: {len(weights)} tensors, {sum(d.size for d in weights.values())} values, hash {weights_hash(f)}")
     if "train_state" in f:

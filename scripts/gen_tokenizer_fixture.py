@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-cfg = dict(image_size=16, channels=1, base_channels=4, hidden_channels=6, num_down=2, res_blocks=1,
+cfg = dict(image_size=16, channels=1, base_channels=4, hidden_channels=6, num_down=2, res_blocks=1, tail_channels=2,
            codebook_size=16, code_dim=3, quantizer="loss", commitment=0.25, ema_decay=0.99, recon_loss="l2")
 N = 3
 out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/tokenizer_fixture.h5"
@@ -50,7 +50,8 @@ def build():
         conv_param(f"dec.res{j}.conv_b", H, H, 1, p)
     for i in range(cfg["num_down"] - 1):
         conv_param(f"dec.up{i}", H, B if i == cfg["num_down"] - 2 else H, 3, p)
-    conv_param("dec.conv_out", B, 4 * C, 3, p)
+    conv_param("dec.conv_out", B, 4 * cfg["tail_channels"], 3, p)
+    conv_param("dec.tail", cfg["tail_channels"], C, 3, p)
     return p
 
 
@@ -82,7 +83,8 @@ def decode(p, zq):
     h = F.relu(h)
     for i in range(cfg["num_down"] - 1):
         h = F.relu(conv(p, f"dec.up{i}", F.interpolate(h, scale_factor=2, mode="nearest")))
-    return F.pixel_shuffle(conv(p, "dec.conv_out", h), 2)
+    t = F.relu(F.pixel_shuffle(conv(p, "dec.conv_out", h), 2))
+    return conv(p, "dec.tail", t)
 
 
 for attempt in range(100):

@@ -96,6 +96,7 @@ const std::vector<OptionSpec> train_options = {
     {"seed", ArgKind::integer, "N", "seed of every random draw (init, data order, restarts)", nullptr, false, true},
     {"codebook-size", ArgKind::integer, "K", "number of codes", nullptr, false, true},
     {"code-dim", ArgKind::integer, "C", "dimension of a code", nullptr, false, true},
+    {"tail-channels", ArgKind::integer, "T", "width of the decoder's full-resolution conv", nullptr, false, true},
     {"base-channels", ArgKind::integer, "N", "convolution width at half resolution (after the pixel unshuffle)", nullptr, false, true},
     {"hidden-channels", ArgKind::integer, "N", "convolution width at lower resolutions", nullptr, false, true},
     {"res-blocks", ArgKind::integer, "N", "residual blocks in the encoder and in the decoder", nullptr, false, true},
@@ -405,6 +406,7 @@ void apply_overrides(const Args& a, magnets::TokenizerConfig& m, magnets::Tokeni
     if (a.has("log-every")) t.log_every = a.positive("log-every");
     if (a.has("codebook-size")) m.codebook_size = a.positive("codebook-size");
     if (a.has("code-dim")) m.code_dim = a.positive("code-dim");
+    if (a.has("tail-channels")) m.tail_channels = a.positive("tail-channels");
     if (a.has("base-channels")) m.base_channels = a.positive("base-channels");
     if (a.has("hidden-channels")) m.hidden_channels = a.positive("hidden-channels");
     if (a.has("res-blocks")) m.res_blocks = a.positive("res-blocks", true);
@@ -423,7 +425,7 @@ void apply_overrides(const Args& a, magnets::TokenizerConfig& m, magnets::Tokeni
 // to the checkpoint's values; --steps, --log-every and --checkpoint-every may
 // change (a larger --steps extends a finished run).
 const std::vector<std::string> fixed_option_names = {
-    "preset", "codebook-size", "code-dim", "base-channels", "hidden-channels", "res-blocks",
+    "preset", "codebook-size", "code-dim", "tail-channels", "base-channels", "hidden-channels", "res-blocks",
     "image-size", "channels", "quantizer", "recon", "batch-size", "lr", "seed"};
 
 // "name: requested X, checkpoint Y" for every attribute that differs.

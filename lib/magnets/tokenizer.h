@@ -3,7 +3,8 @@
 // Conv encoder (pixel unshuffle, then stride-2 convs and residual blocks) ->
 // vector quantizer (K codes of dimension c, EMA or loss-trained codebook,
 // dead-code restarts) -> conv decoder (residual blocks, nearest upsampling +
-// conv, pixel shuffle). No convolution runs at full resolution. Images are
+// conv, a conv to 4 * tail_channels, pixel shuffle, ReLU, and one 3x3 "tail"
+// conv at full resolution). Only the tail runs at full resolution. Images are
 // [n, channels, size, size] floats in [0, 1]; tokens are [n, size/f, size/f]
 // with f = 2^num_down.
 //
@@ -50,6 +51,7 @@ struct TokenizerConfig {
     int64_t res_blocks = 2;      // residual blocks at token resolution (encoder and decoder each)
     int64_t codebook_size = 512; // K
     int64_t code_dim = 32;       // c
+    int64_t tail_channels = 16;  // T: width of the decoder's one full-resolution conv
     Quantizer quantizer = Quantizer::ema;
     double commitment = 0.25;    // beta
     double ema_decay = 0.99;

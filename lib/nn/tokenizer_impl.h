@@ -25,7 +25,8 @@ struct Tokenizer::Impl {
     nn::Conv2d dec_in;
     std::vector<nn::ResBlock> dec_res;
     std::vector<nn::Conv2d> dec_up;
-    nn::Conv2d dec_out;
+    nn::Conv2d dec_out;                         // to 4T channels at half resolution
+    nn::Conv2d dec_tail;                        // T -> C at full resolution
 
     // saved activations (training)
     Tensor x;                                   // input [n, C, S, S]
@@ -40,7 +41,7 @@ struct Tokenizer::Impl {
     std::vector<Tensor> d_res_out;
     Tensor d_res_r;
     std::vector<Tensor> d_up_in, d_up, d_up_r;  // upsampled input, conv out, relu
-    Tensor out_s2d, x_hat;                      // dec.conv_out output [n, 4C, S/2, S/2], shuffled [n, C, S, S]
+    Tensor out_s2d, tail_in, tail_r, x_hat;     // [n, 4T, S/2, S/2], shuffled [n, T, S, S], ReLU, output [n, C, S, S]
 
     Impl(const TokenizerConfig& c, std::shared_ptr<Backend> b);
     // Every learnable parameter and its gradient, in a stable order.
