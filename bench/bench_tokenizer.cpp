@@ -83,11 +83,11 @@ BenchOptions parse(int argc, char** argv) {
 void print_config(const magnets::TokenizerConfig& m, const magnets::TokenizerTrainConfig& t) {
     std::printf("{\"image_size\":%" PRId64 ",\"channels\":%" PRId64 ",\"base_channels\":%" PRId64
                 ",\"hidden_channels\":%" PRId64 ",\"num_down\":%" PRId64 ",\"res_blocks\":%" PRId64
-                ",\"codebook_size\":%" PRId64 ",\"code_dim\":%" PRId64 ",\"quantizer\":\"%s\",\"commitment\":%g"
+                ",\"codebook_size\":%" PRId64 ",\"code_dim\":%" PRId64 ",\"tail_channels\":%" PRId64 ",\"quantizer\":\"%s\",\"commitment\":%g"
                 ",\"ema_decay\":%g,\"recon_loss\":\"%s\",\"batch_size\":%" PRId64 ",\"lr\":%g,\"warmup\":%" PRId64
                 ",\"steps\":%" PRId64 ",\"lr_min_ratio\":%g}\n",
                 m.image_size, m.channels, m.base_channels, m.hidden_channels, m.num_down, m.res_blocks,
-                m.codebook_size, m.code_dim, magnets::quantizer_name(m.quantizer), m.commitment, m.ema_decay,
+                m.codebook_size, m.code_dim, m.tail_channels, magnets::quantizer_name(m.quantizer), m.commitment, m.ema_decay,
                 magnets::recon_loss_name(m.recon_loss), t.batch_size, t.lr, t.warmup, t.steps, t.lr_min_ratio);
 }
 

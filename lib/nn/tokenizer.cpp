@@ -256,14 +256,10 @@ void Tokenizer::init(uint64_t seed) {
     nn::copy(m.codebook, m.ema_sum);
 }
 
-static void check_images(const TokenizerConfig& c, int64_t n) {
-    check(n >= 0, "tokenizer", "negative batch size");
-    (void)c;
-}
 
 void Tokenizer::encode(const float* images, int64_t n, uint16_t* tokens) {
     Impl& m = *impl_;
-    check_images(m.cfg, n);
+    check(n >= 0, "tokenizer", "negative batch size");
     if (n == 0) return;
     const int64_t S = m.cfg.image_size;
     nn::ensure(m.x, {n, m.cfg.channels, S, S});
@@ -275,7 +271,7 @@ void Tokenizer::encode(const float* images, int64_t n, uint16_t* tokens) {
 
 void Tokenizer::decode(const uint16_t* tokens, int64_t n, float* images) {
     Impl& m = *impl_;
-    check_images(m.cfg, n);
+    check(n >= 0, "tokenizer", "negative batch size");
     if (n == 0) return;
     const int64_t side = m.cfg.tokens_side(), c = m.cfg.code_dim, K = m.cfg.codebook_size;
     const int64_t rows = n * side * side;
