@@ -2,6 +2,8 @@
 // image folders (generated PNGs), float conversion, errors.
 #include <doctest.h>
 
+#include "test_util.h"
+
 #include "magnets/dataset.h"
 #include "magnets/error.h"
 #include "magnets/image.h"
@@ -15,23 +17,11 @@
 #include <set>
 
 using namespace magnets;
+using magnets::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        std::string templ = (fs::temp_directory_path() / "magnets-test-dataset-XXXXXX").string();
-        REQUIRE(mkdtemp(templ.data()) != nullptr);
-        path = templ;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 template <class F>
 Error expect_error(F f) {

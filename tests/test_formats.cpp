@@ -2,6 +2,8 @@
 // with text chunks, grids.
 #include <doctest.h>
 
+#include "test_util.h"
+
 #include "io/h5.h"
 #include "magnets/error.h"
 #include "magnets/formats.h"
@@ -16,30 +18,11 @@
 #include <unistd.h>
 
 using namespace magnets;
+using magnets::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory under /tmp, removed with everything in it at scope exit.
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        std::string templ = (fs::temp_directory_path() / "magnets-test-formats-XXXXXX").string();
-        REQUIRE(mkdtemp(templ.data()) != nullptr);
-        path = templ;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string operator/(const std::string& name) const { return (path / name).string(); }
-    std::vector<std::string> entries() const {
-        std::vector<std::string> out;
-        for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
-        std::sort(out.begin(), out.end());
-        return out;
-    }
-};
 
 TokenFile sample_tokens(int64_t count, int64_t t, int64_t h, int64_t w, int64_t k) {
     TokenFile tf;

@@ -2,6 +2,8 @@
 // plus training behaviour: learning, exact resume, encode/decode consistency.
 #include <doctest.h>
 
+#include "test_util.h"
+
 #include "magnets/backend.h"
 #include "magnets/error.h"
 #include "magnets/formats.h"
@@ -15,8 +17,6 @@
 #include <filesystem>
 #include <string>
 #include <vector>
-
-#include <unistd.h>
 
 using namespace magnets;
 
@@ -66,12 +66,6 @@ ImageSet synthetic_images(int64_t count, int64_t size, uint32_t seed) {
             }
     }
     return s;
-}
-
-std::string temp_path(const std::string& name) {
-    auto dir = std::filesystem::temp_directory_path() / ("magnets_test_tok_" + std::to_string(::getpid()));
-    std::filesystem::create_directories(dir);
-    return (dir / name).string();
 }
 
 } // namespace
@@ -145,7 +139,8 @@ TEST_CASE("tokenizer training learns, and resume continues bit-identically") {
         train_tokenizer(tok, data, opt, [&](const TokenizerLog& l) { logs.push_back(l); });
         return logs;
     };
-    const std::string a = temp_path("a.h5"), b = temp_path("b.h5");
+    test::TempDir dir;
+    const std::string a = dir / "a.h5", b = dir / "b.h5";
     auto logs = run(a, -1, false);
     REQUIRE(logs.size() == 8);
     CHECK(logs.back().recon < 0.5 * logs.front().recon);
@@ -158,7 +153,6 @@ TEST_CASE("tokenizer training learns, and resume continues bit-identically") {
     Checkpoint ca = read_checkpoint(a, tokenizer_format, 1, true), cb = read_checkpoint(b, tokenizer_format, 1, true);
     CHECK(weights_hash(ca.weights) == weights_hash(cb.weights));
     CHECK(weights_hash(ca.state) == weights_hash(cb.state));
-    std::filesystem::remove_all(std::filesystem::path(a).parent_path());
 }
 
 TEST_CASE("tokenizer configuration is validated") {
