@@ -54,7 +54,7 @@ TokenizerPreset tokenizer_preset(const std::string& name) {
     } else if (name == "quality") {
         // A twice-as-wide model (128/128, tail 32) trained for 2,000 steps reached only
         // 23.64 dB in 19 minutes: at this budget steps matter more than width.
-        p.description = "about 20 minutes on 2 cores; the demo model trained twice as long";
+        p.description = "about 22 minutes on 2 cores; the demo model trained twice as long";
         p.model.base_channels = 64; p.model.hidden_channels = 64; p.model.res_blocks = 2;
         p.model.codebook_size = 512; p.model.code_dim = 32; p.model.tail_channels = 16;
         p.train.steps = 7000; p.train.batch_size = 64; p.train.lr = 3e-3; p.train.warmup = 100;
