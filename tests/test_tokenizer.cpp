@@ -155,6 +155,15 @@ TEST_CASE("tokenizer training learns, and resume continues bit-identically") {
     CHECK(weights_hash(ca.state) == weights_hash(cb.state));
 }
 
+TEST_CASE("a checkpoint with a NaN weight is refused on load") {
+    test::TempDir dir;
+    Checkpoint ck = read_checkpoint(fixture, tokenizer_format, 1, false);
+    ck.weights["dec.tail.weight"].data()[3] = std::nanf("");
+    write_checkpoint(dir / "nan.h5", ck, "test");
+    CHECK_THROWS_WITH_AS(Tokenizer::load(dir / "nan.h5", make_backend("ref")),
+                         doctest::Contains("non-finite"), Error);
+}
+
 TEST_CASE("tokenizer configuration is validated") {
     TokenizerConfig c;
     c.image_size = 30; // not a multiple of 4

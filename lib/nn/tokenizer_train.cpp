@@ -92,6 +92,12 @@ static void load_weights(Tokenizer& tok, const Checkpoint& ck, const std::string
                         "weight '" + n + "' has shape " + it->second.shape_str() + ", expected " + p.first->shape_str(),
                         "the file is damaged; retrain the tokenizer");
         *p.first = it->second.clone();
+        const float* v = p.first->data();
+        for (int64_t i = 0; i < p.first->numel(); ++i)
+            if (!std::isfinite(v[i]))
+                throw Error("cannot load tokenizer", path,
+                            "weight '" + n + "' holds a non-finite value (NaN or infinity) at index " + std::to_string(i),
+                            "the run that wrote it diverged or the file is damaged; use an earlier checkpoint or retrain");
     }
 }
 
