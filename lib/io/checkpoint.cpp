@@ -4,6 +4,7 @@
 // Layout (documented in magnets-formats(5)):
 //   root attrs    format, format_version, creator, creator_version, created, + Checkpoint::attrs
 //   /weights/<name>      float32, the tensor's shape ('/' in a name makes subgroups)
+//   /ema/<name>          float32 (optional)
 //   /train_state/<name>  float32 (optional)
 //   /train_state attrs   Checkpoint::state_attrs
 #include "io/h5.h"
@@ -163,6 +164,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& ck, const std::
     h5::write_standard_attrs(f, ck.format, ck.format_version, creator);
     f.set_attrs(ck.attrs);
     write_tensors(f.create_group("weights"), ck.weights, path);
+    if (!ck.ema.empty()) write_tensors(f.create_group("ema"), ck.ema, path);
     if (ck.has_state()) {
         h5::Node state = f.create_group("train_state");
         write_tensors(state, ck.state, path);
@@ -186,6 +188,7 @@ Checkpoint read_checkpoint(const std::string& path, const std::string& expected_
     if (!f.has("weights"))
         throw Error("invalid " + expected_format + " file", path, "it has no /weights group", checkpoint_hint);
     ck.weights = read_tensors(f.group("weights"));
+    if (f.has("ema")) ck.ema = read_tensors(f.group("ema"));
     if (load_state && f.has("train_state")) {
         h5::Node state = f.group("train_state");
         ck.state = read_tensors(state);

@@ -61,7 +61,8 @@ void append_token_file(const std::string& path, const TokenFile& more);
 
 // ---- checkpoints: weights and training state as separate groups -----------
 // /weights/<name>      f32 tensors (the model)
-// /train_state/<name>  f32 tensors (optimizer moments, EMA, ...), optional
+// /ema/<name>          f32 tensors, exponential moving average of the weights, optional
+// /train_state/<name>  f32 tensors (optimizer moments, ...), optional
 // root attributes      format, format_version, creator, creator_version, hyperparameters
 // /train_state attrs   step, data position, seeds, ... (state_attrs)
 struct Checkpoint {
@@ -69,6 +70,7 @@ struct Checkpoint {
     int64_t format_version = 1;
     Attrs attrs;
     std::map<std::string, Tensor> weights;
+    std::map<std::string, Tensor> ema; // /ema/<name>: EMA of the weights (optional; what samplers use)
     std::map<std::string, Tensor> state;
     Attrs state_attrs;
     bool has_state() const { return !state.empty() || !state_attrs.empty(); }

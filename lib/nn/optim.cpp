@@ -11,14 +11,18 @@ void Adam::add(const std::string& name, Tensor* w, Tensor* g, bool decay) {
     slots_.push_back({name, w, g, Tensor(w->shape()), Tensor(w->shape()), decay});
 }
 
-double Adam::step(double lr) {
+double Adam::grad_norm() const {
     double sq = 0.0;
-    for (auto& s : slots_) {
+    for (const auto& s : slots_) {
         const float* g = s.g->data();
         for (int64_t i = 0; i < s.g->numel(); ++i) sq += static_cast<double>(g[i]) * g[i];
     }
-    const double norm = std::sqrt(sq);
-    const double clip = (cfg_.clip_norm > 0 && norm > cfg_.clip_norm) ? cfg_.clip_norm / norm : 1.0;
+    return std::sqrt(sq);
+}
+
+double Adam::step(double lr, double norm) {
+    const double coef = cfg_.clip_norm > 0 ? cfg_.clip_norm / (norm + 1e-6) : 1.0;
+    const double clip = coef < 1.0 ? coef : 1.0;
     ++t_;
     const double bc1 = 1.0 - std::pow(cfg_.beta1, static_cast<double>(t_));
     const double bc2 = 1.0 - std::pow(cfg_.beta2, static_cast<double>(t_));

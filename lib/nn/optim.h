@@ -21,7 +21,12 @@ public:
     // w and g must outlive the optimizer; decay = apply weight decay to this parameter.
     void add(const std::string& name, Tensor* w, Tensor* g, bool decay = true);
     // One update with learning rate lr; returns the global gradient norm before clipping.
-    double step(double lr);
+    double step(double lr) { return step(lr, grad_norm()); }
+    // Same, with the norm already computed (callers check it for NaN first).
+    // Clipping as torch.nn.utils.clip_grad_norm_: scale by clip / (norm + 1e-6) when below 1.
+    double step(double lr, double norm);
+    double grad_norm() const; // global L2 norm of all gradients (double accumulation)
+    const AdamConfig& config() const { return cfg_; }
     int64_t steps() const { return t_; }
     // Moments as train_state "adam_m/<name>", "adam_v/<name>"; attr "adam_t".
     void save(Checkpoint& ck) const;

@@ -3,6 +3,7 @@
 #include "magnets/log.h"
 #include "magnets/rng.h"
 #include "magnets/version.h"
+#include "nn/data_order.h"
 #include "nn/optim.h"
 #include "nn/tokenizer_impl.h"
 
@@ -110,30 +111,7 @@ Tokenizer Tokenizer::load(const std::string& path, std::shared_ptr<Backend> back
 
 namespace {
 
-// Deterministic epoch permutations: Fisher-Yates driven by Philox(seed, "data-order", epoch).
-class DataOrder {
-public:
-    DataOrder(uint64_t seed, int64_t count) : rng_(seed), count_(count) {}
-    int64_t item(int64_t global_index) {
-        const int64_t epoch = global_index / count_;
-        if (epoch != epoch_) {
-            perm_.resize(static_cast<size_t>(count_));
-            std::iota(perm_.begin(), perm_.end(), int64_t{0});
-            const uint64_t s = stream_id("data-order", static_cast<uint64_t>(epoch));
-            for (int64_t i = count_ - 1; i > 0; --i) {
-                const int64_t j = rng_.below(s, static_cast<uint64_t>(i), static_cast<uint32_t>(i + 1));
-                std::swap(perm_[static_cast<size_t>(i)], perm_[static_cast<size_t>(j)]);
-            }
-            epoch_ = epoch;
-        }
-        return perm_[static_cast<size_t>(global_index % count_)];
-    }
-
-private:
-    Philox rng_;
-    int64_t count_, epoch_ = -1;
-    std::vector<int64_t> perm_;
-};
+using nn::DataOrder;
 
 double perplexity_of(const std::vector<int64_t>& counts, int64_t* used) {
     double total = 0.0;

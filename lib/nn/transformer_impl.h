@@ -1,0 +1,73 @@
+// lib/nn/transformer_impl.h (private): the nested transformer's parameters,
+// saved activations, and the explicit forward/backward of one sub-model (in
+// the style of llm.c). Used by transformer.cpp, the training loop and tests.
+#pragma once
+#include "magnets/transformer.h"
+#include "magnets/tensor.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace magnets {
+
+struct Transformer::Impl {
+    TransformerConfig cfg;
+    std::shared_ptr<Backend> be;
+
+    struct Param {
+        Tensor w, g;
+        bool decay = false; // AdamW weight decay (matrices and embeddings)
+    };
+    std::map<std::string, Param> params; // by name
+    std::vector<std::string> order;      // stable order (construction order)
+
+    struct Layer {
+        Param *ln1_w, *ln1_b, *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b, *ln2_w, *ln2_b, *fc1_w, *fc1_b,
+            *fc2_w, *fc2_b;
+    };
+    Param *tok_emb = nullptr, *pos_emb = nullptr, *lnf_w = nullptr, *lnf_b = nullptr, *head_w = nullptr,
+          *head_b = nullptr;
+    std::vector<Layer> layers;
+
+    // Saved activations of the last forward (sized for the full model, used
+    // densely at the running sub-model's widths).
+    struct Acts {
+        std::vector<float> x_in, h1, mean1, rstd1, q, k, v, probs, att, x_mid, h2, mean2, rstd2, u, g;
+    };
+    std::vector<Acts> acts;
+    std::vector<float> x_out, hf, meanf, rstdf, logits; // final residual, LN_f output, logits [rows, K]
+    std::vector<float> dx, dh, dq, dk, dv, datt, du, dlogits; // backward scratch
+    std::vector<int32_t> ids_saved;
+    int64_t batch = 0, sub_p = 0; // shape of the saved forward
+
+    Impl(const TransformerConfig& c, std::shared_ptr<Backend> b);
+    Param& add(const std::string& name, std::vector<int64_t> shape, bool decay);
+    void ensure_buffers(int64_t batch);
+
+    // Forward of sub-model p on ids [batch, S]; logits [batch * S, K] in `logits`
+    // (row b * S + s; the class rows s = 0 are computed and ignored).
+    void forward(int64_t p, const int32_t* ids, int64_t batch);
+    // Backward of the last forward given dlogits [batch * S, K] (class rows 0);
+    // accumulates into the parameter gradients.
+    void backward();
+
+    // Loss of sub-model p on masked positions (targets/mask [batch, N]) with
+    // forward + backward: grads += weight * d(loss). teacher: logits
+    // [batch * S, K] of the next-larger sub-model (null when alpha == 1).
+    SubModelStats forward_backward(int64_t p, const int32_t* ids, const int32_t* targets, const uint8_t* mask,
+                                   int64_t batch, double smoothing, double alpha, const float* teacher,
+                                   double weight, bool backward_pass = true);
+
+    // One joint step's forward/backward over every sub-model, largest model
+    // first (it is the teacher of the next smaller one). Gradients are zeroed
+    // first. alpha per METHOD 5 (1 for ground truth). Returns stats in the
+    // order of cfg.factors and the weighted total loss in *total.
+    std::vector<SubModelStats> joint_forward_backward(const int32_t* ids, const int32_t* targets,
+                                                      const uint8_t* mask, int64_t batch, Objective obj,
+                                                      double alpha, const std::vector<double>& weights,
+                                                      double smoothing, double* total, bool backward_pass = true);
+    std::vector<float> teacher; // logits of the previous (larger) sub-model
+};
+
+} // namespace magnets

@@ -1,0 +1,439 @@
+// Transformer presets, masking, the joint training / distillation loop,
+// validation and checkpoints.
+#include "magnets/error.h"
+#include "magnets/log.h"
+#include "magnets/rng.h"
+#include "nn/data_order.h"
+#include "nn/optim.h"
+#include "nn/transformer_impl.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+namespace magnets {
+
+void transformer_load_weights(Transformer& m, const std::map<std::string, Tensor>& src, const std::string& path,
+                              const char* group);
+
+const char* objective_name(Objective o) {
+    switch (o) {
+    case Objective::ground_truth: return "ground-truth";
+    case Objective::progressive: return "progressive";
+    case Objective::distill_only: return "distill-only";
+    }
+    return "?";
+}
+
+Objective parse_objective(const std::string& s) {
+    if (s == "ground-truth" || s == "gt") return Objective::ground_truth;
+    if (s == "progressive") return Objective::progressive;
+    if (s == "distill-only") return Objective::distill_only;
+    throw Error("unknown objective '" + s + "'", {}, {}, "choose one of: progressive, ground-truth, distill-only");
+}
+
+double TransformerTrainConfig::alpha_at(int64_t step) const {
+    switch (objective) {
+    case Objective::ground_truth: return 1.0;
+    case Objective::distill_only: return 0.0;
+    case Objective::progressive: {
+        const int64_t span = alpha_span > 0 ? alpha_span : steps;
+        return std::max(0.0, 1.0 - static_cast<double>(step) / static_cast<double>(std::max<int64_t>(span, 1)));
+    }
+    }
+    return 1.0;
+}
+
+void TransformerTrainConfig::to_attrs(Attrs& a) const {
+    a["train_steps"] = steps; a["train_batch_size"] = batch_size; a["train_lr"] = lr;
+    a["train_lr_min_ratio"] = lr_min_ratio; a["train_warmup"] = warmup;
+    a["train_beta1"] = beta1; a["train_beta2"] = beta2; a["train_weight_decay"] = weight_decay;
+    a["train_clip_norm"] = clip_norm; a["train_ema_decay"] = ema_decay;
+    a["train_label_smoothing"] = label_smoothing; a["train_class_dropout"] = class_dropout;
+    std::string w;
+    for (double x : loss_weights) w += (w.empty() ? "" : ",") + std::to_string(x);
+    a["train_loss_weights"] = w.empty() ? std::string("1") : w;
+    a["train_objective"] = std::string(objective_name(objective));
+    a["train_alpha_span"] = alpha_span;
+    a["train_seed"] = static_cast<int64_t>(seed);
+    a["train_log_every"] = log_every; a["train_checkpoint_every"] = checkpoint_every;
+    a["train_val_every"] = val_every; a["train_val_items"] = val_items; a["train_loss_limit"] = loss_limit;
+}
+
+TransformerTrainConfig TransformerTrainConfig::from_attrs(const Attrs& a, const std::string& path) {
+    TransformerTrainConfig t;
+    t.steps = attr_int(a, "train_steps", path); t.batch_size = attr_int(a, "train_batch_size", path);
+    t.lr = attr_double(a, "train_lr", path); t.lr_min_ratio = attr_double(a, "train_lr_min_ratio", path);
+    t.warmup = attr_int(a, "train_warmup", path);
+    t.beta1 = attr_double(a, "train_beta1", path); t.beta2 = attr_double(a, "train_beta2", path);
+    t.weight_decay = attr_double(a, "train_weight_decay", path); t.clip_norm = attr_double(a, "train_clip_norm", path);
+    t.ema_decay = attr_double(a, "train_ema_decay", path);
+    t.label_smoothing = attr_double(a, "train_label_smoothing", path);
+    t.class_dropout = attr_double(a, "train_class_dropout", path);
+    const std::string w = attr_string(a, "train_loss_weights", path);
+    if (w != "1") {
+        size_t pos = 0;
+        while (pos <= w.size()) {
+            const size_t e = w.find(',', pos);
+            t.loss_weights.push_back(std::stod(w.substr(pos, e == std::string::npos ? std::string::npos : e - pos)));
+            if (e == std::string::npos) break;
+            pos = e + 1;
+        }
+    }
+    t.objective = parse_objective(attr_string(a, "train_objective", path));
+    t.alpha_span = attr_int(a, "train_alpha_span", path);
+    t.seed = static_cast<uint64_t>(attr_int(a, "train_seed", path));
+    t.log_every = attr_int(a, "train_log_every", path); t.checkpoint_every = attr_int(a, "train_checkpoint_every", path);
+    t.val_every = attr_int(a, "train_val_every", path); t.val_items = attr_int(a, "train_val_items", path);
+    t.loss_limit = attr_double(a, "train_loss_limit", path);
+    return t;
+}
+
+std::vector<std::string> transformer_preset_names() {
+    return {"tiny", "demo", "small", "maskgit-s", "maskgit-b", "maskgit-l"};
+}
+
+TransformerPreset transformer_preset(const std::string& name) {
+    TransformerPreset p;
+    p.name = name;
+    TransformerConfig& m = p.model;
+    TransformerTrainConfig& t = p.train;
+    if (name == "tiny") {
+        p.description = "seconds; for tests and smoke runs";
+        m.width = 32; m.heads = 8; m.layers = 2;
+        t.steps = 30; t.batch_size = 16; t.lr = 1e-3; t.warmup = 5; t.log_every = 5;
+        t.checkpoint_every = 0; t.val_every = 0; t.val_items = 64;
+    } else if (name == "demo") {
+        p.description = "about 10 minutes on 2 cores; Fashion-MNIST 8x8 tokens";
+        m.width = 128; m.heads = 8; m.layers = 4;
+        t.steps = 3000; t.batch_size = 64; t.lr = 2e-3; t.warmup = 150; t.log_every = 50;
+        t.checkpoint_every = 500; t.val_every = 500; t.val_items = 2000; t.ema_decay = 0.998;
+    } else if (name == "small") {
+        p.description = "a real quality run: 1-3 hours on 2 cores";
+        m.width = 256; m.heads = 8; m.layers = 8;
+        t.steps = 20000; t.batch_size = 128; t.lr = 1e-3; t.warmup = 500; t.log_every = 100;
+        t.checkpoint_every = 1000; t.val_every = 1000; t.val_items = 5000;
+    } else if (name == "maskgit-s") {
+        p.description = "our S shape (12 layers, D=512, 8 heads); for GPUs";
+        m.width = 512; m.heads = 8; m.layers = 12;
+        t.steps = 100000; t.batch_size = 256; t.lr = 4e-4; t.warmup = 5000; t.log_every = 100;
+        t.checkpoint_every = 2000; t.val_every = 2000; t.val_items = 10000; t.ema_decay = 0.9999;
+    } else if (name == "maskgit-b") {
+        p.description = "the paper's MaskGIT-B shape (24 layers, D=768, 16 heads); for GPUs";
+        m.width = 768; m.heads = 16; m.layers = 24;
+        t.steps = 100000; t.batch_size = 256; t.lr = 4e-4; t.warmup = 5000; t.log_every = 100;
+        t.checkpoint_every = 2000; t.val_every = 2000; t.val_items = 10000; t.ema_decay = 0.9999;
+    } else if (name == "maskgit-l") {
+        p.description = "our L shape (24 layers, D=1024, 16 heads); for GPUs";
+        m.width = 1024; m.heads = 16; m.layers = 24;
+        t.steps = 100000; t.batch_size = 256; t.lr = 3e-4; t.warmup = 5000; t.log_every = 100;
+        t.checkpoint_every = 2000; t.val_every = 2000; t.val_items = 10000; t.ema_decay = 0.9999;
+    } else {
+        std::string names;
+        for (auto& n : transformer_preset_names()) names += (names.empty() ? "" : ", ") + n;
+        throw Error("unknown transformer preset '" + name + "'", {}, {}, "choose one of: " + names);
+    }
+    return p;
+}
+
+void check_tokens_fit(const TransformerConfig& cfg, const TokenFile& tf, const std::string& path) {
+    if (tf.codebook_size != cfg.codebook_size)
+        throw Error("token file does not fit the model", path,
+                    "its codebook has " + std::to_string(tf.codebook_size) + " codes, the model " +
+                        std::to_string(cfg.codebook_size),
+                    "use tokens made with the tokenizer the model was trained on");
+    if (tf.grid_t != cfg.grid_t || tf.grid_h != cfg.grid_h || tf.grid_w != cfg.grid_w)
+        throw Error("token file does not fit the model", path,
+                    "its token grid is " + std::to_string(tf.grid_t) + "x" + std::to_string(tf.grid_h) + "x" +
+                        std::to_string(tf.grid_w) + " (" + std::to_string(tf.tokens_per_item()) +
+                        " tokens), the model's " + std::to_string(cfg.grid_t) + "x" + std::to_string(cfg.grid_h) + "x" +
+                        std::to_string(cfg.grid_w) + " (" + std::to_string(cfg.tokens()) + ")",
+                    "use tokens made with the tokenizer the model was trained on");
+    for (int64_t i = 0; i < tf.count(); ++i) {
+        const int32_t y = tf.labels[static_cast<size_t>(i)];
+        if (y < -1 || y >= cfg.num_classes)
+            throw Error("token file does not fit the model", path,
+                        "item " + std::to_string(i) + " has label " + std::to_string(y) + "; the model has " +
+                            std::to_string(cfg.num_classes) + " classes (labels 0.." +
+                            std::to_string(cfg.num_classes - 1) + ", -1 = unlabelled)",
+                        "fix the labels or train a model on this token file");
+    }
+    if (tf.count() == 0) throw Error("token file is empty", path, {}, "encode some items first");
+}
+
+namespace {
+
+// Masks for one batch, per METHOD 3: per example r ~ U(0,1), ceil(cos(pi/2 r) N)
+// positions (at least 1) chosen by Philox keys. `index` is the example's global
+// index within the stream, so masks do not depend on the batch split.
+void make_masks(const Philox& rng, uint64_t ratio_stream, uint64_t pos_stream, int64_t index, int64_t N,
+                uint8_t* mask, std::vector<std::pair<uint32_t, int64_t>>& keys) {
+    const double r = rng.uniform_double(ratio_stream, static_cast<uint64_t>(index));
+    int64_t n = static_cast<int64_t>(std::ceil(std::cos(M_PI / 2 * r) * static_cast<double>(N)));
+    n = std::clamp<int64_t>(n, 1, N);
+    keys.resize(static_cast<size_t>(N));
+    for (int64_t j = 0; j < N; ++j)
+        keys[static_cast<size_t>(j)] = {rng.u32(pos_stream, static_cast<uint64_t>(index * N + j)), j};
+    std::sort(keys.begin(), keys.end());
+    std::memset(mask, 0, static_cast<size_t>(N));
+    for (int64_t j = 0; j < n; ++j) mask[keys[static_cast<size_t>(j)].second] = 1;
+}
+
+struct Batch {
+    std::vector<int32_t> ids, targets;
+    std::vector<uint8_t> mask;
+    void resize(int64_t b, int64_t S, int64_t N) {
+        ids.resize(static_cast<size_t>(b * S));
+        targets.resize(static_cast<size_t>(b * N));
+        mask.resize(static_cast<size_t>(b * N));
+    }
+};
+
+// Fills ids/targets for items (with masks already in b.mask) and class tokens.
+void fill_batch(const TransformerConfig& cfg, const TokenFile& tf, const int64_t* items, int64_t n, Batch& b,
+                const uint8_t* drop_class) {
+    const int64_t S = cfg.seq(), N = cfg.tokens();
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t it = items[i];
+        const int32_t label = tf.labels[static_cast<size_t>(it)];
+        b.ids[static_cast<size_t>(i * S)] = static_cast<int32_t>(
+            label < 0 || (drop_class && drop_class[i]) ? cfg.null_id() : cfg.class_id(label));
+        const uint16_t* tok = tf.tokens.data() + it * N;
+        for (int64_t j = 0; j < N; ++j) {
+            const int32_t y = tok[j];
+            b.targets[static_cast<size_t>(i * N + j)] = y;
+            b.ids[static_cast<size_t>(i * S + 1 + j)] =
+                b.mask[static_cast<size_t>(i * N + j)] ? static_cast<int32_t>(cfg.mask_id()) : y;
+        }
+    }
+}
+
+} // namespace
+
+std::vector<SubModelStats> validate_transformer(Transformer& model, const TokenFile& val, int64_t items, uint64_t seed,
+                                                int64_t batch_size) {
+    Transformer::Impl& m = model.impl();
+    const TransformerConfig& cfg = m.cfg;
+    const int64_t N = cfg.tokens(), S = cfg.seq();
+    const int64_t n = std::min(items > 0 ? items : val.count(), val.count());
+    Philox rng(seed);
+    const uint64_t rs = stream_id("val-mask-ratio"), ps = stream_id("val-mask-pos");
+    std::vector<std::pair<uint32_t, int64_t>> keys;
+    const size_t F = cfg.factors.size();
+    std::vector<double> ce(F, 0), ok(F, 0), loss(F, 0);
+    int64_t masked = 0;
+    Batch b;
+    std::vector<int64_t> idx;
+    for (int64_t first = 0; first < n; first += batch_size) {
+        const int64_t cnt = std::min(batch_size, n - first);
+        b.resize(cnt, S, N);
+        idx.resize(static_cast<size_t>(cnt));
+        for (int64_t i = 0; i < cnt; ++i) {
+            idx[static_cast<size_t>(i)] = first + i;
+            make_masks(rng, rs, ps, first + i, N, b.mask.data() + i * N, keys);
+        }
+        fill_batch(cfg, val, idx.data(), cnt, b, nullptr);
+        int64_t mk = 0;
+        for (int64_t i = 0; i < cnt * N; ++i) mk += b.mask[static_cast<size_t>(i)];
+        for (size_t k = 0; k < F; ++k) {
+            const SubModelStats st = m.forward_backward(cfg.factors[k], b.ids.data(), b.targets.data(), b.mask.data(),
+                                                        cnt, 0.0, 1.0, nullptr, 1.0, false);
+            ce[k] += st.ce * static_cast<double>(mk);
+            ok[k] += st.accuracy * static_cast<double>(mk);
+        }
+        masked += mk;
+    }
+    std::vector<SubModelStats> out(F);
+    for (size_t k = 0; k < F; ++k) {
+        out[k].p = cfg.factors[k];
+        out[k].ce = masked ? ce[k] / static_cast<double>(masked) : 0;
+        out[k].loss = out[k].ce;
+        out[k].accuracy = masked ? ok[k] / static_cast<double>(masked) : 0;
+        out[k].masked = masked;
+    }
+    return out;
+}
+
+static Checkpoint make_checkpoint(Transformer& model) {
+    Checkpoint ck;
+    ck.format = transformer_format;
+    ck.format_version = transformer_format_version;
+    model.config().to_attrs(ck.attrs);
+    for (const std::string& n : model.param_names()) ck.weights[n] = model.param(n);
+    return ck;
+}
+
+void save_transformer(const Transformer& model, const std::string& path, const std::string& creator) {
+    write_checkpoint(path, make_checkpoint(const_cast<Transformer&>(model)), creator);
+}
+
+int64_t train_transformer(Transformer& model, const TokenFile& train, const TokenFile* val,
+                          const TransformerTrainOptions& opt,
+                          const std::function<void(const TransformerLog&)>& on_log) {
+    Transformer::Impl& m = model.impl();
+    const TransformerConfig& cfg = m.cfg;
+    const TransformerTrainConfig& tc = opt.train;
+    const int64_t N = cfg.tokens(), S = cfg.seq(), B = tc.batch_size;
+    check(tc.steps > 0 && B > 0, "cannot train transformer", "steps and batch size must be positive");
+    check(!opt.output.empty(), "cannot train transformer", "no output path");
+    check(tc.loss_weights.empty() || tc.loss_weights.size() == cfg.factors.size(), "cannot train transformer",
+          std::to_string(tc.loss_weights.size()) + " loss weights for " + std::to_string(cfg.factors.size()) + " sub-models",
+          "give one weight per factor (" + factors_to_string(cfg.factors) + ")");
+    check_tokens_fit(cfg, train, train.source);
+    if (val) check_tokens_fit(cfg, *val, val->source);
+
+    nn::AdamConfig ac;
+    ac.beta1 = tc.beta1; ac.beta2 = tc.beta2; ac.eps = 1e-8; ac.weight_decay = tc.weight_decay;
+    ac.clip_norm = tc.clip_norm;
+    nn::Adam adam(ac);
+    for (const std::string& n : m.order) {
+        auto& p = m.params[n];
+        adam.add(n, &p.w, &p.g, p.decay);
+    }
+    std::map<std::string, Tensor> ema;
+    for (const std::string& n : m.order) ema[n] = m.params[n].w.clone();
+
+    Philox rng(tc.seed);
+    int64_t step = 0, last_saved = -1;
+    if (opt.resume) {
+        Checkpoint ck = read_checkpoint(opt.output, transformer_format, transformer_format_version, true);
+        Attrs a1, a2;
+        TransformerConfig::from_attrs(ck.attrs, opt.output).to_attrs(a1);
+        cfg.to_attrs(a2);
+        if (a1 != a2)
+            throw Error("cannot resume", opt.output, "the checkpoint's model configuration differs from the requested one",
+                        "resume with the same preset and model options, or train to a new output");
+        if (!ck.has_state())
+            throw Error("cannot resume", opt.output, "the file holds weights only (no training state)",
+                        "train again without --resume");
+        const TransformerTrainConfig st = TransformerTrainConfig::from_attrs(ck.attrs, opt.output);
+        if (st.seed != tc.seed || st.batch_size != tc.batch_size || st.objective != tc.objective)
+            throw Error("cannot resume", opt.output, "seed, batch size or objective differs from the interrupted run",
+                        "resume with --seed " + std::to_string(st.seed) + " --batch-size " +
+                            std::to_string(st.batch_size) + " (objective " + objective_name(st.objective) + ")");
+        const std::string src = attr_string(ck.state_attrs, "data_source", opt.output);
+        const int64_t count = attr_int(ck.state_attrs, "data_count", opt.output);
+        const std::string hash = attr_string(ck.state_attrs, "data_tokenizer", opt.output);
+        if (count != train.count() || hash != train.tokenizer_hash)
+            throw Error("cannot resume", opt.output,
+                        "the interrupted run trained on " + src + " (" + std::to_string(count) + " items, tokenizer " +
+                            hash + "), not " + train.source + " (" + std::to_string(train.count()) + " items, tokenizer " +
+                            train.tokenizer_hash + ")",
+                        "resume with the same token file");
+        transformer_load_weights(model, ck.weights, opt.output, "weight");
+        for (const std::string& n : m.order) {
+            auto it = ck.ema.find(n);
+            check(it != ck.ema.end() && it->second.shape() == ema[n].shape(), "cannot resume",
+                  "the checkpoint lacks EMA weight " + n);
+            ema[n] = it->second.clone();
+        }
+        adam.load(ck, opt.output);
+        step = attr_int(ck.state_attrs, "step", opt.output);
+        last_saved = step;
+        log_info("resuming from step %lld of %lld (%s)", static_cast<long long>(step), static_cast<long long>(tc.steps),
+                 opt.output.c_str());
+    }
+
+    auto save = [&](int64_t done) {
+        Checkpoint ck = make_checkpoint(model);
+        tc.to_attrs(ck.attrs);
+        if (!opt.init_from.empty()) ck.attrs["init_from"] = opt.init_from;
+        ck.ema = ema;
+        adam.save(ck);
+        ck.state_attrs["step"] = done;
+        ck.state_attrs["seed"] = static_cast<int64_t>(tc.seed);
+        ck.state_attrs["data_position"] = done * B;
+        ck.state_attrs["data_source"] = train.source;
+        ck.state_attrs["data_count"] = train.count();
+        ck.state_attrs["data_tokenizer"] = train.tokenizer_hash;
+        write_checkpoint(opt.output, ck, opt.creator);
+        last_saved = done;
+    };
+    auto diverged = [&](const std::string& why) {
+        const std::string kept = last_saved >= 0
+            ? "the last good checkpoint (step " + std::to_string(last_saved) + ") is kept in " + opt.output
+            : "no checkpoint had been written yet";
+        throw Error("training diverged at step " + std::to_string(step + 1), opt.output, why + "; " + kept,
+                    last_saved >= 0 ? "resume with a lower --lr (e.g. half), or a smaller --clip-norm"
+                                    : "train again with a lower --lr");
+    };
+    auto run_validation = [&](int64_t done) {
+        if (!val || !on_log) return;
+        TransformerLog lg;
+        lg.step = done; lg.steps = tc.steps; lg.validation = true;
+        lg.subs = validate_transformer(model, *val, tc.val_items);
+        on_log(lg);
+    };
+
+    nn::DataOrder order(tc.seed, train.count());
+    Batch b;
+    b.resize(B, S, N);
+    std::vector<int64_t> idx(static_cast<size_t>(B));
+    std::vector<uint8_t> drop(static_cast<size_t>(B));
+    std::vector<std::pair<uint32_t, int64_t>> keys;
+    double t_log = now_seconds();
+    int64_t tokens_since_log = 0;
+    if (step == 0 && !opt.init_from.empty()) run_validation(0); // distillation: the starting point
+
+    while (step < tc.steps) {
+        if ((opt.stop && opt.stop->load()) || (opt.stop_after >= 0 && step >= opt.stop_after)) {
+            save(step);
+            log_info("stopped at step %lld; checkpoint written to %s", static_cast<long long>(step), opt.output.c_str());
+            return step;
+        }
+        const uint64_t rs = stream_id("mask-ratio", static_cast<uint64_t>(step));
+        const uint64_t ps = stream_id("mask-pos", static_cast<uint64_t>(step));
+        const uint64_t cs = stream_id("class-drop", static_cast<uint64_t>(step));
+        for (int64_t i = 0; i < B; ++i) {
+            idx[static_cast<size_t>(i)] = order.item(step * B + i);
+            make_masks(rng, rs, ps, i, N, b.mask.data() + i * N, keys);
+            drop[static_cast<size_t>(i)] = rng.uniform_double(cs, static_cast<uint64_t>(i)) < tc.class_dropout;
+        }
+        fill_batch(cfg, train, idx.data(), B, b, drop.data());
+
+        const double alpha = tc.alpha_at(step);
+        double total = 0;
+        std::vector<SubModelStats> subs = m.joint_forward_backward(b.ids.data(), b.targets.data(), b.mask.data(), B,
+                                                                   tc.objective, alpha, tc.loss_weights,
+                                                                   tc.label_smoothing, &total);
+        if (!std::isfinite(total)) diverged("the loss is " + std::to_string(total));
+        if (total > tc.loss_limit)
+            diverged("the loss " + std::to_string(total) + " exceeds the limit " + std::to_string(tc.loss_limit) +
+                     " (--loss-limit)");
+        const double norm = adam.grad_norm();
+        if (!std::isfinite(norm)) diverged("the gradient norm is " + std::to_string(norm));
+        const double lr = nn::warmup_cosine_lr(step, tc.steps, tc.warmup, tc.lr, tc.lr_min_ratio);
+        adam.step(lr, norm);
+        const float d = static_cast<float>(std::min(tc.ema_decay, (1.0 + static_cast<double>(step)) /
+                                                                       (10.0 + static_cast<double>(step))));
+        for (const std::string& n : m.order) {
+            float* e = ema[n].data();
+            const float* w = m.params[n].w.data();
+            const int64_t cnt = ema[n].numel();
+#pragma omp parallel for schedule(static)
+            for (int64_t i = 0; i < cnt; ++i) e[i] = d * e[i] + (1.0f - d) * w[i];
+        }
+        ++step;
+        tokens_since_log += B * N;
+
+        if (step % std::max<int64_t>(tc.log_every, 1) == 0 || step == tc.steps) {
+            TransformerLog lg;
+            lg.step = step; lg.steps = tc.steps; lg.loss = total; lg.grad_norm = norm; lg.lr = lr; lg.alpha = alpha;
+            lg.subs = subs;
+            const double now = now_seconds();
+            lg.tokens_per_s = static_cast<double>(tokens_since_log) / std::max(now - t_log, 1e-9);
+            t_log = now;
+            tokens_since_log = 0;
+            if (on_log) on_log(lg);
+        }
+        const bool last = step == tc.steps;
+        if (!last && tc.val_every > 0 && step % tc.val_every == 0) { run_validation(step); t_log = now_seconds(); }
+        if (!last && tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) { save(step); t_log = now_seconds(); }
+    }
+    run_validation(step);
+    save(step);
+    return step;
+}
+
+} // namespace magnets
