@@ -8,6 +8,8 @@
 // Exit status: 0 success, 1 runtime failure (magnets::Error), 2 usage error,
 // 128 + signal number when training was interrupted by SIGINT/SIGTERM (the
 // checkpoint is complete and --resume continues it).
+#include "cli.h"
+
 #include "magnets/backend.h"
 #include "magnets/dataset.h"
 #include "magnets/error.h"
@@ -17,9 +19,6 @@
 #include "magnets/tokenizer.h"
 #include "magnets/version.h"
 
-// Vector options (decode -i) are repeated, never split: paths may contain commas.
-#define CXXOPTS_VECTOR_DELIMITER '\0'
-#include <cxxopts.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -40,47 +39,8 @@
 
 namespace {
 
+using namespace magnets::cli;
 constexpr const char* prog = "magnets-tokenize";
-
-// A bad command line: exit 2 with a pointer to --help.
-struct UsageError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
-// ---- option tables ---------------------------------------------------------
-
-enum class ArgKind { flag, integer, real, text, texts };
-
-struct OptionSpec {
-    const char* names;                   // cxxopts spelling: "o,output" or "steps"
-    ArgKind kind;
-    const char* arg;                     // value placeholder in --help ("N", "FILE")
-    const char* help;
-    const char* default_value = nullptr; // applied when absent, shown in --help
-    bool required = false;
-    bool from_preset = false;            // default comes from --preset
-};
-
-std::string long_name(const OptionSpec& o) {
-    std::string n = o.names;
-    auto comma = n.find(',');
-    return comma == std::string::npos ? n : n.substr(comma + 1);
-}
-std::string short_name(const OptionSpec& o) {
-    std::string n = o.names;
-    auto comma = n.find(',');
-    return comma == std::string::npos ? std::string() : n.substr(0, comma);
-}
-
-// Accepted by every command.
-const std::vector<OptionSpec> global_options = {
-    {"h,help", ArgKind::flag, nullptr, "print this help to stdout and exit"},
-    {"version", ArgKind::flag, nullptr, "print the version and exit"},
-    {"q,quiet", ArgKind::flag, nullptr, "print only errors"},
-    {"v,verbose", ArgKind::flag, nullptr, "print debug messages"},
-    {"threads", ArgKind::integer, "N", "CPU threads (0 = OMP_NUM_THREADS or all cores)", "0"},
-    {"backend", ArgKind::text, "NAME", "compute backend: auto, ref, onednn or cuda", "auto"},
-};
 
 const std::vector<OptionSpec> train_options = {
     {"o,output", ArgKind::text, "FILE", "tokenizer checkpoint to write (HDF5)", nullptr, true},
@@ -145,92 +105,6 @@ const std::vector<OptionSpec> eval_options = {
 const std::vector<OptionSpec> info_options = {
     {"json", ArgKind::flag, nullptr, "print one JSON object per file"},
 };
-
-class Args;
-
-struct CommandSpec {
-    const char* name;
-    const char* summary;
-    const char* operands; // positional operands in the usage line, or nullptr
-    const std::vector<OptionSpec>* options;
-    int (*run)(const Args&);
-    void (*more_help)() = nullptr; // printed after the options
-};
-
-// ---- parsed arguments ------------------------------------------------------
-
-class Args {
-public:
-    Args(cxxopts::ParseResult r, std::vector<std::string> operands)
-        : r_(std::move(r)), operands_(std::move(operands)) {}
-    // Given on the command line (defaults do not count).
-    bool has(const std::string& name) const { return r_.count(name) > 0; }
-    bool flag(const std::string& name) const { return r_.count(name) > 0 && r_[name].as<bool>(); }
-    std::string text(const std::string& name) const { return r_[name].as<std::string>(); }
-    int64_t integer(const std::string& name) const { return r_[name].as<int64_t>(); }
-    double real(const std::string& name) const { return r_[name].as<double>(); }
-    std::vector<std::string> texts(const std::string& name) const {
-        return has(name) ? r_[name].as<std::vector<std::string>>() : std::vector<std::string>{};
-    }
-    const std::vector<std::string>& operands() const { return operands_; }
-
-    // Integer option that must be > 0 (or >= 0 with allow_zero).
-    int64_t positive(const std::string& name, bool allow_zero = false) const {
-        int64_t v = integer(name);
-        if (v < 0 || (v == 0 && !allow_zero))
-            throw UsageError("--" + name + " must be " + (allow_zero ? "zero or positive" : "positive") +
-                             " (got " + std::to_string(v) + ")");
-        return v;
-    }
-    // --limit N, or -1 when absent.
-    int64_t limit() const { return has("limit") ? positive("limit") : -1; }
-
-private:
-    cxxopts::ParseResult r_;
-    std::vector<std::string> operands_;
-};
-
-// ---- help ------------------------------------------------------------------
-
-std::string option_label(const OptionSpec& o) {
-    std::string s = short_name(o).empty() ? "    " : "-" + short_name(o) + ", ";
-    s += "--" + long_name(o);
-    if (o.arg) s += std::string(" ") + o.arg;
-    return s;
-}
-
-void print_option_table(const std::vector<OptionSpec>& table) {
-    size_t width = 0;
-    for (const auto& o : table) width = std::max(width, option_label(o).size());
-    for (const auto& o : table) {
-        std::string help = o.help;
-        if (o.required) help += " (required)";
-        if (o.default_value) help += std::string(" (default: ") + o.default_value + ")";
-        if (o.from_preset) help += " (default: from --preset)";
-        std::printf("  %-*s  %s\n", static_cast<int>(width), option_label(o).c_str(), help.c_str());
-    }
-}
-
-const std::vector<CommandSpec>& commands();
-
-void print_main_help() {
-    std::printf("%s: train, apply and inspect the VQ image tokenizer of magnets\n\n", prog);
-    std::printf("usage: %s <command> [options]\n       %s --help | --version\n\ncommands:\n", prog, prog);
-    for (const auto& c : commands()) std::printf("  %-8s %s\n", c.name, c.summary);
-    std::printf("\noptions of every command:\n");
-    print_option_table(global_options);
-    std::printf("\nRun '%s <command> --help' for a command's options; see magnets-tokenize(1).\n", prog);
-}
-
-void print_command_help(const CommandSpec& c) {
-    std::printf("usage: %s %s [options]%s%s\n\n%s.\n\noptions:\n", prog, c.name, c.operands ? " " : "",
-                c.operands ? c.operands : "", c.summary);
-    print_option_table(*c.options);
-    if (c.more_help) c.more_help();
-    std::printf("\noptions of every command:\n");
-    print_option_table(global_options);
-}
-
 void print_presets() {
     std::printf("\npresets:\n");
     for (const auto& name : magnets::tokenizer_preset_names()) {
@@ -240,110 +114,12 @@ void print_presets() {
                     p.model.base_channels, p.model.hidden_channels);
     }
 }
-
-// ---- parsing ---------------------------------------------------------------
-
-void add_to(cxxopts::Options& parser, const std::vector<OptionSpec>& table) {
-    auto adder = parser.add_options();
-    for (const auto& o : table) {
-        std::shared_ptr<cxxopts::Value> v;
-        switch (o.kind) {
-        case ArgKind::flag: v = cxxopts::value<bool>(); break;
-        case ArgKind::integer: v = cxxopts::value<int64_t>(); break;
-        case ArgKind::real: v = cxxopts::value<double>(); break;
-        case ArgKind::text: v = cxxopts::value<std::string>(); break;
-        case ArgKind::texts: v = cxxopts::value<std::vector<std::string>>(); break;
-        }
-        if (o.default_value) v->default_value(o.default_value);
-        adder(o.names, o.help, v);
-    }
-}
-
-Args parse_command(const CommandSpec& c, int argc, char** argv) {
-    cxxopts::Options parser(std::string(prog) + " " + c.name);
-    add_to(parser, *c.options);
-    add_to(parser, global_options);
-    std::vector<std::string> operands;
-    try {
-        cxxopts::ParseResult r = parser.parse(argc, argv);
-        operands = r.unmatched();
-        if (!c.operands && !operands.empty())
-            throw UsageError("unexpected argument '" + operands.front() + "'");
-        return Args(std::move(r), std::move(operands));
-    } catch (const cxxopts::exceptions::exception& e) {
-        throw UsageError(e.what());
-    }
-}
-
-void check_required(const CommandSpec& c, const Args& a) {
-    for (const auto& o : *c.options)
-        if (o.required && !a.has(long_name(o))) throw UsageError("missing required option --" + long_name(o));
-}
-
-// Applies the global options; returns the backend name.
-std::string apply_global(const Args& a) {
-    if (a.flag("quiet") && a.flag("verbose")) throw UsageError("--quiet and --verbose exclude each other");
-    if (a.flag("quiet")) magnets::set_log_level(magnets::LogLevel::error);
-    if (a.flag("verbose")) magnets::set_log_level(magnets::LogLevel::debug);
-    magnets::set_num_threads(static_cast<int>(a.positive("threads", true)));
-    std::string backend = a.text("backend");
-    static const std::set<std::string> known = {"auto", "ref", "onednn", "cuda"};
-    if (!known.count(backend))
-        throw UsageError("unknown backend '" + backend + "' (choose auto, ref, onednn or cuda)");
-    return backend;
-}
-
 std::string checked_split(const Args& a) {
     std::string s = a.text("split");
     if (s != "train" && s != "test" && s != "all")
         throw UsageError("unknown split '" + s + "' (choose train, test or all)");
     return s;
 }
-
-// ---- small helpers ---------------------------------------------------------
-
-std::string json_string(const std::string& s) {
-    std::string out = "\"";
-    for (unsigned char ch : s) {
-        switch (ch) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\r': out += "\\r"; break;
-        case '\t': out += "\\t"; break;
-        default:
-            if (ch < 0x20) {
-                char buf[8];
-                std::snprintf(buf, sizeof buf, "\\u%04x", ch);
-                out += buf;
-            } else {
-                out += static_cast<char>(ch);
-            }
-        }
-    }
-    return out + "\"";
-}
-
-// JSON has no NaN/inf: those become null.
-std::string json_number(double v) {
-    if (!std::isfinite(v)) return "null";
-    char buf[40];
-    std::snprintf(buf, sizeof buf, "%.10g", v);
-    return buf;
-}
-
-std::string json_attr(const magnets::AttrValue& v) {
-    if (auto i = std::get_if<int64_t>(&v)) return std::to_string(*i);
-    if (auto d = std::get_if<double>(&v)) return json_number(*d);
-    return json_string(std::get<std::string>(v));
-}
-
-std::string json_attrs(const magnets::Attrs& attrs) {
-    std::string s = "{";
-    for (const auto& [k, v] : attrs) s += (s.size() > 1 ? "," : "") + json_string(k) + ":" + json_attr(v);
-    return s + "}";
-}
-
 // Keeps the first n items of `set` (n < 0: all).
 void keep_first(magnets::ImageSet& set, int64_t n) {
     if (n < 0 || n >= set.count()) return;
@@ -366,32 +142,7 @@ magnets::ImageSet load_for(const magnets::TokenizerConfig& cfg, const std::strin
                              "use --split all, or add images to the folder");
     return set;
 }
-
-std::shared_ptr<magnets::Backend> backend_for(const std::string& name) {
-    return std::shared_ptr<magnets::Backend>(magnets::make_backend(name));
-}
-
 // ---- train -----------------------------------------------------------------
-
-std::atomic<bool> g_stop{false};
-volatile std::sig_atomic_t g_signal = 0;
-
-// First SIGINT/SIGTERM asks training to checkpoint and return; SA_RESETHAND
-// restores the default so a second one ends the process at once.
-extern "C" void on_stop_signal(int sig) {
-    g_signal = sig;
-    g_stop.store(true);
-}
-
-void install_stop_handlers() {
-    struct sigaction sa;
-    std::memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop_signal;
-    sa.sa_flags = SA_RESETHAND | SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, nullptr);
-    sigaction(SIGTERM, &sa, nullptr);
-}
 
 // Model and training options that override the preset, by option name.
 void apply_overrides(const Args& a, magnets::TokenizerConfig& m, magnets::TokenizerTrainConfig& t) {
@@ -428,18 +179,6 @@ const std::vector<std::string> fixed_option_names = {
     "preset", "codebook-size", "code-dim", "tail-channels", "base-channels", "hidden-channels", "res-blocks",
     "image-size", "channels", "quantizer", "recon", "batch-size", "lr", "seed"};
 
-// "name: requested X, checkpoint Y" for every attribute that differs.
-std::string attr_differences(const magnets::Attrs& want, const magnets::Attrs& have) {
-    std::string out;
-    for (const auto& [k, v] : want) {
-        auto it = have.find(k);
-        const std::string h = it == have.end() ? "(none)" : magnets::attr_to_string(it->second);
-        if (it == have.end() || !(it->second == v))
-            out += (out.empty() ? "" : "; ") + k + ": requested " + magnets::attr_to_string(v) + ", checkpoint " + h;
-    }
-    return out;
-}
-
 // The configuration to resume with: the checkpoint's, after checking that the
 // options given agree with it.
 void resolve_resume(const Args& a, const std::string& output, magnets::TokenizerConfig& model,
@@ -473,12 +212,6 @@ void resolve_resume(const Args& a, const std::string& output, magnets::Tokenizer
     if (a.has("checkpoint-every")) saved.checkpoint_every = train.checkpoint_every;
     model = saved_model;
     train = saved;
-}
-
-void print_table(const std::vector<std::pair<std::string, std::string>>& rows) {
-    int w = 0;
-    for (const auto& kv : rows) w = std::max(w, static_cast<int>(kv.first.size()));
-    for (const auto& [k, v] : rows) magnets::log_info("  %-*s  %s", w, k.c_str(), v.c_str());
 }
 
 void write_recon_png(magnets::Tokenizer& tok, const std::string& spec, const std::string& path,
@@ -603,7 +336,7 @@ int run_train(const Args& a) {
     opt.train = train;
     opt.output = output;
     opt.resume = resume;
-    opt.stop = &g_stop;
+    opt.stop = &stop_requested;
     opt.stop_after = stop_after;
     opt.creator = prog;
 
@@ -613,7 +346,7 @@ int run_train(const Args& a) {
     const double elapsed = magnets::now_seconds() - t0;
 
     if (last < train.steps) {
-        const int sig = g_signal;
+        const int sig = stop_signal;
         magnets::log_warn("stopped at step %" PRId64 " of %" PRId64 "%s; checkpoint saved to %s", last, train.steps,
                           sig ? (std::string(" by ") + strsignal(sig)).c_str() : "", output.c_str());
         std::string cmd = std::string(prog) + " train --resume -o " + output;
@@ -917,7 +650,7 @@ int run_info(const Args& a) {
     return 0;
 }
 
-const std::vector<CommandSpec>& commands() {
+std::vector<CommandSpec> commands() {
     static const std::vector<CommandSpec> table = {
         {"train", "train a tokenizer on a dataset, or resume a run", nullptr, &train_options, run_train,
          print_presets},
@@ -929,58 +662,9 @@ const std::vector<CommandSpec>& commands() {
     return table;
 }
 
-int usage_error(const std::string& msg, const char* command) {
-    std::fprintf(stderr, "%s: usage error: %s\n", prog, msg.c_str());
-    if (command) std::fprintf(stderr, "try '%s %s --help'\n", prog, command);
-    else std::fprintf(stderr, "try '%s --help'\n", prog);
-    return 2;
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 2) return usage_error("missing command (train, encode, decode, eval or info)", nullptr);
-    const std::string first = argv[1];
-    if (first == "-h" || first == "--help") {
-        print_main_help();
-        return 0;
-    }
-    if (first == "--version") {
-        std::printf("%s %s\n", prog, magnets::version_string);
-        return 0;
-    }
-    const CommandSpec* cmd = nullptr;
-    for (const auto& c : commands())
-        if (first == c.name) cmd = &c;
-    if (!cmd) {
-        if (!first.empty() && first[0] == '-')
-            return usage_error("expected a command before '" + first + "'", nullptr);
-        return usage_error("unknown command '" + first + "'", nullptr);
-    }
-
-    try {
-        Args args = parse_command(*cmd, argc - 1, argv + 1);
-        if (args.flag("help")) {
-            print_command_help(*cmd);
-            return 0;
-        }
-        if (args.flag("version")) {
-            std::printf("%s %s\n", prog, magnets::version_string);
-            return 0;
-        }
-        check_required(*cmd, args);
-        return cmd->run(args);
-    } catch (const UsageError& e) {
-        return usage_error(e.what(), cmd->name);
-    } catch (const magnets::Error& e) {
-        std::fprintf(stderr, "%s: error: %s\n", prog, e.what());
-        if (!e.hint().empty()) std::fprintf(stderr, "hint: %s\n", e.hint().c_str());
-        return 1;
-    } catch (const std::bad_alloc&) {
-        std::fprintf(stderr, "%s: error: out of memory\nhint: use a smaller --batch-size or --limit\n", prog);
-        return 1;
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "%s: error: %s\n", prog, e.what());
-        return 1;
-    }
+    const Tool tool{prog, "train, apply and inspect the VQ image tokenizer of magnets", commands()};
+    return run_tool(tool, argc, argv);
 }
