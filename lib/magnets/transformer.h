@@ -148,7 +148,8 @@ struct TransformerTrainConfig {
     int64_t checkpoint_every = 500;     // 0 = only at the end
     int64_t val_every = 500;            // 0 = only at the end
     int64_t val_items = 2000;           // validation items (<= val file count)
-    double loss_limit = 50.0;           // a loss above this (or non-finite) stops the run as diverged
+    double loss_limit = 0;              // mean loss per sub-model above this (or non-finite) stops the
+                                        // run as diverged; 0 = 3 ln K (chance level is ln K)
 
     double alpha_at(int64_t step) const; // 1 for ground_truth, 0 for distill_only
     void to_attrs(Attrs& a) const;

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "nn/fastmath.h"
+
 namespace magnets::nn::ops {
 
 // ---- layer norm --------------------------------------------------------------
@@ -102,7 +104,7 @@ void bias_backward(const T* dy, int64_t ld, T* db, int64_t rows, int64_t n) {
 template <typename T>
 void gelu_forward(const T* u, T* g, int64_t count) {
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < count; ++i) g[i] = static_cast<T>(0.5) * u[i] * (1 + std::erf(u[i] * static_cast<T>(M_SQRT1_2)));
+    for (int64_t i = 0; i < count; ++i) g[i] = static_cast<T>(0.5) * u[i] * (1 + nn::verf(u[i] * static_cast<T>(M_SQRT1_2)));
 }
 
 // du = dg * gelu'(u); du may alias dg.
@@ -112,57 +114,70 @@ void gelu_backward(const T* u, const T* dg, T* du, int64_t count) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < count; ++i) {
         const T x = u[i];
-        const T cdf = static_cast<T>(0.5) * (1 + std::erf(x * static_cast<T>(M_SQRT1_2)));
-        du[i] = dg[i] * (cdf + x * k * std::exp(static_cast<T>(-0.5) * x * x));
+        const T cdf = static_cast<T>(0.5) * (1 + nn::verf(x * static_cast<T>(M_SQRT1_2)));
+        du[i] = dg[i] * (cdf + x * k * nn::vexp(static_cast<T>(-0.5) * x * x));
     }
 }
 
 // ---- attention -------------------------------------------------------------------
 
+// out[0, w) = sum_{k < n} c[k * cs] * rows[k * ld + (0, w)], accumulated in
+// registers over blocks of W columns (w a multiple of W).
+template <int W, typename T>
+inline void combine_block(const T* c, int64_t cs, const T* rows, int64_t ld, int64_t n, T* out, int64_t w) {
+    for (int64_t c0 = 0; c0 < w; c0 += W) {
+        T acc[W] = {};
+        for (int64_t k = 0; k < n; ++k) {
+            const T ck = c[k * cs];
+            const T* r = rows + k * ld + c0;
+            for (int j = 0; j < W; ++j) acc[j] += ck * r[j];
+        }
+        for (int j = 0; j < W; ++j) out[c0 + j] = acc[j];
+    }
+}
+template <typename T>
+inline void combine(const T* c, int64_t cs, const T* rows, int64_t ld, int64_t n, T* out, int64_t w) {
+    if (w % 16 == 0) return combine_block<16>(c, cs, rows, ld, n, out, w);
+    if (w % 8 == 0) return combine_block<8>(c, cs, rows, ld, n, out, w);
+    if (w % 4 == 0) return combine_block<4>(c, cs, rows, ld, n, out, w);
+    combine_block<1>(c, cs, rows, ld, n, out, w);
+}
+
+inline int64_t pad16(int64_t n) { return (n + 15) / 16 * 16; }
+
 // Bidirectional multi-head attention over `seq` positions for `batch`
 // sequences. q, k, v, out: [batch * seq, heads * hd] with leading dimension
-// ld; probs: [batch, heads, seq, seq] (saved for backward).
+// ld; probs: [batch, heads, seq, seq] (saved for backward). Work is split
+// over (sequence, head) pairs; each pair is computed in a fixed order.
 template <typename T>
 void attention_forward(const T* q, const T* k, const T* v, int64_t ld, T* out, T* probs, int64_t batch,
                        int64_t seq, int64_t heads, int64_t hd) {
     const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+    const int64_t sp = pad16(seq);
 #pragma omp parallel
     {
-        std::vector<T> kt(static_cast<size_t>(hd * seq));
+        std::vector<T> kt(static_cast<size_t>(hd * sp), T(0)), s(static_cast<size_t>(sp)), qs(static_cast<size_t>(hd));
 #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < batch * heads; ++bh) {
             const int64_t b = bh / heads, h = bh % heads;
-            const T* qb = q + b * seq * ld + h * hd;
-            const T* kb = k + b * seq * ld + h * hd;
-            const T* vb = v + b * seq * ld + h * hd;
-            T* ob = out + b * seq * ld + h * hd;
+            const int64_t off = b * seq * ld + h * hd;
+            const T *qb = q + off, *kb = k + off, *vb = v + off;
+            T* ob = out + off;
             T* P = probs + bh * seq * seq;
             for (int64_t j = 0; j < seq; ++j)
-                for (int64_t d = 0; d < hd; ++d) kt[static_cast<size_t>(d * seq + j)] = kb[j * ld + d];
+                for (int64_t d = 0; d < hd; ++d) kt[static_cast<size_t>(d * sp + j)] = kb[j * ld + d];
             for (int64_t i = 0; i < seq; ++i) {
-                T* s = P + i * seq;
-                for (int64_t j = 0; j < seq; ++j) s[j] = 0;
-                for (int64_t d = 0; d < hd; ++d) {
-                    const T qd = qb[i * ld + d] * scale;
-                    const T* kd = kt.data() + d * seq;
-                    for (int64_t j = 0; j < seq; ++j) s[j] += qd * kd[j];
-                }
+                for (int64_t d = 0; d < hd; ++d) qs[static_cast<size_t>(d)] = qb[i * ld + d] * scale;
+                combine(qs.data(), 1, kt.data(), sp, hd, s.data(), sp);
                 T mx = s[0];
-                for (int64_t j = 1; j < seq; ++j) mx = std::max(mx, s[j]);
+                for (int64_t j = 1; j < seq; ++j) mx = std::max(mx, s[static_cast<size_t>(j)]);
+                for (int64_t j = 0; j < seq; ++j) s[static_cast<size_t>(j)] = nn::vexp(s[static_cast<size_t>(j)] - mx);
                 T sum = 0;
-                for (int64_t j = 0; j < seq; ++j) {
-                    s[j] = std::exp(s[j] - mx);
-                    sum += s[j];
-                }
+                for (int64_t j = 0; j < seq; ++j) sum += s[static_cast<size_t>(j)];
                 const T inv = 1 / sum;
-                for (int64_t j = 0; j < seq; ++j) s[j] *= inv;
-                T* o = ob + i * ld;
-                for (int64_t d = 0; d < hd; ++d) o[d] = 0;
-                for (int64_t j = 0; j < seq; ++j) {
-                    const T pj = s[j];
-                    const T* vj = vb + j * ld;
-                    for (int64_t d = 0; d < hd; ++d) o[d] += pj * vj[d];
-                }
+                T* pi = P + i * seq;
+                for (int64_t j = 0; j < seq; ++j) pi[j] = s[static_cast<size_t>(j)] * inv;
+                combine(pi, 1, vb, ld, seq, ob + i * ld, hd);
             }
         }
     }
@@ -173,9 +188,11 @@ template <typename T>
 void attention_backward(const T* q, const T* k, const T* v, const T* probs, const T* dout, int64_t ld, T* dq,
                         T* dk, T* dv, int64_t batch, int64_t seq, int64_t heads, int64_t hd) {
     const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+    const int64_t sp = pad16(seq);
 #pragma omp parallel
     {
-        std::vector<T> vt(static_cast<size_t>(hd * seq)), dp(static_cast<size_t>(seq));
+        std::vector<T> vt(static_cast<size_t>(hd * sp), T(0)), ds(static_cast<size_t>(seq * sp), T(0)),
+            dp(static_cast<size_t>(sp));
 #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < batch * heads; ++bh) {
             const int64_t b = bh / heads, h = bh % heads;
@@ -183,45 +200,21 @@ void attention_backward(const T* q, const T* k, const T* v, const T* probs, cons
             const T *qb = q + off, *kb = k + off, *vb = v + off, *dob = dout + off;
             T *dqb = dq + off, *dkb = dk + off, *dvb = dv + off;
             const T* P = probs + bh * seq * seq;
-            for (int64_t j = 0; j < seq; ++j) {
-                for (int64_t d = 0; d < hd; ++d) {
-                    vt[static_cast<size_t>(d * seq + j)] = vb[j * ld + d];
-                    dkb[j * ld + d] = 0;
-                    dvb[j * ld + d] = 0;
-                }
-            }
+            for (int64_t j = 0; j < seq; ++j)
+                for (int64_t d = 0; d < hd; ++d) vt[static_cast<size_t>(d * sp + j)] = vb[j * ld + d];
+            // dS = P * (dP - rowsum(P * dP)) * scale, with dP = dout V^T
             for (int64_t i = 0; i < seq; ++i) {
+                combine(dob + i * ld, 1, vt.data(), sp, hd, dp.data(), sp);
                 const T* pi = P + i * seq;
-                const T* doi = dob + i * ld;
-                // dP[j] = dout_i . v_j
-                for (int64_t j = 0; j < seq; ++j) dp[static_cast<size_t>(j)] = 0;
-                for (int64_t d = 0; d < hd; ++d) {
-                    const T g = doi[d];
-                    const T* vd = vt.data() + d * seq;
-                    for (int64_t j = 0; j < seq; ++j) dp[static_cast<size_t>(j)] += g * vd[j];
-                }
-                // dV_j += P_ij dout_i
-                for (int64_t j = 0; j < seq; ++j) {
-                    const T pj = pi[j];
-                    T* dvj = dvb + j * ld;
-                    for (int64_t d = 0; d < hd; ++d) dvj[d] += pj * doi[d];
-                }
-                // dS = P * (dP - sum_j P dP), scaled
                 T dot = 0;
                 for (int64_t j = 0; j < seq; ++j) dot += pi[j] * dp[static_cast<size_t>(j)];
-                for (int64_t j = 0; j < seq; ++j) dp[static_cast<size_t>(j)] = pi[j] * (dp[static_cast<size_t>(j)] - dot) * scale;
-                T* dqi = dqb + i * ld;
-                const T* qi = qb + i * ld;
-                for (int64_t d = 0; d < hd; ++d) dqi[d] = 0;
-                for (int64_t j = 0; j < seq; ++j) {
-                    const T ds = dp[static_cast<size_t>(j)];
-                    const T* kj = kb + j * ld;
-                    T* dkj = dkb + j * ld;
-                    for (int64_t d = 0; d < hd; ++d) {
-                        dqi[d] += ds * kj[d];
-                        dkj[d] += ds * qi[d];
-                    }
-                }
+                T* dsi = ds.data() + i * sp;
+                for (int64_t j = 0; j < seq; ++j) dsi[j] = pi[j] * (dp[static_cast<size_t>(j)] - dot) * scale;
+            }
+            for (int64_t i = 0; i < seq; ++i) combine(ds.data() + i * sp, 1, kb, ld, seq, dqb + i * ld, hd);
+            for (int64_t j = 0; j < seq; ++j) {
+                combine(ds.data() + j, sp, qb, ld, seq, dkb + j * ld, hd);  // dK_j = sum_i dS_ij q_i
+                combine(P + j, seq, dob, ld, seq, dvb + j * ld, hd);        // dV_j = sum_i P_ij dout_i
             }
         }
     }
@@ -261,7 +254,7 @@ LossSums masked_loss(const T* logits, int64_t ld, const T* teacher, int64_t ld_t
     std::vector<int64_t> row_ok(static_cast<size_t>(rows), 0);
 #pragma omp parallel
     {
-        std::vector<T> tq(static_cast<size_t>(K));
+        std::vector<T> tq(static_cast<size_t>(K)), ex(static_cast<size_t>(K));
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < rows; ++i) {
             T* di = dlogits ? dlogits + i * ld_d : nullptr;
@@ -276,11 +269,13 @@ LossSums masked_loss(const T* logits, int64_t ld, const T* teacher, int64_t ld_t
             int64_t arg = 0;
             for (int64_t j = 1; j < K; ++j)
                 if (li[j] > mx) { mx = li[j]; arg = j; }
-            double sum = 0, sum_l = 0;
+            for (int64_t j = 0; j < K; ++j) ex[static_cast<size_t>(j)] = nn::vexp(li[j] - mx);
+            T sum_t = 0, sum_lt = 0;
             for (int64_t j = 0; j < K; ++j) {
-                sum += std::exp(static_cast<double>(li[j] - mx));
-                sum_l += static_cast<double>(li[j] - mx);
+                sum_t += ex[static_cast<size_t>(j)];
+                sum_lt += li[j] - mx;
             }
+            const double sum = static_cast<double>(sum_t), sum_l = static_cast<double>(sum_lt);
             const double lse = std::log(sum); // log q_j = (l_j - mx) - lse
             const double logq_y = static_cast<double>(li[y] - mx) - lse;
             const double mean_logq = sum_l / static_cast<double>(K) - lse;
@@ -290,10 +285,8 @@ LossSums masked_loss(const T* logits, int64_t ld, const T* teacher, int64_t ld_t
                 T tm = ti[0];
                 for (int64_t j = 1; j < K; ++j) tm = std::max(tm, ti[j]);
                 double ts = 0;
-                for (int64_t j = 0; j < K; ++j) {
-                    tq[static_cast<size_t>(j)] = static_cast<T>(std::exp(static_cast<double>(ti[j] - tm)));
-                    ts += tq[static_cast<size_t>(j)];
-                }
+                for (int64_t j = 0; j < K; ++j) tq[static_cast<size_t>(j)] = nn::vexp(ti[j] - tm);
+                for (int64_t j = 0; j < K; ++j) ts += tq[static_cast<size_t>(j)];
                 double h = 0;
                 const T inv = static_cast<T>(1.0 / ts);
                 for (int64_t j = 0; j < K; ++j) {
@@ -310,7 +303,7 @@ LossSums masked_loss(const T* logits, int64_t ld, const T* teacher, int64_t ld_t
                 for (int64_t j = 0; j < K; ++j) {
                     T target = off;
                     if (alpha < 1.0) target += (1 - a) * tq[static_cast<size_t>(j)];
-                    di[j] = (std::exp(li[j] - mx) * inv - target) * scale;
+                    di[j] = (ex[static_cast<size_t>(j)] * inv - target) * scale;
                 }
                 di[y] -= on * scale;
             }

@@ -398,9 +398,14 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
                                                                    tc.objective, alpha, tc.loss_weights,
                                                                    tc.label_smoothing, &total);
         if (!std::isfinite(total)) diverged("the loss is " + std::to_string(total));
-        if (total > tc.loss_limit)
-            diverged("the loss " + std::to_string(total) + " exceeds the limit " + std::to_string(tc.loss_limit) +
-                     " (--loss-limit)");
+        double wsum = 0;
+        for (size_t k = 0; k < cfg.factors.size(); ++k) wsum += tc.loss_weights.empty() ? 1.0 : tc.loss_weights[k];
+        const double mean_loss = total / std::max(wsum, 1e-12);
+        const double limit = tc.loss_limit > 0 ? tc.loss_limit : 3.0 * std::log(static_cast<double>(cfg.codebook_size));
+        if (mean_loss > limit)
+            diverged("the mean loss per sub-model " + std::to_string(mean_loss) + " exceeds the limit " +
+                     std::to_string(limit) + " (--loss-limit; chance level is ln K = " +
+                     std::to_string(std::log(static_cast<double>(cfg.codebook_size))) + ")");
         const double norm = adam.grad_norm();
         if (!std::isfinite(norm)) diverged("the gradient norm is " + std::to_string(norm));
         const double lr = nn::warmup_cosine_lr(step, tc.steps, tc.warmup, tc.lr, tc.lr_min_ratio);
