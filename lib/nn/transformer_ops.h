@@ -11,7 +11,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 #include "nn/fastmath.h"
 
@@ -145,6 +150,49 @@ inline void combine(const T* c, int64_t cs, const T* rows, int64_t ld, int64_t n
 
 inline int64_t pad16(int64_t n) { return (n + 15) / 16 * 16; }
 
+// C[M, N] = A[M, K] B[K, N] (row-major, leading dimensions), for the small
+// per-head products of attention. 4 x 16 register blocks when N is a multiple
+// of 16 (8 vector accumulators with AVX2), else row by row.
+#if defined(__AVX2__) && defined(__FMA__)
+// 4 x 16 block of C = A B in eight AVX2 registers.
+inline void gemm_block_4x16(int64_t K, const float* a, int64_t lda, const float* B, int64_t ldb, float* c, int64_t ldc) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    for (int64_t k = 0; k < K; ++k) {
+        const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
+        __m256 x = _mm256_broadcast_ss(a + k);
+        c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
+        x = _mm256_broadcast_ss(a + lda + k);
+        c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
+        x = _mm256_broadcast_ss(a + 2 * lda + k);
+        c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
+        x = _mm256_broadcast_ss(a + 3 * lda + k);
+        c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
+    }
+    _mm256_storeu_ps(c, c00); _mm256_storeu_ps(c + 8, c01);
+    _mm256_storeu_ps(c + ldc, c10); _mm256_storeu_ps(c + ldc + 8, c11);
+    _mm256_storeu_ps(c + 2 * ldc, c20); _mm256_storeu_ps(c + 2 * ldc + 8, c21);
+    _mm256_storeu_ps(c + 3 * ldc, c30); _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+}
+#endif
+
+// C[M, N] = A[M, K] B[K, N] (row-major, leading dimensions), for the small
+// per-head products of attention. For float with AVX2 and N a multiple of 16,
+// 4 x 16 register blocks; otherwise row by row. Each C element is the sum
+// over k in increasing order, whichever path computes it.
+template <typename T>
+void small_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+    int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float>) {
+        if (N % 16 == 0)
+            for (; i + 4 <= M; i += 4)
+                for (int64_t c0 = 0; c0 < N; c0 += 16)
+                    gemm_block_4x16(K, A + i * lda, lda, B + c0, ldb, C + i * ldc + c0, ldc);
+    }
+#endif
+    for (; i < M; ++i) combine(A + i * lda, 1, B, ldb, K, C + i * ldc, N);
+}
+
 // Bidirectional multi-head attention over `seq` positions for `batch`
 // sequences. q, k, v, out: [batch * seq, heads * hd] with leading dimension
 // ld; probs: [batch, heads, seq, seq] (saved for backward). Work is split
@@ -156,29 +204,31 @@ void attention_forward(const T* q, const T* k, const T* v, int64_t ld, T* out, T
     const int64_t sp = pad16(seq);
 #pragma omp parallel
     {
-        std::vector<T> kt(static_cast<size_t>(hd * sp), T(0)), s(static_cast<size_t>(sp)), qs(static_cast<size_t>(hd));
+        std::vector<T> kt(static_cast<size_t>(hd * sp), T(0)), s(static_cast<size_t>(seq * sp)),
+            qs(static_cast<size_t>(seq * hd));
 #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < batch * heads; ++bh) {
             const int64_t b = bh / heads, h = bh % heads;
             const int64_t off = b * seq * ld + h * hd;
             const T *qb = q + off, *kb = k + off, *vb = v + off;
-            T* ob = out + off;
             T* P = probs + bh * seq * seq;
             for (int64_t j = 0; j < seq; ++j)
                 for (int64_t d = 0; d < hd; ++d) kt[static_cast<size_t>(d * sp + j)] = kb[j * ld + d];
+            for (int64_t i = 0; i < seq; ++i)
+                for (int64_t d = 0; d < hd; ++d) qs[static_cast<size_t>(i * hd + d)] = qb[i * ld + d] * scale;
+            small_gemm(seq, sp, hd, qs.data(), hd, kt.data(), sp, s.data(), sp); // scores [seq, sp]
             for (int64_t i = 0; i < seq; ++i) {
-                for (int64_t d = 0; d < hd; ++d) qs[static_cast<size_t>(d)] = qb[i * ld + d] * scale;
-                combine(qs.data(), 1, kt.data(), sp, hd, s.data(), sp);
-                T mx = s[0];
-                for (int64_t j = 1; j < seq; ++j) mx = std::max(mx, s[static_cast<size_t>(j)]);
-                for (int64_t j = 0; j < seq; ++j) s[static_cast<size_t>(j)] = nn::vexp(s[static_cast<size_t>(j)] - mx);
+                T* si = s.data() + i * sp;
+                T mx = si[0];
+                for (int64_t j = 1; j < seq; ++j) mx = std::max(mx, si[j]);
+                for (int64_t j = 0; j < seq; ++j) si[j] = nn::vexp(si[j] - mx);
                 T sum = 0;
-                for (int64_t j = 0; j < seq; ++j) sum += s[static_cast<size_t>(j)];
+                for (int64_t j = 0; j < seq; ++j) sum += si[j];
                 const T inv = 1 / sum;
                 T* pi = P + i * seq;
-                for (int64_t j = 0; j < seq; ++j) pi[j] = s[static_cast<size_t>(j)] * inv;
-                combine(pi, 1, vb, ld, seq, ob + i * ld, hd);
+                for (int64_t j = 0; j < seq; ++j) pi[j] = si[j] * inv;
             }
+            small_gemm(seq, hd, seq, P, seq, vb, ld, out + off, ld); // out = P V
         }
     }
 }
@@ -191,31 +241,34 @@ void attention_backward(const T* q, const T* k, const T* v, const T* probs, cons
     const int64_t sp = pad16(seq);
 #pragma omp parallel
     {
-        std::vector<T> vt(static_cast<size_t>(hd * sp), T(0)), ds(static_cast<size_t>(seq * sp), T(0)),
-            dp(static_cast<size_t>(sp));
+        std::vector<T> vt(static_cast<size_t>(hd * sp), T(0)), dp(static_cast<size_t>(seq * sp)),
+            ds(static_cast<size_t>(seq * seq)), dst(static_cast<size_t>(seq * seq)), pt(static_cast<size_t>(seq * seq));
 #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < batch * heads; ++bh) {
             const int64_t b = bh / heads, h = bh % heads;
             const int64_t off = b * seq * ld + h * hd;
             const T *qb = q + off, *kb = k + off, *vb = v + off, *dob = dout + off;
-            T *dqb = dq + off, *dkb = dk + off, *dvb = dv + off;
             const T* P = probs + bh * seq * seq;
             for (int64_t j = 0; j < seq; ++j)
                 for (int64_t d = 0; d < hd; ++d) vt[static_cast<size_t>(d * sp + j)] = vb[j * ld + d];
-            // dS = P * (dP - rowsum(P * dP)) * scale, with dP = dout V^T
+            small_gemm(seq, sp, hd, dob, ld, vt.data(), sp, dp.data(), sp); // dP = dout V^T
+            // dS = P * (dP - rowsum(P * dP)) * scale
             for (int64_t i = 0; i < seq; ++i) {
-                combine(dob + i * ld, 1, vt.data(), sp, hd, dp.data(), sp);
                 const T* pi = P + i * seq;
+                const T* dpi = dp.data() + i * sp;
                 T dot = 0;
-                for (int64_t j = 0; j < seq; ++j) dot += pi[j] * dp[static_cast<size_t>(j)];
-                T* dsi = ds.data() + i * sp;
-                for (int64_t j = 0; j < seq; ++j) dsi[j] = pi[j] * (dp[static_cast<size_t>(j)] - dot) * scale;
+                for (int64_t j = 0; j < seq; ++j) dot += pi[j] * dpi[j];
+                T* dsi = ds.data() + i * seq;
+                for (int64_t j = 0; j < seq; ++j) dsi[j] = pi[j] * (dpi[j] - dot) * scale;
             }
-            for (int64_t i = 0; i < seq; ++i) combine(ds.data() + i * sp, 1, kb, ld, seq, dqb + i * ld, hd);
-            for (int64_t j = 0; j < seq; ++j) {
-                combine(ds.data() + j, sp, qb, ld, seq, dkb + j * ld, hd);  // dK_j = sum_i dS_ij q_i
-                combine(P + j, seq, dob, ld, seq, dvb + j * ld, hd);        // dV_j = sum_i P_ij dout_i
-            }
+            for (int64_t i = 0; i < seq; ++i)
+                for (int64_t j = 0; j < seq; ++j) {
+                    dst[static_cast<size_t>(j * seq + i)] = ds[static_cast<size_t>(i * seq + j)];
+                    pt[static_cast<size_t>(j * seq + i)] = P[i * seq + j];
+                }
+            small_gemm(seq, hd, seq, ds.data(), seq, kb, ld, dq + off, ld);   // dQ = dS K
+            small_gemm(seq, hd, seq, dst.data(), seq, qb, ld, dk + off, ld);  // dK = dS^T Q
+            small_gemm(seq, hd, seq, pt.data(), seq, dob, ld, dv + off, ld);  // dV = P^T dout
         }
     }
 }
