@@ -22,6 +22,34 @@
 
 namespace magnets::nn::ops {
 
+// sum_j x[j] * (y ? y[j] : 1) with 8 interleaved partial sums (vectorisable,
+// and the same order on every call).
+template <typename T>
+inline T lane_sum(const T* x, const T* y, int64_t n) {
+    T part[8] = {};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; ++l) part[l] += y ? x[j + l] * y[j + l] : x[j + l];
+    T s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; j < n; ++j) s += y ? x[j] * y[j] : x[j];
+    return s;
+}
+
+// max_j x[j] with 8 partial maxima (exact in any order; vectorisable).
+template <typename T>
+inline T lane_max(const T* x, int64_t n) {
+    T part[8];
+    for (int l = 0; l < 8; ++l) part[l] = x[0];
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; ++l) part[l] = part[l] > x[j + l] ? part[l] : x[j + l];
+    T m = part[0];
+    for (int l = 1; l < 8; ++l) m = m > part[l] ? m : part[l];
+    for (; j < n; ++j) m = m > x[j] ? m : x[j];
+    return m;
+}
+
+
 // ---- layer norm --------------------------------------------------------------
 
 // y = (x - mean) * rstd * g + b per row of width n; saves mean and rstd per row.
@@ -32,16 +60,14 @@ void layernorm_forward(const T* x, int64_t ldx, T* y, int64_t ldy, T* mean, T* r
     for (int64_t i = 0; i < rows; ++i) {
         const T* xi = x + i * ldx;
         T* yi = y + i * ldy;
-        double s = 0;
-        for (int64_t j = 0; j < n; ++j) s += xi[j];
-        const double mu = s / static_cast<double>(n);
-        double v = 0;
-        for (int64_t j = 0; j < n; ++j) {
-            const double d = xi[j] - mu;
-            v += d * d;
-        }
-        const double rs = 1.0 / std::sqrt(v / static_cast<double>(n) + eps);
-        const T m = static_cast<T>(mu), r = static_cast<T>(rs);
+        const T m = lane_sum<T>(xi, nullptr, n) / static_cast<T>(n);
+        T dev[8] = {};
+        int64_t j0 = 0;
+        for (; j0 + 8 <= n; j0 += 8)
+            for (int l = 0; l < 8; ++l) dev[l] += (xi[j0 + l] - m) * (xi[j0 + l] - m);
+        T v = ((dev[0] + dev[1]) + (dev[2] + dev[3])) + ((dev[4] + dev[5]) + (dev[6] + dev[7]));
+        for (; j0 < n; ++j0) v += (xi[j0] - m) * (xi[j0] - m);
+        const T r = static_cast<T>(1.0 / std::sqrt(static_cast<double>(v) / static_cast<double>(n) + eps));
         for (int64_t j = 0; j < n; ++j) yi[j] = (xi[j] - m) * r * g[j] + b[j];
         mean[i] = m;
         rstd[i] = r;
@@ -59,14 +85,22 @@ void layernorm_backward(const T* x, int64_t ldx, const T* dy, int64_t lddy, cons
         const T* dyi = dy + i * lddy;
         T* dxi = dx + i * lddx;
         const T m = mean[i], r = rstd[i];
-        double s1 = 0, s2 = 0; // mean(dxhat), mean(dxhat * xhat)
-        for (int64_t j = 0; j < n; ++j) {
-            const double xh = static_cast<double>((xi[j] - m) * r);
-            const double dxh = static_cast<double>(dyi[j] * g[j]);
+        T p1[8] = {}, p2[8] = {}; // mean(dxhat), mean(dxhat * xhat) in 8 lanes
+        int64_t j0 = 0;
+        for (; j0 + 8 <= n; j0 += 8)
+            for (int l = 0; l < 8; ++l) {
+                const T dxh = dyi[j0 + l] * g[j0 + l];
+                p1[l] += dxh;
+                p2[l] += dxh * ((xi[j0 + l] - m) * r);
+            }
+        T s1 = ((p1[0] + p1[1]) + (p1[2] + p1[3])) + ((p1[4] + p1[5]) + (p1[6] + p1[7]));
+        T s2 = ((p2[0] + p2[1]) + (p2[2] + p2[3])) + ((p2[4] + p2[5]) + (p2[6] + p2[7]));
+        for (; j0 < n; ++j0) {
+            const T dxh = dyi[j0] * g[j0];
             s1 += dxh;
-            s2 += dxh * xh;
+            s2 += dxh * ((xi[j0] - m) * r);
         }
-        const T a1 = static_cast<T>(s1 / static_cast<double>(n)), a2 = static_cast<T>(s2 / static_cast<double>(n));
+        const T a1 = s1 / static_cast<T>(n), a2 = s2 / static_cast<T>(n);
         for (int64_t j = 0; j < n; ++j) {
             const T xh = (xi[j] - m) * r;
             const T v = r * (dyi[j] * g[j] - a1 - xh * a2);
@@ -212,18 +246,16 @@ void attention_forward(const T* q, const T* k, const T* v, int64_t ld, T* out, T
             const int64_t off = b * seq * ld + h * hd;
             const T *qb = q + off, *kb = k + off, *vb = v + off;
             T* P = probs + bh * seq * seq;
-            for (int64_t j = 0; j < seq; ++j)
-                for (int64_t d = 0; d < hd; ++d) kt[static_cast<size_t>(d * sp + j)] = kb[j * ld + d];
+            for (int64_t d = 0; d < hd; ++d)
+                for (int64_t j = 0; j < seq; ++j) kt[static_cast<size_t>(d * sp + j)] = kb[j * ld + d];
             for (int64_t i = 0; i < seq; ++i)
                 for (int64_t d = 0; d < hd; ++d) qs[static_cast<size_t>(i * hd + d)] = qb[i * ld + d] * scale;
             small_gemm(seq, sp, hd, qs.data(), hd, kt.data(), sp, s.data(), sp); // scores [seq, sp]
             for (int64_t i = 0; i < seq; ++i) {
                 T* si = s.data() + i * sp;
-                T mx = si[0];
-                for (int64_t j = 1; j < seq; ++j) mx = std::max(mx, si[j]);
+                const T mx = lane_max(si, seq);
                 for (int64_t j = 0; j < seq; ++j) si[j] = nn::vexp(si[j] - mx);
-                T sum = 0;
-                for (int64_t j = 0; j < seq; ++j) sum += si[j];
+                const T sum = lane_sum<T>(si, nullptr, seq);
                 const T inv = 1 / sum;
                 T* pi = P + i * seq;
                 for (int64_t j = 0; j < seq; ++j) pi[j] = si[j] * inv;
@@ -249,15 +281,14 @@ void attention_backward(const T* q, const T* k, const T* v, const T* probs, cons
             const int64_t off = b * seq * ld + h * hd;
             const T *qb = q + off, *kb = k + off, *vb = v + off, *dob = dout + off;
             const T* P = probs + bh * seq * seq;
-            for (int64_t j = 0; j < seq; ++j)
-                for (int64_t d = 0; d < hd; ++d) vt[static_cast<size_t>(d * sp + j)] = vb[j * ld + d];
+            for (int64_t d = 0; d < hd; ++d)
+                for (int64_t j = 0; j < seq; ++j) vt[static_cast<size_t>(d * sp + j)] = vb[j * ld + d];
             small_gemm(seq, sp, hd, dob, ld, vt.data(), sp, dp.data(), sp); // dP = dout V^T
             // dS = P * (dP - rowsum(P * dP)) * scale
             for (int64_t i = 0; i < seq; ++i) {
                 const T* pi = P + i * seq;
                 const T* dpi = dp.data() + i * sp;
-                T dot = 0;
-                for (int64_t j = 0; j < seq; ++j) dot += pi[j] * dpi[j];
+                const T dot = lane_sum(pi, dpi, seq);
                 T* dsi = ds.data() + i * seq;
                 for (int64_t j = 0; j < seq; ++j) dsi[j] = pi[j] * (dpi[j] - dot) * scale;
             }
@@ -318,10 +349,9 @@ LossSums masked_loss(const T* logits, int64_t ld, const T* teacher, int64_t ld_t
             }
             const T* li = logits + i * ld;
             const int32_t y = targets[i];
-            T mx = li[0];
+            const T mx = lane_max(li, K);
             int64_t arg = 0;
-            for (int64_t j = 1; j < K; ++j)
-                if (li[j] > mx) { mx = li[j]; arg = j; }
+            while (li[arg] != mx) ++arg; // first maximum
             for (int64_t j = 0; j < K; ++j) ex[static_cast<size_t>(j)] = nn::vexp(li[j] - mx);
             T sum_t = 0, sum_lt = 0;
             for (int64_t j = 0; j < K; ++j) {
@@ -335,8 +365,7 @@ LossSums masked_loss(const T* logits, int64_t ld, const T* teacher, int64_t ld_t
             double loss = alpha * (-(1.0 - eps) * logq_y - eps * mean_logq);
             if (alpha < 1.0) {
                 const T* ti = teacher + i * ld_teacher;
-                T tm = ti[0];
-                for (int64_t j = 1; j < K; ++j) tm = std::max(tm, ti[j]);
+                const T tm = lane_max(ti, K);
                 double ts = 0;
                 for (int64_t j = 0; j < K; ++j) tq[static_cast<size_t>(j)] = nn::vexp(ti[j] - tm);
                 for (int64_t j = 0; j < K; ++j) ts += tq[static_cast<size_t>(j)];
