@@ -8,8 +8,8 @@ found and validates every documented attribute and dataset.
   scripts/check_h5py.py train.h5 tok.h5
   scripts/check_h5py.py --count 600 --tokenizer tok.h5 train.h5
 
-Formats: magnets-tokens (token files) and magnets-tokenizer (tokenizer
-checkpoints). With --tokenizer, a token file's tokenizer_hash must equal the
+Formats: magnets-tokens (token files), magnets-tokenizer (tokenizer
+checkpoints) and magnets-transformer (nested transformer checkpoints). With --tokenizer, a token file's tokenizer_hash must equal the
 checkpoint's weights hash (FNV-1a 64, as magnets::weights_hash computes it).
 Exit status: 0 all files valid, 1 a file failed a check, 2 usage error.
 Run with Debian's /usr/bin/python3 (python3-h5py).
@@ -208,6 +208,74 @@ def check_tokenizer(c, f, args):
         c.say(f"/train_state: step {st.attrs.get('step')}, {sum(1 for _ in st)} entries")
 
 
+TRANSFORMER_INT = ["codebook_size", "num_classes", "grid_t", "grid_h", "grid_w", "width", "heads", "layers",
+                   "mlp_ratio"]
+TRANSFORMER_TRAIN_INT = ["train_steps", "train_batch_size", "train_warmup", "train_seed", "train_alpha_span",
+                         "train_log_every", "train_checkpoint_every", "train_val_every", "train_val_items"]
+TRANSFORMER_TRAIN_FLOAT = ["train_lr", "train_lr_min_ratio", "train_beta1", "train_beta2", "train_weight_decay",
+                           "train_clip_norm", "train_ema_decay", "train_label_smoothing", "train_class_dropout",
+                           "train_loss_limit"]
+
+
+def check_transformer(c, f, args):
+    """magnets-transformer: /weights (+ /ema) with the shapes of magnets/transformer.h, /train_state."""
+    c.standard(f, "magnets-transformer")
+    cfg = {k: c.attr(f, k, "int") for k in TRANSFORMER_INT}
+    nesting = c.attr(f, "nesting", "str")
+    factors = c.attr(f, "factors", "str")
+    c.expect(nesting in ("width", "mone", "mlp"), f"nesting {nesting!r} is not width, mone or mlp")
+    c.say("model " + ", ".join(f"{k}={v}" for k, v in cfg.items()) + f", nesting={nesting}, factors={factors}")
+    if "train_steps" in f.attrs:
+        for k in TRANSFORMER_TRAIN_INT:
+            c.attr(f, k, "int")
+        for k in TRANSFORMER_TRAIN_FLOAT:
+            c.attr(f, k, "float")
+        obj = c.attr(f, "train_objective", "str")
+        c.expect(obj in ("ground-truth", "progressive", "distill-only"), f"train_objective {obj!r}")
+    if None in cfg.values() or factors is None:
+        return
+    D, L, K = cfg["width"], cfg["layers"], cfg["codebook_size"]
+    F = cfg["mlp_ratio"] * D
+    N = cfg["grid_t"] * cfg["grid_h"] * cfg["grid_w"]
+    V = K + cfg["num_classes"] + 2
+    shapes = {"tok_emb.weight": (V, D), "pos_emb.weight": (N + 1, D), "ln_f.weight": (D,), "ln_f.bias": (D,),
+              "head.weight": (K, D), "head.bias": (K,)}
+    for l in range(L):
+        b = f"blocks.{l}."
+        for n in ("ln1", "ln2"):
+            shapes[b + n + ".weight"] = (D,)
+            shapes[b + n + ".bias"] = (D,)
+        for n in "qkvo":
+            shapes[b + f"attn.{n}.weight"] = (D, D)
+            shapes[b + f"attn.{n}.bias"] = (D,)
+        shapes[b + "mlp.fc1.weight"], shapes[b + "mlp.fc1.bias"] = (F, D), (F,)
+        shapes[b + "mlp.fc2.weight"], shapes[b + "mlp.fc2.bias"] = (D, F), (D,)
+    for grp in ("weights", "ema"):
+        if grp == "ema" and grp not in f:
+            continue
+        if not c.expect(grp in f and isinstance(f[grp], h5py.Group), f"group /{grp} is missing"):
+            return
+        names = set(f[grp].keys())
+        c.expect(names == set(shapes), f"/{grp} tensors differ from the documented set: "
+                 f"missing {sorted(set(shapes) - names)[:5]}, extra {sorted(names - set(shapes))[:5]}")
+        for n, shape in shapes.items():
+            if n in names:
+                c.dataset(f[grp], n, "<f4", shape)
+                c.expect(np.isfinite(f[grp][n][()]).all(), f"/{grp}/{n} holds non-finite values")
+    c.say(f"/weights: {len(shapes)} tensors, {sum(int(np.prod(s)) for s in shapes.values())} values, "
+          f"hash {weights_hash(f)}")
+    if "train_state" in f:
+        st = f["train_state"]
+        for k in ("step", "seed", "data_position", "adam_t", "data_count"):
+            c.attr(st, k, "int", "/train_state")
+        for k in ("data_source", "data_tokenizer"):
+            c.attr(st, k, "str", "/train_state")
+        for n, shape in shapes.items():
+            for m in ("adam_m", "adam_v"):
+                c.dataset(st, f"{m}/{n}", "<f4", shape)
+        c.say(f"/train_state: step {st.attrs.get('step')}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -226,6 +294,8 @@ def main():
                     check_tokens(c, f, args)
                 elif fmt == "magnets-tokenizer":
                     check_tokenizer(c, f, args)
+                elif fmt == "magnets-transformer":
+                    check_transformer(c, f, args)
                 else:
                     c.fail(f"unknown format attribute {fmt!r}")
         except (OSError, KeyError) as e:

@@ -70,17 +70,22 @@ build() {
 }
 
 run_demo() {
-    local tool="$build_dir/tools/magnets-tokenize"
+    local tools="$build_dir/tools"
     mkdir -p "$out_dir"
     set -x
-    "$tool" train --dataset fashion-mnist --preset demo -o "$out_dir/tok.h5" \
+    "$tools/magnets-tokenize" train --dataset fashion-mnist --preset demo -o "$out_dir/tok.h5" \
         --recon-png "$out_dir/recon.png" --log "$out_dir/train_log.jsonl"
-    "$tool" eval --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split test | tee "$out_dir/eval.txt"
-    "$tool" encode --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split test -o "$out_dir/test_tokens.h5"
-    "$tool" decode --tokenizer "$out_dir/tok.h5" -i "$out_dir/test_tokens.h5" --limit 64 -o "$out_dir/samples"
+    "$tools/magnets-tokenize" eval --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split test | tee "$out_dir/eval.txt"
+    "$tools/magnets-tokenize" encode --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split train -o "$out_dir/train_tokens.h5"
+    "$tools/magnets-tokenize" encode --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split test -o "$out_dir/test_tokens.h5"
+    "$tools/magnets-tokenize" decode --tokenizer "$out_dir/tok.h5" -i "$out_dir/test_tokens.h5" --limit 64 -o "$out_dir/samples"
+    "$tools/magnets-train" --preset demo --tokens "$out_dir/train_tokens.h5" --val "$out_dir/test_tokens.h5" \
+        -o "$out_dir/model.h5" --log "$out_dir/model_log.jsonl" --plot "$out_dir/model_curves.png"
     { set +x; } 2>/dev/null
     say "done: $out_dir/tok.h5 (tokenizer), $out_dir/recon.png (originals above, reconstructions below),"
-    say "      $out_dir/eval.txt, $out_dir/test_tokens.h5, $out_dir/samples/grid.png"
+    say "      $out_dir/eval.txt, $out_dir/test_tokens.h5, $out_dir/samples/grid.png,"
+    say "      $out_dir/model.h5 (nested transformer), $out_dir/model_curves.png and"
+    say "      $out_dir/model_curves-accuracy.png (loss and validation accuracy per sub-model)"
 }
 
 # Prints "N passed, N failed[, N skipped]" from meson's testlog.json (one JSON
@@ -126,7 +131,7 @@ run_tests() {
 
 (($# == 1)) || usage
 case "$1" in
-    demo) install_packages "${build_packages[@]}"; build magnets-tokenize; run_demo ;;
+    demo) install_packages "${build_packages[@]}"; build magnets-tokenize magnets-train; run_demo ;;
     test) install_packages "${build_packages[@]}" "${test_packages[@]}"; build; run_tests ;;
     deps) install_packages "${build_packages[@]}" "${test_packages[@]}" ;;
     build) install_packages "${build_packages[@]}"; build ;;

@@ -38,14 +38,18 @@ std::vector<OptionSpec> distill_options() {
         {"from-ema", ArgKind::flag, nullptr, "start from the EMA weights of --from instead of its raw weights"},
         {"resume", ArgKind::flag, nullptr, "continue the distillation saved in --output (bit-identical)"},
     };
-    t.insert(t.end(), train_loop_options().begin(), train_loop_options().end());
+    for (OptionSpec o : train_loop_options()) {
+        o.from_preset = false; // defaults come from --from (see print_defaults)
+        t.push_back(o);
+    }
     return t;
 }
 const std::vector<OptionSpec> options = distill_options();
 
 void print_defaults() {
-    std::printf("\nDefaults not given on the command line come from --from's training configuration,\n"
-                "except: --steps 1000, --warmup 50, --lr half of the original peak.\n");
+    std::printf("\nTraining options not given on the command line come from --from's training\n"
+                "configuration, except: --steps 1000, --warmup 50, --lr half of the original peak.\n"
+                "With --resume they come from --output's (only --steps may change).\n");
 }
 
 int run(const Args& a) {
@@ -63,7 +67,11 @@ int run(const Args& a) {
     train.steps = 1000;
     train.warmup = 50;
     train.lr *= 0.5;
-    train.objective = magnets::parse_objective(a.text("objective"));
+    try {
+        train.objective = magnets::parse_objective(a.text("objective"));
+    } catch (const magnets::Error& e) {
+        throw UsageError(std::string(e.what()) + " (" + e.hint() + ")");
+    }
     apply_train_overrides(a, train);
     train.alpha_span = a.has("alpha-span") ? a.positive("alpha-span") : train.steps;
     if (train.objective != magnets::Objective::ground_truth && model.factors.size() < 2)
@@ -111,6 +119,10 @@ int run(const Args& a) {
                           output + " --objective " + magnets::objective_name(train.objective);
     if (a.has("val")) spec.resume_command += " --val " + a.text("val");
     if (a.has("limit")) spec.resume_command += " --limit " + std::to_string(a.integer("limit"));
+    if (a.has("log")) spec.resume_command += " --log " + a.text("log");
+    if (a.has("seed")) spec.resume_command += " --seed " + std::to_string(a.integer("seed"));
+    if (a.has("batch-size")) spec.resume_command += " --batch-size " + std::to_string(a.integer("batch-size"));
+    if (ema) spec.resume_command += " --from-ema";
     spec.header_rows = {{"from", from + (ema ? " (EMA weights)" : "")},
                         {"objective", magnets::objective_name(train.objective)},
                         {"alpha", train.objective == magnets::Objective::progressive

@@ -77,12 +77,19 @@ int run(const Args& a) {
     if (a.has("heads")) model.heads = a.positive("heads");
     if (a.has("layers")) model.layers = a.positive("layers");
     if (a.has("mlp-ratio")) model.mlp_ratio = a.positive("mlp-ratio");
-    model.nesting = magnets::parse_nesting(a.text("nesting"));
-    model.factors = magnets::parse_factors(a.text("factors"));
+    try {
+        model.nesting = magnets::parse_nesting(a.text("nesting"));
+        model.factors = magnets::parse_factors(a.text("factors"));
+    } catch (const magnets::Error& e) {
+        throw UsageError(std::string(e.what()) + (e.hint().empty() ? "" : " (" + e.hint() + ")"));
+    }
     apply_train_overrides(a, train);
     magnets::check_writable(output);
     if (a.has("log")) magnets::check_writable(a.text("log"));
-    if (a.has("plot")) magnets::check_writable(a.text("plot"));
+    if (a.has("plot")) {
+        if (!a.has("log")) throw UsageError("--plot draws the --log file: give --log FILE too");
+        magnets::check_writable(a.text("plot"));
+    }
 
     TokenData data = load_token_data(a);
     model_shape_from_tokens(data.train, model);

@@ -30,7 +30,7 @@ const std::vector<OptionSpec>& train_loop_options() {
     {"ema-decay", ArgKind::real, "X", "decay of the EMA weights that sampling uses", nullptr, false, true},
     {"label-smoothing", ArgKind::real, "X", "label smoothing of the ground-truth cross-entropy", nullptr, false, true},
     {"class-dropout", ArgKind::real, "X", "probability of replacing the class by NULL (for guidance)", nullptr, false, true},
-    {"loss-weights", ArgKind::text, "W,..", "loss weight per sub-model, in --factors order (default all 1)"},
+    {"loss-weights", ArgKind::text, "W,..", "loss weight per sub-model, smallest model first (factors in decreasing order, e.g. m8,m4,m2,m1); default all 1"},
     {"seed", ArgKind::integer, "N", "seed of every random draw (init, data order, masks)", nullptr, false, true},
     {"limit", ArgKind::integer, "N", "train on the first N items of --tokens only"},
     {"val-items", ArgKind::integer, "N", "validation items (fixed masks, per sub-model CE and accuracy)", nullptr, false, true},

@@ -1,8 +1,10 @@
-// lib/cpu/host_backend.h (private): memory of the CPU backends. Buffers are
+// lib/cpu/host_backend.h (private): memory of the CPU backends, and the
+// row-stable inference matmul they share. Buffers are
 // host memory aligned to 64 bytes (a cache line, and what oneDNN prefers);
 // upload/download are plain copies.
 #pragma once
 #include "magnets/backend.h"
+#include "cpu/rowstable_gemm.h"
 
 #include <algorithm>
 #include <cstring>
@@ -23,6 +25,10 @@ public:
     }
     void download(float* host_dst, const float* src, size_t count) override {
         if (count) std::memcpy(host_dst, src, count * sizeof(float));
+    }
+    // Both CPU backends share the row-stable kernel (lib/cpu/rowstable_gemm.cpp).
+    void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c) override {
+        cpu::rowstable_matmul(a, w, bias, c);
     }
 };
 

@@ -217,7 +217,7 @@ void Transformer::Impl::forward(int64_t p, const int32_t* ids, int64_t b) {
         float* x = acts[0].x_in.data();
         const float* te = tok_emb->w.data();
         const float* pe = pos_emb->w.data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (R * r >= nn::ops::kParallelWork)
         for (int64_t i = 0; i < R; ++i) {
             const float* t = te + static_cast<int64_t>(ids[i]) * D;
             const float* q = pe + (i % S) * D;

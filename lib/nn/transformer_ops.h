@@ -22,6 +22,10 @@
 
 namespace magnets::nn::ops {
 
+// Loops smaller than this many elements run on one thread: a parallel region
+// costs microseconds (more when a core is busy elsewhere), more than the loop.
+inline constexpr int64_t kParallelWork = 1 << 16;
+
 // sum_j x[j] * (y ? y[j] : 1) with 8 interleaved partial sums (vectorisable,
 // and the same order on every call).
 template <typename T>
@@ -56,7 +60,7 @@ inline T lane_max(const T* x, int64_t n) {
 template <typename T>
 void layernorm_forward(const T* x, int64_t ldx, T* y, int64_t ldy, T* mean, T* rstd, const T* g,
                        const T* b, int64_t rows, int64_t n, double eps = 1e-5) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * n >= kParallelWork)
     for (int64_t i = 0; i < rows; ++i) {
         const T* xi = x + i * ldx;
         T* yi = y + i * ldy;
@@ -79,7 +83,7 @@ void layernorm_forward(const T* x, int64_t ldx, T* y, int64_t ldy, T* mean, T* r
 template <typename T>
 void layernorm_backward(const T* x, int64_t ldx, const T* dy, int64_t lddy, const T* mean, const T* rstd,
                         const T* g, T* dx, int64_t lddx, T* dg, T* db, int64_t rows, int64_t n, bool accumulate) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * n >= kParallelWork)
     for (int64_t i = 0; i < rows; ++i) {
         const T* xi = x + i * ldx;
         const T* dyi = dy + i * lddy;
@@ -122,7 +126,7 @@ void layernorm_backward(const T* x, int64_t ldx, const T* dy, int64_t lddy, cons
 
 template <typename T>
 void add_bias(T* y, int64_t ld, const T* b, int64_t rows, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * n >= kParallelWork)
     for (int64_t i = 0; i < rows; ++i) {
         T* yi = y + i * ld;
         for (int64_t j = 0; j < n; ++j) yi[j] += b[j];
@@ -142,7 +146,7 @@ void bias_backward(const T* dy, int64_t ld, T* db, int64_t rows, int64_t n) {
 
 template <typename T>
 void gelu_forward(const T* u, T* g, int64_t count) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (count >= kParallelWork)
     for (int64_t i = 0; i < count; ++i) g[i] = static_cast<T>(0.5) * u[i] * (1 + nn::verf(u[i] * static_cast<T>(M_SQRT1_2)));
 }
 
@@ -150,7 +154,7 @@ void gelu_forward(const T* u, T* g, int64_t count) {
 template <typename T>
 void gelu_backward(const T* u, const T* dg, T* du, int64_t count) {
     const T k = static_cast<T>(0.5 * M_2_SQRTPI * M_SQRT1_2); // 1 / sqrt(2 pi)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (count >= kParallelWork)
     for (int64_t i = 0; i < count; ++i) {
         const T x = u[i];
         const T cdf = static_cast<T>(0.5) * (1 + nn::verf(x * static_cast<T>(M_SQRT1_2)));
@@ -169,7 +173,7 @@ inline void combine_block(const T* c, int64_t cs, const T* rows, int64_t ld, int
         for (int64_t k = 0; k < n; ++k) {
             const T ck = c[k * cs];
             const T* r = rows + k * ld + c0;
-            for (int j = 0; j < W; ++j) acc[j] += ck * r[j];
+            for (int j = 0; j < W; ++j) acc[j] = std::fma(ck, r[j], acc[j]); // as the AVX2 kernel
         }
         for (int j = 0; j < W; ++j) out[c0 + j] = acc[j];
     }
@@ -236,7 +240,7 @@ void attention_forward(const T* q, const T* k, const T* v, int64_t ld, T* out, T
                        int64_t seq, int64_t heads, int64_t hd) {
     const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
     const int64_t sp = pad16(seq);
-#pragma omp parallel
+#pragma omp parallel if (batch * heads * seq * seq * hd >= kParallelWork)
     {
         std::vector<T> kt(static_cast<size_t>(hd * sp), T(0)), s(static_cast<size_t>(seq * sp)),
             qs(static_cast<size_t>(seq * hd));
@@ -271,7 +275,7 @@ void attention_backward(const T* q, const T* k, const T* v, const T* probs, cons
                         T* dk, T* dv, int64_t batch, int64_t seq, int64_t heads, int64_t hd) {
     const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
     const int64_t sp = pad16(seq);
-#pragma omp parallel
+#pragma omp parallel if (batch * heads * seq * seq * hd >= kParallelWork)
     {
         std::vector<T> vt(static_cast<size_t>(hd * sp), T(0)), dp(static_cast<size_t>(seq * sp)),
             ds(static_cast<size_t>(seq * seq)), dst(static_cast<size_t>(seq * seq)), pt(static_cast<size_t>(seq * seq));
@@ -336,7 +340,7 @@ LossSums masked_loss(const T* logits, int64_t ld, const T* teacher, int64_t ld_t
     const T a = static_cast<T>(alpha), on = static_cast<T>((1.0 - eps) * alpha), off = static_cast<T>(eps / K * alpha);
     std::vector<double> row_loss(static_cast<size_t>(rows), 0.0), row_ce(static_cast<size_t>(rows), 0.0);
     std::vector<int64_t> row_ok(static_cast<size_t>(rows), 0);
-#pragma omp parallel
+#pragma omp parallel if (rows * n_classes >= kParallelWork)
     {
         std::vector<T> tq(static_cast<size_t>(K)), ex(static_cast<size_t>(K));
 #pragma omp for schedule(static)

@@ -6,6 +6,7 @@
 #include "nn/data_order.h"
 #include "nn/optim.h"
 #include "nn/transformer_impl.h"
+#include "nn/transformer_ops.h"
 
 #include <algorithm>
 #include <cmath>
@@ -107,8 +108,8 @@ TransformerPreset transformer_preset(const std::string& name) {
     } else if (name == "demo") {
         p.description = "about 10 minutes on 2 cores; Fashion-MNIST 8x8 tokens";
         m.width = 128; m.heads = 8; m.layers = 4;
-        t.steps = 3000; t.batch_size = 64; t.lr = 2e-3; t.warmup = 150; t.log_every = 50;
-        t.checkpoint_every = 500; t.val_every = 500; t.val_items = 2000; t.ema_decay = 0.998;
+        t.steps = 1400; t.batch_size = 64; t.lr = 2e-3; t.warmup = 100; t.log_every = 50;
+        t.checkpoint_every = 200; t.val_every = 200; t.val_items = 2000; t.ema_decay = 0.998;
     } else if (name == "small") {
         p.description = "a real quality run: 1-3 hours on 2 cores";
         m.width = 256; m.heads = 8; m.layers = 8;
@@ -339,6 +340,7 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
         Checkpoint ck = make_checkpoint(model);
         tc.to_attrs(ck.attrs);
         if (!opt.init_from.empty()) ck.attrs["init_from"] = opt.init_from;
+        ck.attrs["tokenizer_hash"] = train.tokenizer_hash; // the tokenizer whose codes the model speaks
         ck.ema = ema;
         adam.save(ck);
         ck.state_attrs["step"] = done;
@@ -355,8 +357,9 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
             ? "the last good checkpoint (step " + std::to_string(last_saved) + ") is kept in " + opt.output
             : "no checkpoint had been written yet";
         throw Error("training diverged at step " + std::to_string(step + 1), opt.output, why + "; " + kept,
-                    last_saved >= 0 ? "resume with a lower --lr (e.g. half), or a smaller --clip-norm"
-                                    : "train again with a lower --lr");
+                    last_saved >= 0 ? "train again with a lower --lr (e.g. half), or continue from the last good "
+                                      "checkpoint with magnets-distill --objective ground-truth --lr X"
+                                    : "train again with a lower --lr (e.g. half)");
     };
     auto run_validation = [&](int64_t done) {
         if (!val || !on_log) return;
@@ -416,7 +419,7 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
             float* e = ema[n].data();
             const float* w = m.params[n].w.data();
             const int64_t cnt = ema[n].numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (cnt >= nn::ops::kParallelWork)
             for (int64_t i = 0; i < cnt; ++i) e[i] = d * e[i] + (1.0f - d) * w[i];
         }
         ++step;
