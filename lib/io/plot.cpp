@@ -626,6 +626,27 @@ std::vector<uint8_t> render_plot(const std::vector<PlotSeries>& series, const Pl
     return render(series, opt, {});
 }
 
+int draw_text(Image& img, int x, int y, const std::string& text, std::array<uint8_t, 3> colour, int scale) {
+    check(img.channels == 3, "draw_text", "needs an RGB image");
+    const std::string s = to_ascii(text);
+    for (size_t i = 0; i < s.size(); ++i) {
+        const unsigned char ch = static_cast<unsigned char>(s[i]);
+        const uint8_t* g = font5x7[ch - 32];
+        for (int col = 0; col < 5; ++col)
+            for (int row = 0; row < 8; ++row) {
+                if (!(g[col] >> row & 1)) continue;
+                for (int dy = 0; dy < scale; ++dy)
+                    for (int dx = 0; dx < scale; ++dx) {
+                        const int px = x + (static_cast<int>(i) * 6 + col) * scale + dx, py = y + row * scale + dy;
+                        if (px < 0 || py < 0 || px >= img.width || py >= img.height) continue;
+                        uint8_t* p = &img.pixels[(static_cast<size_t>(py) * static_cast<size_t>(img.width) + static_cast<size_t>(px)) * 3];
+                        p[0] = colour[0]; p[1] = colour[1]; p[2] = colour[2];
+                    }
+            }
+    }
+    return text_width(s, scale);
+}
+
 void write_plot_png(const std::string& path, const std::vector<PlotSeries>& series, const PlotOptions& opt) {
     Image img;
     img.width = opt.width;

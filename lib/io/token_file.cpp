@@ -169,6 +169,11 @@ void write_token_file(const std::string& path, const TokenFile& tf, const std::s
                       {chunk_items(per_item), 4, true, true});
     f.write<int32_t>("labels", {tf.count()}, tf.labels.data(), {label_chunk, 4, true, true});
     f.write_strings("class_names", tf.class_names);
+    for (const auto& [name, values] : tf.extra_datasets) {
+        if (name.empty() || name == "tokens" || name == "labels" || name == "class_names")
+            throw Error("cannot write token file", path, "extra dataset name '" + name + "' is reserved or empty");
+        f.write<float>(name, {static_cast<int64_t>(values.size())}, values.data());
+    }
     f.close();
     out.commit();
 }

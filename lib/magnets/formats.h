@@ -46,6 +46,9 @@ struct TokenFile {
     std::vector<uint16_t> tokens;               // [count, t, h, w] row-major
     std::vector<int32_t> labels;                // [count]; -1 = unlabelled
     Attrs extra;                                // more root attributes (e.g. sampling parameters)
+    // More 1-D float32 datasets, written (not read back) under their names,
+    // e.g. "sampling/step_gflops" (a '/' makes groups).
+    std::map<std::string, std::vector<float>> extra_datasets;
 
     int64_t tokens_per_item() const { return grid_t * grid_h * grid_w; }
     int64_t count() const { return static_cast<int64_t>(labels.size()); }

@@ -46,4 +46,9 @@ std::vector<uint8_t> render_plot(const std::vector<PlotSeries>& series, const Pl
 // The RGB colour of series `index` (a 10-colour palette, repeating).
 std::array<uint8_t, 3> plot_series_colour(size_t index);
 
+struct Image;
+// Draws text with the built-in 5x7 font onto an RGB image (channels 3), top-left
+// at (x, y), clipped; returns the text's width in pixels. For captions on frames.
+int draw_text(Image& rgb, int x, int y, const std::string& text, std::array<uint8_t, 3> colour, int scale = 1);
+
 } // namespace magnets

@@ -341,6 +341,9 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
         tc.to_attrs(ck.attrs);
         if (!opt.init_from.empty()) ck.attrs["init_from"] = opt.init_from;
         ck.attrs["tokenizer_hash"] = train.tokenizer_hash; // the tokenizer whose codes the model speaks
+        std::string names;
+        for (const auto& c : train.class_names) names += (names.empty() ? "" : "\n") + c;
+        ck.attrs["class_names"] = names; // newline-separated, for samplers and their PNGs
         ck.ema = ema;
         adam.save(ck);
         ck.state_attrs["step"] = done;
