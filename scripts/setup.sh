@@ -23,7 +23,7 @@ build_packages=(meson ninja-build pkg-config cmake libdnnl-dev ocl-icd-opencl-de
     libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libhdf5-dev hdf5-tools
     g++ dataset-fashion-mnist)
 # Reference tooling used by the tests (fixture checks through h5py; /usr/bin/python3).
-test_packages=(python3 python3-torch python3-h5py python3-scipy ffmpeg)
+test_packages=(python3 python3-torch python3-torchvision python3-h5py python3-scipy ffmpeg)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -81,11 +81,15 @@ run_demo() {
     "$tools/magnets-tokenize" decode --tokenizer "$out_dir/tok.h5" -i "$out_dir/test_tokens.h5" --limit 64 -o "$out_dir/samples"
     "$tools/magnets-train" --preset demo --tokens "$out_dir/train_tokens.h5" --val "$out_dir/test_tokens.h5" \
         -o "$out_dir/model.h5" --log "$out_dir/model_log.jsonl" --plot "$out_dir/model_curves.png"
+    "$tools/magnets-sample" --model "$out_dir/model.h5" --tokenizer "$out_dir/tok.h5" --per-class 8 --cfg 2 \
+        --schedule 8:3,4:3,2:3,1:3 --batch-size 80 -o "$out_dir/generated.h5" --png "$out_dir/generated" \
+        --animate "$out_dir/decode.mp4"
     { set +x; } 2>/dev/null
     say "done: $out_dir/tok.h5 (tokenizer), $out_dir/recon.png (originals above, reconstructions below),"
     say "      $out_dir/eval.txt, $out_dir/test_tokens.h5, $out_dir/samples/grid.png,"
     say "      $out_dir/model.h5 (nested transformer), $out_dir/model_curves.png and"
-    say "      $out_dir/model_curves-accuracy.png (loss and validation accuracy per sub-model)"
+    say "      $out_dir/model_curves-accuracy.png (loss and validation accuracy per sub-model),"
+    say "      $out_dir/generated/grid.png (8 samples per class, one row per class), $out_dir/decode.mp4"
 }
 
 # Prints "N passed, N failed[, N skipped]" from meson's testlog.json (one JSON
@@ -131,7 +135,7 @@ run_tests() {
 
 (($# == 1)) || usage
 case "$1" in
-    demo) install_packages "${build_packages[@]}"; build magnets-tokenize magnets-train; run_demo ;;
+    demo) install_packages "${build_packages[@]}"; build magnets-tokenize magnets-train magnets-sample; run_demo ;;
     test) install_packages "${build_packages[@]}" "${test_packages[@]}"; build; run_tests ;;
     deps) install_packages "${build_packages[@]}" "${test_packages[@]}" ;;
     build) install_packages "${build_packages[@]}"; build ;;

@@ -47,14 +47,14 @@ const std::vector<OptionSpec> options = {
     {"choice-temperature", ArgKind::real, "X", "Gumbel noise on the confidences, annealed by (1 - t/T)", "4.5"},
     {"top-k", ArgKind::integer, "N", "sample only among the N most likely codes (0 = all)", "0"},
     {"cfg", ArgKind::real, "S", "classifier-free guidance scale: l = l_c + S (l_c - l_NULL); 0 = off", "0"},
-    {"cfg-ramp", ArgKind::flag, nullptr, "ramp the guidance scale linearly from 0 to --cfg over the steps"},
+    {"cfg-ramp", ArgKind::flag, nullptr, "ramp the guidance scale linearly: s_t = --cfg * t / T"},
     {"class", ArgKind::texts, "C", "class index or name to generate (repeat for several)"},
     {"per-class", ArgKind::integer, "N", "N samples of every class (a class-conditional grid)"},
     {"count", ArgKind::integer, "N", "samples per --class, or unconditional samples without --class", "16"},
     {"batch-size", ArgKind::integer, "N", "images decoded together (does not change the tokens)", "64"},
     {"seed", ArgKind::integer, "N", "seed: sample i uses streams (seed, i), whatever the batch or shard", "1"},
     {"cache", ArgKind::text, "POLICY", "KV cache: on-switch (refresh when the sub-model changes), never, every:K, "
-                                       "none", "on-switch"},
+                                       "none; a change of attention width always refreshes", "on-switch"},
     {"no-cache", ArgKind::flag, nullptr, "same as --cache none: every step recomputes every position"},
     {"shard", ArgKind::text, "I/N", "generate only part I of N (0-based) of the index range: for array jobs"},
     {"raw-weights", ArgKind::flag, nullptr, "use the checkpoint's raw weights instead of its EMA weights"},
@@ -178,6 +178,8 @@ int run(const Args& a) {
     const magnets::Checkpoint meta =
         magnets::read_checkpoint(model_path, magnets::transformer_format, magnets::transformer_format_version, false);
     magnets::Transformer model = magnets::Transformer::load(model_path, be, !a.flag("raw-weights"));
+    const bool ema = !a.flag("raw-weights") && !meta.ema.empty(); // load() falls back to raw weights without /ema
+    if (!a.flag("raw-weights") && meta.ema.empty()) magnets::log_warn("%s has no EMA weights; using its raw weights", model_path.c_str());
     const magnets::TransformerConfig& mc = model.config();
     if (!a.has("schedule")) sc.schedule = default_schedule(meta.attrs, mc);
     try {
@@ -235,6 +237,9 @@ int run(const Args& a) {
         const int64_t total = count;
         first = total * i / n;
         count = total * (i + 1) / n - first;
+        if (count == 0)
+            throw UsageError("--shard " + shard + " is empty: " + std::to_string(total) + " samples in " + std::to_string(n) +
+                             " parts; use fewer parts");
     }
 
     // The tokenizer, checked against the model.
@@ -256,7 +261,7 @@ int run(const Args& a) {
 
     magnets::log_info("%s: %s", prog, model_path.c_str());
     std::vector<std::pair<std::string, std::string>> rows = {
-        {"model", model_path + " (" + (a.flag("raw-weights") ? "raw" : "EMA") + " weights, hash " + model.hash() + ")"},
+        {"model", model_path + " (" + (ema ? "EMA" : "raw") + " weights, hash " + model.hash() + ")"},
         {"shape", "D=" + std::to_string(mc.width) + " L=" + std::to_string(mc.layers) + " H=" + std::to_string(mc.heads) +
                       " N=" + std::to_string(mc.tokens()) + " K=" + std::to_string(mc.codebook_size) + ", " +
                       magnets::nesting_name(mc.nesting) + " nesting, factors " + magnets::factors_to_string(mc.factors)},
@@ -387,7 +392,7 @@ int run(const Args& a) {
     sc.to_attrs(tf.extra);
     tf.extra["model_file"] = model_path;
     tf.extra["model_hash"] = model.hash();
-    tf.extra["model_weights"] = std::string(a.flag("raw-weights") ? "raw" : "ema");
+    tf.extra["model_weights"] = std::string(ema ? "ema" : "raw");
     tf.extra["shard"] = shard;
     tf.extra["first_index"] = first;
     tf.extra["total_count"] = static_cast<int64_t>(wanted.size());
@@ -448,7 +453,7 @@ int run(const Args& a) {
                            {{"magnets-schedule", magnets::size_schedule_to_string(sc.schedule)},
                             {"magnets-seed", std::to_string(sc.seed)},
                             {"magnets-model-hash", model.hash()},
-                            {"magnets-cfg", fmt("%g", sc.cfg_scale)}});
+                            {"magnets-cfg", fmt("%g", sc.cfg_scale) + (sc.cfg_ramp ? " ramp" : "")}});
         magnets::log_info("wrote %" PRId64 " PNGs and %s/grid.png", count, dir.c_str());
     }
     return 0;

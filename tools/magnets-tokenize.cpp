@@ -18,6 +18,7 @@
 #include "magnets/log.h"
 #include "magnets/tokenizer.h"
 #include "magnets/version.h"
+#include "magnets/video.h"
 
 
 #include <algorithm>
@@ -593,7 +594,26 @@ std::string tokenizer_weights_hash(const std::string& path) {
     }
 }
 
+bool is_mp4(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    char head[12] = {};
+    f.read(head, 12);
+    return f.gcount() == 12 && std::memcmp(head + 4, "ftyp", 4) == 0;
+}
+
 void info_one(const std::string& path, bool json) {
+    if (is_mp4(path)) { // counts frames by decoding every packet (magnets::read_video_info)
+        const magnets::VideoInfo v = magnets::read_video_info(path);
+        if (json)
+            std::printf("{\"file\":%s,\"type\":\"mp4\",\"frames\":%" PRId64 ",\"width\":%d,\"height\":%d,"
+                        "\"fps\":%s,\"codec\":%s}\n",
+                        json_string(path).c_str(), v.frames, v.width, v.height, json_number(v.fps).c_str(),
+                        json_string(v.codec).c_str());
+        else
+            std::printf("%s: MP4, %" PRId64 " frames, %dx%d, %.3g fps, %s\n", path.c_str(), v.frames, v.width, v.height,
+                        v.fps, v.codec.c_str());
+        return;
+    }
     if (is_png(path)) {
         magnets::Image img = magnets::read_image(path);
         auto text = magnets::read_png_text(path);
@@ -657,7 +677,7 @@ std::vector<CommandSpec> commands() {
         {"encode", "encode a dataset into a token file", nullptr, &encode_options, run_encode},
         {"decode", "decode token files into PNG images and a grid", nullptr, &decode_options, run_decode},
         {"eval", "measure reconstruction PSNR and codebook use on a split", nullptr, &eval_options, run_eval},
-        {"info", "print the metadata of magnets files (HDF5 or PNG)", "FILE...", &info_options, run_info},
+        {"info", "print the metadata of magnets files (HDF5, PNG or MP4)", "FILE...", &info_options, run_info},
     };
     return table;
 }

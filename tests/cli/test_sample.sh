@@ -110,6 +110,8 @@ if grep -q "no libav" "$tmp/err"; then
     skip_case "--animate writes one frame per step" "built without libav"
 else
     expect_rc 0; expect_file "$tmp/a.mp4"; expect_err "8 frames"
+    run "$tokenize" info "$tmp/a.mp4"
+    expect_rc 0; expect_out "MP4, 8 frames"
     if command -v ffprobe >/dev/null; then
         n="$(ffprobe -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames -of csv=p=0 "$tmp/a.mp4")"
         [[ "$n" == 8 ]] || why+=("ffprobe counts $n frames, expected 8 (6 steps + 2 hold)")

@@ -1,0 +1,316 @@
+// magnets-eval: the feature classifier and the metrics between a real and a
+// generated set (METHOD section 8).
+//
+//   train-classifier  train the feature network on a labelled real set
+//   metrics           FID (on the classifier's features, named in the report),
+//                     KID, Inception-Score analogue, precision/recall and
+//                     class-conditional accuracy, with the real-vs-real floor
+//
+// A thin program over magnets/classifier.h and magnets/metrics.h. Exit status
+// as in tools/cli.h.
+#include "cli.h"
+
+#include "magnets/classifier.h"
+#include "magnets/dataset.h"
+#include "magnets/error.h"
+#include "magnets/formats.h"
+#include "magnets/image.h"
+#include "magnets/log.h"
+#include "magnets/metrics.h"
+#include "magnets/tokenizer.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace magnets::cli;
+constexpr const char* prog = "magnets-eval";
+
+const std::vector<OptionSpec> train_classifier_options = {
+    {"o,output", ArgKind::text, "FILE", "classifier checkpoint to write", nullptr, true},
+    {"dataset", ArgKind::text, "SPEC", "fashion-mnist or an image folder (one sub-folder per class)", "fashion-mnist"},
+    {"image-size", ArgKind::integer, "N", "input side (Fashion-MNIST is padded to it)", "32"},
+    {"channels", ArgKind::integer, "N", "1 (gray) or 3 (RGB)", "1"},
+    {"epochs", ArgKind::integer, "N", "passes over the training split", "3"},
+    {"batch-size", ArgKind::integer, "N", "images per step", "128"},
+    {"lr", ArgKind::real, "X", "Adam peak learning rate (warm-up, cosine decay)", "0.001"},
+    {"seed", ArgKind::integer, "N", "seed of the initialisation and data order", "1"},
+    {"limit", ArgKind::integer, "N", "train on the first N images only"},
+};
+
+const std::vector<OptionSpec> metrics_options = {
+    {"classifier", ArgKind::text, "FILE", "feature network (magnets-eval train-classifier; data/ ships one)", nullptr, true},
+    {"real", ArgKind::text, "SPEC", "reference set: fashion-mnist[:train|:test], an image folder, or a token file "
+                                    "(with --tokenizer)", "fashion-mnist:test"},
+    {"generated", ArgKind::texts, "SPEC", "generated set: token files (repeat to pool them) or a PNG folder", nullptr, true},
+    {"tokenizer", ArgKind::text, "FILE", "tokenizer that decodes token files"},
+    {"floor", ArgKind::text, "SPEC", "real set for the floor (default: the other split of --real)"},
+    {"limit", ArgKind::integer, "N", "use at most N items of each set"},
+    {"kid-subsets", ArgKind::integer, "N", "KID: random subsets averaged", "100"},
+    {"kid-subset-size", ArgKind::integer, "N", "KID: items per subset", "1000"},
+    {"k", ArgKind::integer, "N", "precision/recall: k of the k-NN radii", "3"},
+    {"seed", ArgKind::integer, "N", "seed of the KID subsets", "1"},
+    {"json", ArgKind::flag, nullptr, "print one JSON object instead of a table"},
+};
+
+// ---- sets of images ---------------------------------------------------------------
+
+struct Set {
+    std::string spec, what;            // what: a description for the report
+    std::vector<float> images;         // [n, c, s, s] in [0, 1]
+    std::vector<int32_t> labels;       // requested class per item (-1 = none)
+    int64_t n = 0, channels = 0, size = 0;
+};
+
+bool ends_with(const std::string& s, const std::string& suf) {
+    return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+// Decodes token files (all with the same grid) through the tokenizer.
+void add_tokens(Set& set, const std::string& path, magnets::Tokenizer* tok, int64_t limit) {
+    if (!tok) throw UsageError(path + " is a token file: give --tokenizer to decode it");
+    const magnets::TokenFile tf = magnets::read_token_file(path);
+    const magnets::TokenizerConfig& tc = tok->config();
+    if (tf.codebook_size != tc.codebook_size || tf.grid_h != tc.tokens_side() || tf.grid_w != tc.tokens_side())
+        throw magnets::Error("token file does not fit the tokenizer", path,
+                             "its codebook/grid is " + std::to_string(tf.codebook_size) + "/" + std::to_string(tf.grid_h) +
+                                 "x" + std::to_string(tf.grid_w) + ", the tokenizer's " +
+                                 std::to_string(tc.codebook_size) + "/" + std::to_string(tc.tokens_side()) + "x" +
+                                 std::to_string(tc.tokens_side()),
+                             "pass the tokenizer the tokens were made with");
+    if (!tf.tokenizer_hash.empty() && tf.tokenizer_hash != "unknown" && tf.tokenizer_hash != tok->hash())
+        magnets::log_warn("%s was made with tokenizer %s, decoding with %s", path.c_str(), tf.tokenizer_hash.c_str(),
+                          tok->hash().c_str());
+    int64_t n = tf.count();
+    if (limit >= 0) n = std::min(n, std::max<int64_t>(limit - set.n, 0));
+    const int64_t per = tc.channels * tc.image_size * tc.image_size, N = tf.tokens_per_item();
+    if (set.n == 0) { set.channels = tc.channels; set.size = tc.image_size; }
+    const size_t at = set.images.size();
+    set.images.resize(at + static_cast<size_t>(n * per));
+    for (int64_t first = 0; first < n; first += 256) {
+        const int64_t b = std::min<int64_t>(256, n - first);
+        tok->decode(tf.tokens.data() + first * N, b, set.images.data() + at + static_cast<size_t>(first * per));
+    }
+    set.labels.insert(set.labels.end(), tf.labels.begin(), tf.labels.begin() + n);
+    set.n += n;
+}
+
+Set load_set(const std::string& spec, const std::vector<std::string>& parts, magnets::Tokenizer* tok,
+             const magnets::ClassifierConfig& cc, int64_t limit) {
+    Set set;
+    set.spec = spec;
+    for (const std::string& p : parts) {
+        if (ends_with(p, ".h5") || ends_with(p, ".hdf5")) {
+            add_tokens(set, p, tok, limit);
+            continue;
+        }
+        std::string name = p, split = "test";
+        if (p.rfind("fashion-mnist", 0) == 0) {
+            name = "fashion-mnist";
+            if (p.size() > 13 && p[13] == ':') split = p.substr(14);
+        } else {
+            split = "all";
+        }
+        magnets::ImageSet is = magnets::load_dataset(name, split, cc.channels, cc.image_size);
+        int64_t n = is.count();
+        if (limit >= 0) n = std::min(n, limit);
+        const size_t at = set.images.size();
+        set.images.resize(at + static_cast<size_t>(n * is.pixels_per_item()));
+        is.to_float(0, n, set.images.data() + at);
+        set.labels.insert(set.labels.end(), is.labels.begin(), is.labels.begin() + n);
+        set.n += n;
+        set.channels = is.channels;
+        set.size = is.height;
+    }
+    if (set.n == 0) throw magnets::Error("empty set", spec, "no images to evaluate", "check the path, split or --limit");
+    if (set.channels != cc.channels || set.size != cc.image_size)
+        throw magnets::Error("images do not fit the classifier", spec,
+                             "they are " + std::to_string(set.channels) + "x" + std::to_string(set.size) + "x" +
+                                 std::to_string(set.size) + "; the classifier takes " + std::to_string(cc.channels) +
+                                 "x" + std::to_string(cc.image_size) + "x" + std::to_string(cc.image_size),
+                             "use a classifier trained at this resolution (train-classifier --image-size/--channels)");
+    set.what = spec + " (" + std::to_string(set.n) + " images)";
+    return set;
+}
+
+struct Report {
+    double fid = NAN, kid = NAN, kid_std = NAN, is = NAN, is_std = NAN, precision = NAN, recall = NAN, class_acc = NAN;
+    std::string warning;
+};
+
+Report measure(magnets::Classifier& net, const Set& real, const std::vector<float>& real_feats, const Set& gen,
+               const Args& a) {
+    const int64_t F = net.feature_dim(), C = net.num_classes();
+    std::vector<float> feats(static_cast<size_t>(gen.n * F)), probs(static_cast<size_t>(gen.n * C));
+    net.features(gen.images.data(), gen.n, feats.data(), probs.data());
+    Report r;
+    const magnets::FeatureStats sr = magnets::feature_stats(real_feats.data(), real.n, F);
+    const magnets::FeatureStats sg = magnets::feature_stats(feats.data(), gen.n, F);
+    r.fid = magnets::frechet_distance(sr, sg, &r.warning);
+    const magnets::KidResult kid = magnets::kernel_inception_distance(
+        real_feats.data(), real.n, feats.data(), gen.n, F, a.positive("kid-subsets"), a.positive("kid-subset-size"),
+        static_cast<uint64_t>(a.positive("seed", true)));
+    r.kid = kid.mean;
+    r.kid_std = kid.std;
+    const magnets::IsResult is = magnets::inception_score(probs.data(), gen.n, C, std::min<int64_t>(10, gen.n));
+    r.is = is.mean;
+    r.is_std = is.std;
+    const int64_t k = a.positive("k");
+    if (k < std::min(real.n, gen.n)) {
+        const magnets::PrecisionRecall pr = magnets::precision_recall(real_feats.data(), real.n, feats.data(), gen.n, F, k);
+        r.precision = pr.precision;
+        r.recall = pr.recall;
+    }
+    int64_t labelled = 0, ok = 0;
+    for (int64_t i = 0; i < gen.n; ++i) {
+        const int32_t y = gen.labels[static_cast<size_t>(i)];
+        if (y < 0) continue;
+        ++labelled;
+        const float* p = probs.data() + i * C;
+        if (std::max_element(p, p + C) - p == y) ++ok;
+    }
+    if (labelled > 0) r.class_acc = static_cast<double>(ok) / static_cast<double>(labelled);
+    return r;
+}
+
+int run_train_classifier(const Args& a) {
+    const std::string backend_name = apply_global(a);
+    const std::string out = a.text("output"), spec = a.text("dataset");
+    magnets::check_writable(out);
+    const int64_t size = a.positive("image-size"), channels = a.positive("channels");
+    magnets::ImageSet train = magnets::load_dataset(spec, spec == "fashion-mnist" ? "train" : "all", channels, size);
+    magnets::ImageSet test = spec == "fashion-mnist" ? magnets::load_dataset(spec, "test", channels, size) : magnets::ImageSet{};
+    if (a.has("limit")) {
+        const int64_t n = std::min(a.positive("limit"), train.count());
+        train.labels.resize(static_cast<size_t>(n));
+        train.pixels.resize(static_cast<size_t>(n * train.pixels_per_item()));
+    }
+    magnets::ClassifierConfig cc;
+    cc.image_size = size; cc.channels = channels;
+    cc.num_classes = static_cast<int64_t>(train.class_names.size());
+    cc.dataset = spec;
+    cc.class_names = train.class_names;
+    if (cc.num_classes < 2) throw magnets::Error("cannot train a classifier", spec, "fewer than 2 classes",
+                                                 "an image folder needs one sub-folder per class");
+    magnets::ClassifierTrainConfig tc;
+    tc.epochs = a.positive("epochs"); tc.batch_size = a.positive("batch-size");
+    tc.lr = a.nonnegative("lr", true); tc.seed = static_cast<uint64_t>(a.positive("seed", true));
+    auto be = backend_for(backend_name);
+    magnets::Classifier net(cc, be);
+    net.init(tc.seed);
+    print_table({{"dataset", spec + " (" + std::to_string(train.count()) + " training images, " +
+                                 std::to_string(cc.num_classes) + " classes)"},
+                 {"input", std::to_string(channels) + "x" + std::to_string(size) + "x" + std::to_string(size)},
+                 {"epochs / batch / lr", std::to_string(tc.epochs) + " / " + std::to_string(tc.batch_size) + " / " +
+                                             std::to_string(tc.lr)},
+                 {"output", out}, {"backend", be->name()}});
+    const double t0 = magnets::now_seconds();
+    net.train(train, tc, [](const magnets::Classifier::Log& l) {
+        magnets::log_info("step %6" PRId64 "/%" PRId64 "  loss %.4f  acc %.2f%%  img/s %.0f", l.step, l.steps, l.loss,
+                          100 * l.accuracy, l.images_per_s);
+    });
+    magnets::Attrs extra;
+    extra["train_epochs"] = tc.epochs; extra["train_batch_size"] = tc.batch_size; extra["train_lr"] = tc.lr;
+    extra["train_seed"] = static_cast<int64_t>(tc.seed); extra["train_images"] = train.count();
+    if (test.count() > 0) {
+        const double acc = net.accuracy(test);
+        extra["test_accuracy"] = acc;
+        magnets::log_info("test accuracy %.2f%% on %s test (%" PRId64 " images)", 100 * acc, spec.c_str(), test.count());
+    }
+    net.save(out, prog, extra);
+    magnets::log_info("wrote %s in %.0f s (weights hash %s)", out.c_str(), magnets::now_seconds() - t0, net.hash().c_str());
+    return 0;
+}
+
+std::string num(double v, const char* f = "%.4f") {
+    if (!std::isfinite(v)) return "-";
+    char buf[48];
+    std::snprintf(buf, sizeof buf, f, v);
+    return buf;
+}
+
+int run_metrics(const Args& a) {
+    const std::string backend_name = apply_global(a);
+    auto be = backend_for(backend_name);
+    magnets::Classifier net = magnets::Classifier::load(a.text("classifier"), be);
+    const magnets::ClassifierConfig& cc = net.config();
+    std::unique_ptr<magnets::Tokenizer> tok;
+    if (a.has("tokenizer")) tok = std::make_unique<magnets::Tokenizer>(magnets::Tokenizer::load(a.text("tokenizer"), be));
+    const int64_t limit = a.limit();
+    const std::string real_spec = a.text("real");
+    if (cc.dataset == "fashion-mnist" && real_spec.rfind("fashion-mnist", 0) != 0)
+        magnets::log_warn("the classifier was trained on %s, the reference set is %s: its features may not suit it",
+                          cc.dataset.c_str(), real_spec.c_str());
+    const Set real = load_set(real_spec, {real_spec}, tok.get(), cc, limit);
+    const std::vector<std::string> gen_parts = a.texts("generated");
+    std::string gen_spec;
+    for (const auto& g : gen_parts) gen_spec += (gen_spec.empty() ? "" : " + ") + g;
+    const Set gen = load_set(gen_spec, gen_parts, tok.get(), cc, limit);
+    // Floor: a real set of the generated set's size, other than the reference.
+    std::string floor_spec = a.has("floor") ? a.text("floor")
+                             : real_spec == "fashion-mnist:train" ? "fashion-mnist:test"
+                             : real_spec.rfind("fashion-mnist", 0) == 0 ? "fashion-mnist:train"
+                                                                       : std::string();
+    const int64_t F = net.feature_dim();
+    std::vector<float> real_feats(static_cast<size_t>(real.n * F));
+    net.features(real.images.data(), real.n, real_feats.data(), nullptr);
+    const Report rg = measure(net, real, real_feats, gen, a);
+    Report rf;
+    std::string floor_what = "none (give --floor)";
+    if (!floor_spec.empty()) {
+        const Set fl = load_set(floor_spec, {floor_spec}, tok.get(), cc, gen.n);
+        floor_what = fl.what;
+        rf = measure(net, real, real_feats, fl, a);
+    }
+    if (!rg.warning.empty()) magnets::log_warn("%s", rg.warning.c_str());
+    const std::string fname = "FID[" + std::string("magnets-classifier ") + net.hash() + "]";
+    if (a.flag("json")) {
+        auto obj = [&](const Report& r) {
+            return std::string("{\"fid\":") + json_number(r.fid) + ",\"kid\":" + json_number(r.kid) + ",\"kid_std\":" +
+                   json_number(r.kid_std) + ",\"is\":" + json_number(r.is) + ",\"is_std\":" + json_number(r.is_std) +
+                   ",\"precision\":" + json_number(r.precision) + ",\"recall\":" + json_number(r.recall) +
+                   ",\"class_accuracy\":" + json_number(r.class_acc) + "}";
+        };
+        std::printf("{\"feature_network\":%s,\"classifier_hash\":%s,\"real\":%s,\"generated\":%s,\"floor\":%s,"
+                    "\"metrics\":%s,\"floor_metrics\":%s%s}\n",
+                    json_string("magnets-classifier (" + cc.dataset + ")").c_str(), json_string(net.hash()).c_str(),
+                    json_string(real.what).c_str(), json_string(gen.what).c_str(), json_string(floor_what).c_str(),
+                    obj(rg).c_str(), obj(rf).c_str(),
+                    rg.warning.empty() ? "" : (",\"warning\":" + json_string(rg.warning)).c_str());
+        return 0;
+    }
+    std::printf("feature network: magnets-classifier %s (trained on %s, %" PRId64 "-d features)\n", net.hash().c_str(),
+                cc.dataset.c_str(), F);
+    std::printf("reference: %s\ngenerated: %s\nfloor:     %s\n\n", real.what.c_str(), gen.what.c_str(), floor_what.c_str());
+    std::printf("%-26s %14s %14s\n", "metric", "generated", "floor (real)");
+    std::printf("%-26s %14s %14s\n", "FID (classifier features)", num(rg.fid).c_str(), num(rf.fid).c_str());
+    std::printf("%-26s %14s %14s\n", "KID x 1000", num(rg.kid * 1000).c_str(), num(rf.kid * 1000).c_str());
+    std::printf("%-26s %14s %14s\n", "IS analogue", num(rg.is, "%.3f").c_str(), num(rf.is, "%.3f").c_str());
+    std::printf("%-26s %14s %14s\n", "precision", num(rg.precision, "%.3f").c_str(), num(rf.precision, "%.3f").c_str());
+    std::printf("%-26s %14s %14s\n", "recall", num(rg.recall, "%.3f").c_str(), num(rf.recall, "%.3f").c_str());
+    std::printf("%-26s %14s %14s\n", "class accuracy", num(rg.class_acc, "%.3f").c_str(), num(rf.class_acc, "%.3f").c_str());
+    (void)fname;
+    return 0;
+}
+
+std::vector<CommandSpec> commands() {
+    return {
+        {"train-classifier", "train the feature network on a labelled real set", nullptr, &train_classifier_options,
+         run_train_classifier},
+        {"metrics", "FID, KID, IS, precision/recall and class accuracy of a generated set", nullptr, &metrics_options,
+         run_metrics},
+    };
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    const Tool tool{prog, "evaluate generated images: feature classifier, FID-style metrics", commands()};
+    return run_tool(tool, argc, argv);
+}
