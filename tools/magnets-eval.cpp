@@ -17,9 +17,11 @@
 #include "magnets/image.h"
 #include "magnets/log.h"
 #include "magnets/metrics.h"
+#include "magnets/rng.h"
 #include "magnets/tokenizer.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -56,6 +58,8 @@ const std::vector<OptionSpec> metrics_options = {
     {"kid-subset-size", ArgKind::integer, "N", "KID: items per subset", "1000"},
     {"k", ArgKind::integer, "N", "precision/recall: k of the k-NN radii", "3"},
     {"seed", ArgKind::integer, "N", "seed of the KID subsets", "1"},
+    {"perturb", ArgKind::text, "HOW", "sanity check: degrade the generated set first: noise:SIGMA (Gaussian, "
+                                      "clamped) or blur (3x3 box)"},
     {"json", ArgKind::flag, nullptr, "print one JSON object instead of a table"},
 };
 
@@ -101,6 +105,43 @@ void add_tokens(Set& set, const std::string& path, magnets::Tokenizer* tok, int6
     set.n += n;
 }
 
+// A flat folder of sample PNGs (magnets-sample --png): grid.png is skipped, the
+// class comes from each PNG's magnets-class text chunk (-1 when absent).
+bool add_sample_pngs(Set& set, const std::string& dir, const magnets::ClassifierConfig& cc, int64_t limit) {
+    namespace fs = std::filesystem;
+    std::vector<std::string> files;
+    bool subdirs = false;
+    for (const auto& e : fs::directory_iterator(dir)) {
+        if (e.is_directory()) subdirs = true;
+        const std::string name = e.path().filename().string();
+        if (e.is_regular_file() && ends_with(name, ".png") && name != "grid.png") files.push_back(e.path().string());
+    }
+    if (subdirs || files.empty()) return false; // a class-folder dataset: load_dataset handles it
+    std::sort(files.begin(), files.end());
+    for (const std::string& f : files) {
+        if (limit >= 0 && set.n >= limit) break;
+        const magnets::Image im = magnets::read_image(f);
+        if (im.width != cc.image_size || im.height != cc.image_size || im.channels != cc.channels)
+            throw magnets::Error("images do not fit the classifier", f,
+                                 "it is " + std::to_string(im.channels) + "x" + std::to_string(im.height) + "x" +
+                                     std::to_string(im.width) + "; the classifier takes " + std::to_string(cc.channels) +
+                                     "x" + std::to_string(cc.image_size) + "x" + std::to_string(cc.image_size),
+                                 "use a classifier trained at this resolution, or sample at it");
+        const size_t px = static_cast<size_t>(im.width * im.height);
+        for (int64_t c = 0; c < im.channels; ++c)
+            for (size_t i = 0; i < px; ++i) set.images.push_back(im.pixels[i * static_cast<size_t>(im.channels) + static_cast<size_t>(c)] / 255.0f);
+        int32_t label = -1;
+        const auto text = magnets::read_png_text(f);
+        if (auto it = text.find("magnets-class"); it != text.end() && !it->second.empty() && std::isdigit(static_cast<unsigned char>(it->second[0])))
+            label = static_cast<int32_t>(std::strtol(it->second.c_str(), nullptr, 10));
+        set.labels.push_back(label);
+        ++set.n;
+    }
+    set.channels = cc.channels;
+    set.size = cc.image_size;
+    return true;
+}
+
 Set load_set(const std::string& spec, const std::vector<std::string>& parts, magnets::Tokenizer* tok,
              const magnets::ClassifierConfig& cc, int64_t limit) {
     Set set;
@@ -110,6 +151,7 @@ Set load_set(const std::string& spec, const std::vector<std::string>& parts, mag
             add_tokens(set, p, tok, limit);
             continue;
         }
+        if (std::filesystem::is_directory(p) && add_sample_pngs(set, p, cc, limit)) continue;
         std::string name = p, split = "test";
         if (p.rfind("fashion-mnist", 0) == 0) {
             name = "fashion-mnist";
@@ -251,7 +293,41 @@ int run_metrics(const Args& a) {
     const std::vector<std::string> gen_parts = a.texts("generated");
     std::string gen_spec;
     for (const auto& g : gen_parts) gen_spec += (gen_spec.empty() ? "" : " + ") + g;
-    const Set gen = load_set(gen_spec, gen_parts, tok.get(), cc, limit);
+    Set gen = load_set(gen_spec, gen_parts, tok.get(), cc, limit);
+    if (a.has("perturb")) { // sanity checks of the metric: degraded copies must score far worse
+        const std::string how = a.text("perturb");
+        const int64_t s = gen.size, ch = gen.channels;
+        if (how.rfind("noise:", 0) == 0) {
+            const double sigma = std::strtod(how.c_str() + 6, nullptr);
+            if (!(sigma > 0)) throw UsageError("--perturb noise:SIGMA needs a positive SIGMA");
+            magnets::Philox rng(static_cast<uint64_t>(a.positive("seed", true)));
+            for (size_t i = 0; i < gen.images.size(); ++i)
+                gen.images[i] = std::clamp(gen.images[i] + static_cast<float>(sigma) * rng.normal(7, i), 0.0f, 1.0f);
+        } else if (how == "blur") {
+            std::vector<float> out(gen.images.size());
+            for (int64_t img = 0; img < gen.n * ch; ++img) {
+                const float* src = gen.images.data() + img * s * s;
+                float* dst = out.data() + img * s * s;
+                for (int64_t y = 0; y < s; ++y)
+                    for (int64_t x = 0; x < s; ++x) {
+                        float acc = 0;
+                        int cnt = 0;
+                        for (int64_t dy = -1; dy <= 1; ++dy)
+                            for (int64_t dx = -1; dx <= 1; ++dx) {
+                                const int64_t yy = y + dy, xx = x + dx;
+                                if (yy < 0 || xx < 0 || yy >= s || xx >= s) continue;
+                                acc += src[yy * s + xx];
+                                ++cnt;
+                            }
+                        dst[y * s + x] = acc / static_cast<float>(cnt);
+                    }
+            }
+            gen.images.swap(out);
+        } else {
+            throw UsageError("--perturb: '" + how + "' (use noise:SIGMA or blur)");
+        }
+        gen.what += ", perturbed: " + how;
+    }
     // Floor: a real set of the generated set's size, other than the reference.
     std::string floor_spec = a.has("floor") ? a.text("floor")
                              : real_spec == "fashion-mnist:train" ? "fashion-mnist:test"
@@ -269,7 +345,6 @@ int run_metrics(const Args& a) {
         rf = measure(net, real, real_feats, fl, a);
     }
     if (!rg.warning.empty()) magnets::log_warn("%s", rg.warning.c_str());
-    const std::string fname = "FID[" + std::string("magnets-classifier ") + net.hash() + "]";
     if (a.flag("json")) {
         auto obj = [&](const Report& r) {
             return std::string("{\"fid\":") + json_number(r.fid) + ",\"kid\":" + json_number(r.kid) + ",\"kid_std\":" +
@@ -290,12 +365,13 @@ int run_metrics(const Args& a) {
     std::printf("reference: %s\ngenerated: %s\nfloor:     %s\n\n", real.what.c_str(), gen.what.c_str(), floor_what.c_str());
     std::printf("%-26s %14s %14s\n", "metric", "generated", "floor (real)");
     std::printf("%-26s %14s %14s\n", "FID (classifier features)", num(rg.fid).c_str(), num(rf.fid).c_str());
-    std::printf("%-26s %14s %14s\n", "KID x 1000", num(rg.kid * 1000).c_str(), num(rf.kid * 1000).c_str());
-    std::printf("%-26s %14s %14s\n", "IS analogue", num(rg.is, "%.3f").c_str(), num(rf.is, "%.3f").c_str());
+    std::printf("%-26s %14s %14s\n", "KID x 1000", (num(rg.kid * 1000, "%.3f") + " +-" + num(rg.kid_std * 1000, "%.3f")).c_str(),
+                (num(rf.kid * 1000, "%.3f") + " +-" + num(rf.kid_std * 1000, "%.3f")).c_str());
+    std::printf("%-26s %14s %14s\n", "IS analogue", (num(rg.is, "%.3f") + " +-" + num(rg.is_std, "%.3f")).c_str(),
+                (num(rf.is, "%.3f") + " +-" + num(rf.is_std, "%.3f")).c_str());
     std::printf("%-26s %14s %14s\n", "precision", num(rg.precision, "%.3f").c_str(), num(rf.precision, "%.3f").c_str());
     std::printf("%-26s %14s %14s\n", "recall", num(rg.recall, "%.3f").c_str(), num(rf.recall, "%.3f").c_str());
     std::printf("%-26s %14s %14s\n", "class accuracy", num(rg.class_acc, "%.3f").c_str(), num(rf.class_acc, "%.3f").c_str());
-    (void)fname;
     return 0;
 }
 
