@@ -200,7 +200,20 @@ Report measure(magnets::Classifier& net, const Set& real, const std::vector<floa
         static_cast<uint64_t>(a.positive("seed", true)));
     r.kid = kid.mean;
     r.kid_std = kid.std;
-    const magnets::IsResult is = magnets::inception_score(probs.data(), gen.n, C, std::min<int64_t>(10, gen.n));
+    // IS splits are contiguous: shuffle first (a fixed Philox permutation), or a
+    // class-sorted set (magnets-sample --per-class) gives one class per split.
+    std::vector<float> shuffled(probs.size());
+    {
+        std::vector<int64_t> perm(static_cast<size_t>(gen.n));
+        for (int64_t i = 0; i < gen.n; ++i) perm[static_cast<size_t>(i)] = i;
+        magnets::Philox rng(12345);
+        for (int64_t i = gen.n - 1; i > 0; --i)
+            std::swap(perm[static_cast<size_t>(i)], perm[rng.below(11, static_cast<uint64_t>(i), static_cast<uint32_t>(i + 1))]);
+        for (int64_t i = 0; i < gen.n; ++i)
+            std::copy(probs.begin() + perm[static_cast<size_t>(i)] * C, probs.begin() + (perm[static_cast<size_t>(i)] + 1) * C,
+                      shuffled.begin() + i * C);
+    }
+    const magnets::IsResult is = magnets::inception_score(shuffled.data(), gen.n, C, std::min<int64_t>(10, gen.n));
     r.is = is.mean;
     r.is_std = is.std;
     const int64_t k = a.positive("k");
