@@ -17,12 +17,17 @@
 #include "magnets/image.h"
 #include "magnets/log.h"
 #include "magnets/metrics.h"
+#include "magnets/plot.h"
 #include "magnets/rng.h"
+#include "magnets/sampler.h"
+#include "magnets/transformer.h"
 #include "magnets/tokenizer.h"
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cinttypes>
+#include <cstring>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -61,6 +66,25 @@ const std::vector<OptionSpec> metrics_options = {
     {"perturb", ArgKind::text, "HOW", "sanity check: degrade the generated set first: noise:SIGMA (Gaussian, "
                                       "clamped) or blur (3x3 box)"},
     {"json", ArgKind::flag, nullptr, "print one JSON object instead of a table"},
+};
+
+const std::vector<OptionSpec> sweep_options = {
+    {"classifier", ArgKind::text, "FILE", "feature network (data/fmnist_classifier.h5)", nullptr, true},
+    {"model", ArgKind::texts, "FILE", "transformer checkpoint(s) to compare (repeat)", nullptr, true},
+    {"tokenizer", ArgKind::text, "FILE", "tokenizer that decodes the samples", nullptr, true},
+    {"real", ArgKind::text, "SPEC", "reference set", "fashion-mnist:test"},
+    {"config", ArgKind::texts, "LABEL=SCHED[@CACHE]", "a sampling configuration, e.g. 'MaGNeTS=8:3,4:3,2:3,1:3@on-switch' "
+                                                     "(repeat; default: full 1:12, MaGNeTS with and without cache, "
+                                                     "scaling down, abrupt, cache never refreshed)"},
+    {"per-class", ArgKind::integer, "N", "samples per class for every configuration", "100"},
+    {"cfg", ArgKind::real, "S", "guidance scale for every configuration", "2"},
+    {"seed", ArgKind::integer, "N", "sampling seed (the same samples' noise for every configuration)", "1"},
+    {"batch-size", ArgKind::integer, "N", "images decoded together", "250"},
+    {"o,output", ArgKind::text, "FILE.md", "markdown table; also FILE.csv, FILE.png (FID vs GFLOP/image) and "
+                                          "FILE-speed.png (FID vs images/s)", nullptr, true},
+    {"k", ArgKind::integer, "N", "precision/recall k", "3"},
+    {"kid-subsets", ArgKind::integer, "N", "KID subsets", "20"},
+    {"kid-subset-size", ArgKind::integer, "N", "KID subset size", "1000"},
 };
 
 // ---- sets of images ---------------------------------------------------------------
@@ -388,12 +412,164 @@ int run_metrics(const Args& a) {
     return 0;
 }
 
+int run_sweep(const Args& a) {
+    const std::string backend_name = apply_global(a);
+    auto be = backend_for(backend_name);
+    magnets::Classifier net = magnets::Classifier::load(a.text("classifier"), be);
+    const magnets::ClassifierConfig& cc = net.config();
+    magnets::Tokenizer tok = magnets::Tokenizer::load(a.text("tokenizer"), be);
+    const std::string out = a.text("output");
+    magnets::check_writable(out);
+    const std::string base = ends_with(out, ".md") ? out.substr(0, out.size() - 3) : out;
+    std::vector<std::pair<std::string, std::string>> configs; // label, schedule@cache
+    for (const auto& c : a.texts("config")) {
+        const size_t eq = c.find('=');
+        if (eq == std::string::npos || eq == 0) throw UsageError("--config '" + c + "': write LABEL=SCHEDULE[@CACHE]");
+        configs.emplace_back(c.substr(0, eq), c.substr(eq + 1));
+    }
+    if (configs.empty())
+        configs = {{"full model every step", "1:12@none"},
+                   {"MaGNeTS (scale up), cache", "8:3,4:3,2:3,1:3@on-switch"},
+                   {"MaGNeTS, no cache", "8:3,4:3,2:3,1:3@none"},
+                   {"scale down, equal compute", "1:3,2:3,4:3,8:3@on-switch"},
+                   {"abrupt", "8:6,1:6@on-switch"},
+                   {"cache never refreshed", "8:3,4:3,2:3,1:3@never"}};
+    const Set real = load_set(a.text("real"), {a.text("real")}, &tok, cc, -1);
+    const int64_t F = net.feature_dim();
+    std::vector<float> real_feats(static_cast<size_t>(real.n * F));
+    net.features(real.images.data(), real.n, real_feats.data(), nullptr);
+    const int64_t per_class = a.positive("per-class"), batch = a.positive("batch-size");
+
+    struct Row {
+        std::string model, label, schedule, cache, note;
+        double gflop = NAN, ips = NAN;
+        Report r;
+    };
+    std::vector<Row> rows;
+    for (const std::string& mp : a.texts("model")) {
+        magnets::Transformer model = magnets::Transformer::load(mp, be, true);
+        const magnets::TransformerConfig& mc = model.config();
+        std::vector<int32_t> classes;
+        for (int32_t c = 0; c < std::max<int64_t>(mc.num_classes, 1); ++c)
+            for (int64_t i = 0; i < per_class; ++i) classes.push_back(mc.num_classes ? c : -1);
+        for (const auto& [label, spec] : configs) {
+            Row row;
+            row.model = mp;
+            row.label = label;
+            const size_t at = spec.find('@');
+            row.schedule = spec.substr(0, at);
+            row.cache = at == std::string::npos ? "on-switch" : spec.substr(at + 1);
+            magnets::SampleConfig sc;
+            try {
+                sc.schedule = magnets::parse_size_schedule(row.schedule);
+                sc.cache = magnets::parse_cache_policy(row.cache);
+                sc.validate(mc);
+            } catch (const magnets::Error& e) {
+                row.note = std::string("skipped: ") + e.what();
+                magnets::log_warn("%s / %s: %s", mp.c_str(), label.c_str(), e.what());
+                rows.push_back(row);
+                continue;
+            }
+            sc.cfg_scale = a.nonnegative("cfg");
+            sc.seed = static_cast<uint64_t>(a.positive("seed", true));
+            if (sc.cache.mode == magnets::CachePolicy::never && mc.nesting == magnets::Nesting::width)
+                row.note = "width nesting: every switch refreshes, same as on-switch";
+            const magnets::SampleResult res = magnets::sample(model, sc, classes.data(), static_cast<int64_t>(classes.size()), 0, batch);
+            row.gflop = res.flops_per_image / 1e9;
+            row.ips = static_cast<double>(classes.size()) / std::max(res.seconds, 1e-9);
+            Set gen;
+            gen.n = static_cast<int64_t>(classes.size());
+            gen.channels = cc.channels;
+            gen.size = cc.image_size;
+            gen.labels = classes;
+            const int64_t per = tok.config().channels * tok.config().image_size * tok.config().image_size;
+            gen.images.resize(static_cast<size_t>(gen.n * per));
+            for (int64_t f = 0; f < gen.n; f += 256) {
+                const int64_t b = std::min<int64_t>(256, gen.n - f);
+                tok.decode(res.tokens.data() + f * mc.tokens(), b, gen.images.data() + f * per);
+            }
+            if (tok.config().image_size != cc.image_size || tok.config().channels != cc.channels)
+                throw magnets::Error("the tokenizer's images do not fit the classifier", a.text("tokenizer"), {},
+                                     "use a classifier trained at the tokenizer's resolution");
+            row.r = measure(net, real, real_feats, gen, a);
+            magnets::log_info("%-28s %-18s %-10s %7.3f GFLOP/img %7.1f img/s  FID %.3f", label.c_str(), row.schedule.c_str(),
+                              row.cache.c_str(), row.gflop, row.ips, row.r.fid);
+            rows.push_back(row);
+        }
+    }
+    // The floor: real images of the same count.
+    std::string floor_spec = a.text("real").rfind("fashion-mnist", 0) == 0
+                                 ? (a.text("real") == "fashion-mnist:train" ? "fashion-mnist:test" : "fashion-mnist:train")
+                                 : std::string();
+    Report floor;
+    if (!floor_spec.empty()) {
+        const int64_t n = per_class * std::max<int64_t>(cc.num_classes, 1);
+        const Set fl = load_set(floor_spec, {floor_spec}, &tok, cc, n);
+        floor = measure(net, real, real_feats, fl, a);
+    }
+    // Markdown, CSV, plots.
+    std::string md = "# magnets-eval sweep\n\nFeature network: magnets-classifier " + net.hash() + " (" + cc.dataset +
+                     "); reference " + real.what + "; " + std::to_string(per_class) + " samples per class, CFG " +
+                     num(a.real("cfg"), "%g") + ", seed " + std::to_string(a.integer("seed")) + ".\n\n";
+    md += "| model | configuration | schedule | cache | GFLOP/image | images/s | FID | KID x1000 | precision | recall | class acc | IS | note |\n";
+    md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    std::string csv = "model,configuration,schedule,cache,gflop_per_image,images_per_s,fid,kid,precision,recall,class_accuracy,is,note\n";
+    for (const Row& r : rows) {
+        md += "| " + r.model + " | " + r.label + " | `" + r.schedule + "` | " + r.cache + " | " + num(r.gflop) + " | " +
+              num(r.ips, "%.1f") + " | " + num(r.r.fid, "%.3f") + " | " + num(r.r.kid * 1000, "%.2f") + " | " +
+              num(r.r.precision, "%.3f") + " | " + num(r.r.recall, "%.3f") + " | " + num(r.r.class_acc, "%.3f") + " | " +
+              num(r.r.is, "%.2f") + " | " + r.note + " |\n";
+        csv += r.model + "," + r.label + ",\"" + r.schedule + "\"," + r.cache + "," + num(r.gflop, "%.6f") + "," +
+               num(r.ips, "%.3f") + "," + num(r.r.fid, "%.6f") + "," + num(r.r.kid, "%.6g") + "," + num(r.r.precision) + "," +
+               num(r.r.recall) + "," + num(r.r.class_acc) + "," + num(r.r.is) + ",\"" + r.note + "\"\n";
+    }
+    if (!floor_spec.empty())
+        md += "| (real " + floor_spec + ") | floor | - | - | - | - | " + num(floor.fid, "%.3f") + " | " +
+              num(floor.kid * 1000, "%.2f") + " | " + num(floor.precision, "%.3f") + " | " + num(floor.recall, "%.3f") + " | " +
+              num(floor.class_acc, "%.3f") + " | " + num(floor.is, "%.2f") + " | same count of real images |\n";
+    md += "\nGFLOP/image: the sampler's exact count of the rows it computed (both guidance branches); images/s: "
+          "sampling only, measured in this run.\n";
+    auto write_text = [](const std::string& path, const std::string& text) {
+        magnets::AtomicOutput o(path);
+        std::FILE* f = std::fopen(o.temp_path().c_str(), "w");
+        if (!f) throw magnets::Error("cannot write", path, std::strerror(errno), "check the folder");
+        std::fputs(text.c_str(), f);
+        std::fclose(f);
+        o.commit();
+    };
+    write_text(out, md);
+    write_text(base + ".csv", csv);
+    std::vector<magnets::PlotSeries> by_flops, by_speed;
+    for (const Row& r : rows) {
+        if (!std::isfinite(r.r.fid)) continue;
+        const std::string lbl = (a.texts("model").size() > 1 ? std::filesystem::path(r.model).stem().string() + ": " : "") + r.label;
+        by_flops.push_back({lbl, {r.gflop}, {r.r.fid}, true, false});
+        by_speed.push_back({lbl, {r.ips}, {r.r.fid}, true, false});
+    }
+    if (!by_flops.empty()) {
+        magnets::PlotOptions po;
+        po.title = "quality vs compute";
+        po.x_label = "GFLOP per image";
+        po.y_label = "FID (classifier features)";
+        po.log_x = true;
+        magnets::write_plot_png(base + ".png", by_flops, po);
+        po.title = "quality vs speed";
+        po.x_label = "images/s (this machine)";
+        magnets::write_plot_png(base + "-speed.png", by_speed, po);
+    }
+    std::printf("%s", md.c_str());
+    magnets::log_info("wrote %s, %s.csv, %s.png, %s-speed.png", out.c_str(), base.c_str(), base.c_str(), base.c_str());
+    return 0;
+}
+
 std::vector<CommandSpec> commands() {
     return {
         {"train-classifier", "train the feature network on a labelled real set", nullptr, &train_classifier_options,
          run_train_classifier},
         {"metrics", "FID, KID, IS, precision/recall and class accuracy of a generated set", nullptr, &metrics_options,
          run_metrics},
+        {"sweep", "sample with several configurations and checkpoints; table, CSV and plots of quality vs compute",
+         nullptr, &sweep_options, run_sweep},
     };
 }
 

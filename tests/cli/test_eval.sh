@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# CLI tests of magnets-eval: train-classifier, metrics (with the floor, JSON,
+# perturbation sanity checks, bad input) and sweep on tiny models.
+#
+# Environment (set by tests/meson.build): MAGNETS_BIN, MAGNETS_FIXTURES.
+# Needs Fashion-MNIST. Prints "ok - name" / "not ok - name"; exits 1 on failure.
+set -u
+
+eval_="${MAGNETS_BIN:?set MAGNETS_BIN}/magnets-eval"
+train="$MAGNETS_BIN/magnets-train"
+tokenize="$MAGNETS_BIN/magnets-tokenize"
+fixtures="${MAGNETS_FIXTURES:?set MAGNETS_FIXTURES}"
+tok="$fixtures/tok_tiny.h5"
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/magnets-cli-eval.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+passed=0 failed=0
+why=()
+rc=0
+run() { "$@" >"$tmp/out" 2>"$tmp/err"; rc=$?; }
+expect_rc() { [[ "$rc" == "$1" ]] || why+=("exit status $rc, expected $1"); }
+expect_out() { grep -q -- "$1" "$tmp/out" || why+=("stdout lacks '$1'"); }
+expect_err() { grep -q -- "$1" "$tmp/err" || why+=("stderr lacks '$1'"); }
+expect_file() { [[ -s "$1" ]] || why+=("missing or empty: $1"); }
+done_case() {
+    if ((${#why[@]} == 0)); then
+        echo "ok - $1"; passed=$((passed + 1))
+    else
+        echo "not ok - $1"
+        local w
+        for w in "${why[@]}"; do echo "#   $w"; done
+        sed -n '1,12s/^/#     /p' "$tmp/err"
+        failed=$((failed + 1))
+    fi
+    why=()
+}
+
+run "$eval_" --help
+expect_rc 0; expect_out "train-classifier"; expect_out "metrics"; expect_out "sweep"
+done_case "--help lists the commands"
+
+run "$eval_" train-classifier -o "$tmp/cls.h5" --limit 1024 --epochs 1 --batch-size 64
+expect_rc 0; expect_file "$tmp/cls.h5"; expect_err "test accuracy"
+done_case "train-classifier writes a checkpoint and reports test accuracy"
+
+m=(metrics --classifier "$tmp/cls.h5" --limit 300 --kid-subsets 5 --kid-subset-size 100)
+run "$eval_" "${m[@]}" --real fashion-mnist:test --generated fashion-mnist:train
+expect_rc 0; expect_out "FID (classifier features)"; expect_out "floor"; expect_out "feature network: magnets-classifier"
+clean="$(awk '/^FID/ {print $4}' "$tmp/out")"
+run "$eval_" "${m[@]}" --real fashion-mnist:test --generated fashion-mnist:train --perturb noise:0.3
+noisy="$(awk '/^FID/ {print $4}' "$tmp/out")"
+/usr/bin/python3 -c "import sys; c, n = float('$clean'), float('$noisy'); sys.exit(0 if n > 5 * c + 1 else 1)" ||
+    why+=("noisy FID $noisy is not far above the clean $clean")
+done_case "real vs real FID is small; a noisy copy scores far worse"
+
+run "$eval_" "${m[@]}" --real fashion-mnist:test --generated fashion-mnist:train --json
+expect_rc 0
+/usr/bin/python3 -c "import json,sys; d=json.load(open('$tmp/out')); assert d['metrics']['fid'] >= 0 and 'floor_metrics' in d" ||
+    why+=("--json output")
+done_case "--json prints one object with metrics and floor"
+
+run "$eval_" "${m[@]}" --generated "$tok"
+expect_rc 1; expect_err "magnets-tokens"
+done_case "a checkpoint passed as generated set is refused"
+"$tokenize" encode --tokenizer "$tok" --split test --limit 64 -o "$tmp/gen.h5" -q
+run "$eval_" "${m[@]}" --generated "$tmp/gen.h5"
+expect_rc 2; expect_err "tokenizer"
+done_case "token files need --tokenizer"
+run "$eval_" "${m[@]}" --generated "$tmp/gen.h5" --tokenizer "$tok" --limit 60
+expect_rc 0; expect_err "singular"
+done_case "fewer samples than feature dimensions: a warning, still a number"
+run "$eval_" "${m[@]}" --generated fashion-mnist:train --perturb wobble
+expect_rc 2; expect_err "perturb"
+done_case "bad --perturb"
+mkdir -p "$tmp/empty"
+run "$eval_" "${m[@]}" --generated "$tmp/empty"
+expect_rc 1
+done_case "an empty folder is an error"
+
+# sweep on a tiny model
+"$tokenize" encode --tokenizer "$tok" --split train --limit 256 -o "$tmp/train.h5" -q
+"$train" --preset tiny --tokens "$tmp/train.h5" --steps 10 -o "$tmp/model.h5" -q
+run "$eval_" sweep --classifier "$tmp/cls.h5" --tokenizer "$tok" --model "$tmp/model.h5" --per-class 3 \
+    --config "full=1:4@none" --config "magnets=8:1,4:1,2:1,1:1" --config "bad=16:2" --kid-subsets 2 --kid-subset-size 20 \
+    -o "$tmp/sweep.md"
+expect_rc 0; expect_file "$tmp/sweep.md"; expect_file "$tmp/sweep.csv"; expect_file "$tmp/sweep.png"; expect_file "$tmp/sweep-speed.png"
+grep -q "skipped" "$tmp/sweep.md" || why+=("the configuration naming m16 is not reported as skipped")
+[[ "$(grep -c '^|' "$tmp/sweep.md")" -ge 5 ]] || why+=("sweep table too short")
+done_case "sweep writes the table, CSV and both plots; impossible configurations are reported"
+
+echo "# $passed passed, $failed failed"
+((failed == 0))
