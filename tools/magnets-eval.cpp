@@ -539,16 +539,22 @@ int run_sweep(const Args& a) {
     };
     write_text(out, md);
     write_text(base + ".csv", csv);
+    // One series per configuration (its points: one per checkpoint), so colours mean configurations.
     std::vector<magnets::PlotSeries> by_flops, by_speed;
-    for (const Row& r : rows) {
-        if (!std::isfinite(r.r.fid)) continue;
-        const std::string lbl = (a.texts("model").size() > 1 ? std::filesystem::path(r.model).stem().string() + ": " : "") + r.label;
-        by_flops.push_back({lbl, {r.gflop}, {r.r.fid}, true, false});
-        by_speed.push_back({lbl, {r.ips}, {r.r.fid}, true, false});
+    for (const auto& [label, spec] : configs) {
+        magnets::PlotSeries f{label, {}, {}, true, false}, v{label, {}, {}, true, false};
+        for (const Row& r : rows) {
+            if (r.label != label || !std::isfinite(r.r.fid)) continue;
+            f.x.push_back(r.gflop); f.y.push_back(r.r.fid);
+            v.x.push_back(r.ips); v.y.push_back(r.r.fid);
+        }
+        if (!f.x.empty()) { by_flops.push_back(f); by_speed.push_back(v); }
     }
     if (!by_flops.empty()) {
         magnets::PlotOptions po;
-        po.title = "quality vs compute";
+        po.width = 1000;
+        po.height = 640;
+        po.title = a.texts("model").size() > 1 ? "quality vs compute (one point per checkpoint)" : "quality vs compute";
         po.x_label = "GFLOP per image";
         po.y_label = "FID (classifier features)";
         po.log_x = true;
