@@ -102,8 +102,8 @@ bool ends_with(const std::string& s, const std::string& suf) {
 
 // Decodes token files (all with the same grid) through the tokenizer.
 void add_tokens(Set& set, const std::string& path, magnets::Tokenizer* tok, int64_t limit) {
+    const magnets::TokenFile tf = magnets::read_token_file(path); // checks it is a token file first
     if (!tok) throw UsageError(path + " is a token file: give --tokenizer to decode it");
-    const magnets::TokenFile tf = magnets::read_token_file(path);
     const magnets::TokenizerConfig& tc = tok->config();
     if (tf.codebook_size != tc.codebook_size || tf.grid_h != tc.tokens_side() || tf.grid_w != tc.tokens_side())
         throw magnets::Error("token file does not fit the tokenizer", path,
