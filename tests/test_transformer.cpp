@@ -32,16 +32,7 @@ namespace {
 const std::string fixture = std::string(MAGNETS_FIXTURES) + "/transformer_fixture.h5";
 
 template <class T> std::vector<T> read_ds(const std::string& name, hid_t type) {
-    hid_t f = H5Fopen(fixture.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-    REQUIRE(f >= 0);
-    hid_t d = H5Dopen2(f, name.c_str(), H5P_DEFAULT);
-    REQUIRE_MESSAGE(d >= 0, name);
-    hid_t s = H5Dget_space(d);
-    const hssize_t n = H5Sget_simple_extent_npoints(s);
-    std::vector<T> v(static_cast<size_t>(n));
-    REQUIRE(H5Dread(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) >= 0);
-    H5Sclose(s); H5Dclose(d); H5Fclose(f);
-    return v;
+    return test::read_ds<T>(fixture, name, type);
 }
 std::vector<float> rf(const std::string& n) { return read_ds<float>(n, H5T_NATIVE_FLOAT); }
 double rd(const std::string& n) { return read_ds<double>(n, H5T_NATIVE_DOUBLE).at(0); }

@@ -15,26 +15,7 @@ tmp="$(mktemp -d "${TMPDIR:-/tmp}/magnets-cli-eval.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-passed=0 failed=0
-why=()
-rc=0
-run() { "$@" >"$tmp/out" 2>"$tmp/err"; rc=$?; }
-expect_rc() { [[ "$rc" == "$1" ]] || why+=("exit status $rc, expected $1"); }
-expect_out() { grep -q -- "$1" "$tmp/out" || why+=("stdout lacks '$1'"); }
-expect_err() { grep -q -- "$1" "$tmp/err" || why+=("stderr lacks '$1'"); }
-expect_file() { [[ -s "$1" ]] || why+=("missing or empty: $1"); }
-done_case() {
-    if ((${#why[@]} == 0)); then
-        echo "ok - $1"; passed=$((passed + 1))
-    else
-        echo "not ok - $1"
-        local w
-        for w in "${why[@]}"; do echo "#   $w"; done
-        sed -n '1,12s/^/#     /p' "$tmp/err"
-        failed=$((failed + 1))
-    fi
-    why=()
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 run "$eval_" --help
 expect_rc 0; expect_out "train-classifier"; expect_out "metrics"; expect_out "sweep"
@@ -89,5 +70,4 @@ grep -q "skipped" "$tmp/sweep.md" || why+=("the configuration naming m16 is not 
 [[ "$(grep -c '^|' "$tmp/sweep.md")" -ge 5 ]] || why+=("sweep table too short")
 done_case "sweep writes the table, CSV and both plots; impossible configurations are reported"
 
-echo "# $passed passed, $failed failed"
-((failed == 0))
+finish

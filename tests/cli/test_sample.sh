@@ -17,30 +17,7 @@ tmp="$(mktemp -d "${TMPDIR:-/tmp}/magnets-cli-sample.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-passed=0 failed=0 skipped=0
-why=()
-rc=0
-have_h5py=0
-if /usr/bin/python3 -c 'import h5py' 2>/dev/null; then have_h5py=1; fi
-run() { "$@" >"$tmp/out" 2>"$tmp/err"; rc=$?; }
-expect_rc() { [[ "$rc" == "$1" ]] || why+=("exit status $rc, expected $1"); }
-expect_out() { grep -q -- "$1" "$tmp/out" || why+=("stdout lacks '$1'"); }
-expect_err() { grep -q -- "$1" "$tmp/err" || why+=("stderr lacks '$1'"); }
-expect_file() { [[ -s "$1" ]] || why+=("missing or empty: $1"); }
-expect_no_file() { [[ ! -e "$1" ]] || why+=("should not exist: $1"); }
-done_case() {
-    if ((${#why[@]} == 0)); then
-        echo "ok - $1"; passed=$((passed + 1))
-    else
-        echo "not ok - $1"
-        local w
-        for w in "${why[@]}"; do echo "#   $w"; done
-        sed -n '1,12s/^/#     /p' "$tmp/err"
-        failed=$((failed + 1))
-    fi
-    why=()
-}
-skip_case() { echo "ok - $1 # SKIP $2"; skipped=$((skipped + 1)); why=(); }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 h5attr() { /usr/bin/python3 -c "import h5py,sys; v=h5py.File(sys.argv[1],'r').attrs[sys.argv[2]]; print(v.decode() if isinstance(v,bytes) else v)" "$1" "$2"; }
 tokens_of() { /usr/bin/python3 -c "import h5py,sys; print(h5py.File(sys.argv[1],'r')['tokens'][()].tobytes().hex())" "$1"; }
 
@@ -163,5 +140,4 @@ run "$sample" --model "$tok" -o "$tmp/x.h5"
 expect_rc 1; expect_err "magnets-transformer"
 done_case "a tokenizer given as the model"
 
-echo "# $passed passed, $failed failed, $skipped skipped"
-((failed == 0))
+finish

@@ -22,53 +22,8 @@ tmp="$(mktemp -d "${TMPDIR:-/tmp}/magnets-cli-train.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-passed=0 failed=0 skipped=0
-why=()
-rc=0
-have_h5py=0
-if /usr/bin/python3 -c 'import h5py' 2>/dev/null; then have_h5py=1; fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-run() { # run TOOL ARGS...: stdout in $tmp/out, stderr in $tmp/err, status in $rc
-    "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-}
-expect_rc() { [[ "$rc" == "$1" ]] || why+=("exit status $rc, expected $1"); }
-expect_out() { grep -q -- "$1" "$tmp/out" || why+=("stdout lacks '$1'"); }
-expect_err() { grep -q -- "$1" "$tmp/err" || why+=("stderr lacks '$1'"); }
-expect_file() { [[ -s "$1" ]] || why+=("missing or empty: $1"); }
-expect_no_file() { [[ ! -e "$1" ]] || why+=("should not exist: $1"); }
-expect_runtime_error() { # TOOLNAME [PATTERN]
-    expect_rc 1
-    expect_err "^$1: error: "
-    expect_err "^hint: "
-    [[ $# -gt 1 ]] && expect_err "$2"
-    return 0
-}
-expect_usage_error() {
-    expect_rc 2
-    expect_err "^$1: usage error: "
-    [[ $# -gt 1 ]] && expect_err "$2"
-    return 0
-}
-done_case() {
-    if ((${#why[@]} == 0)); then
-        echo "ok - $1"
-        passed=$((passed + 1))
-    else
-        echo "not ok - $1"
-        local w
-        for w in "${why[@]}"; do echo "#   $w"; done
-        echo "#   stderr:"
-        sed -n '1,12s/^/#     /p' "$tmp/err"
-        failed=$((failed + 1))
-    fi
-    why=()
-}
-skip_case() {
-    echo "ok - $1 # SKIP $2"
-    skipped=$((skipped + 1))
-    why=()
-}
 # The weights hash the tools print at the end ("weights hash H").
 printed_hash() { grep -o 'weights hash [0-9a-f]*' "$tmp/err" | tail -1 | cut -d' ' -f3; }
 # h5py: same /weights, /ema and /train_state (every tensor bit for bit)?
@@ -291,5 +246,4 @@ run "$distill" --from "$d/full.h5" --tokens "$tmp/train.h5" -o "$d/p3.h5" --step
 [[ -n "$h1" && "$h1" == "$(printed_hash)" ]] || why+=("distill resume hash $h1, uninterrupted $(printed_hash)")
 done_case "distillation resumes bit-identically"
 
-echo "# $passed passed, $failed failed, $skipped skipped"
-((failed == 0))
+finish
