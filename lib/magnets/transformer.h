@@ -161,7 +161,7 @@ struct TransformerPreset {
     TransformerConfig model; // codebook_size, num_classes and grid come from the token file
     TransformerTrainConfig train;
 };
-// "tiny" (tests), "demo" (about 10 min on 2 cores), "small" (1-3 hours),
+// "tiny" (tests), "demo" (about 10 min on 2 cores), "small" (about an hour),
 // "maskgit-s", "maskgit-b", "maskgit-l" (the paper's shapes, for GPUs).
 TransformerPreset transformer_preset(const std::string& name);
 std::vector<std::string> transformer_preset_names();
