@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <set>
+#include <sstream>
 
 namespace magnets::cli {
 
@@ -292,6 +293,14 @@ std::string attr_differences(const Attrs& want, const Attrs& have) {
         if (it == have.end() || !(it->second == v))
             out += (out.empty() ? "" : "; ") + k + ": requested " + attr_to_string(v) + ", checkpoint " + h;
     }
+    return out;
+}
+
+std::vector<std::string> split_lines(const std::string& s) {
+    std::vector<std::string> out;
+    std::stringstream ss(s);
+    std::string line;
+    while (std::getline(ss, line)) out.push_back(line);
     return out;
 }
 

@@ -103,6 +103,9 @@ std::shared_ptr<Backend> backend_for(const std::string& name);
 void print_table(const std::vector<std::pair<std::string, std::string>>& rows);
 
 // JSON helpers for machine-readable logs (NaN/inf become null).
+// Lines of a newline-joined string attribute (class_names).
+std::vector<std::string> split_lines(const std::string& s);
+
 std::string json_string(const std::string& s);
 std::string json_number(double v);
 std::string json_attr(const AttrValue& v);

@@ -93,6 +93,7 @@ struct Set {
     std::string spec, what;            // what: a description for the report
     std::vector<float> images;         // [n, c, s, s] in [0, 1]
     std::vector<int32_t> labels;       // requested class per item (-1 = none)
+    std::vector<std::string> class_names; // what the labels mean (empty = unknown)
     int64_t n = 0, channels = 0, size = 0;
 };
 
@@ -126,6 +127,7 @@ void add_tokens(Set& set, const std::string& path, magnets::Tokenizer* tok, int6
         tok->decode(tf.tokens.data() + first * N, b, set.images.data() + at + static_cast<size_t>(first * per));
     }
     set.labels.insert(set.labels.end(), tf.labels.begin(), tf.labels.begin() + n);
+    if (set.class_names.empty()) set.class_names = tf.class_names;
     set.n += n;
 }
 
@@ -190,6 +192,7 @@ Set load_set(const std::string& spec, const std::vector<std::string>& parts, mag
         set.images.resize(at + static_cast<size_t>(n * is.pixels_per_item()));
         is.to_float(0, n, set.images.data() + at);
         set.labels.insert(set.labels.end(), is.labels.begin(), is.labels.begin() + n);
+        if (set.class_names.empty()) set.class_names = is.class_names;
         set.n += n;
         set.channels = is.channels;
         set.size = is.height;
@@ -246,10 +249,26 @@ Report measure(magnets::Classifier& net, const Set& real, const std::vector<floa
         r.precision = pr.precision;
         r.recall = pr.recall;
     }
+    // Class accuracy only where the set's labels mean the classifier's classes:
+    // a set labelled in another dataset's classes would give a wrong number.
+    const std::vector<std::string>& names = net.config().class_names;
+    if (!gen.class_names.empty() && !names.empty() && gen.class_names != names) {
+        std::string g, c;
+        for (const auto& x : gen.class_names) g += (g.empty() ? "" : ",") + x;
+        for (const auto& x : names) c += (c.empty() ? "" : ",") + x;
+        r.warning += std::string(r.warning.empty() ? "" : "; ") + "class accuracy not computed: the generated set's classes (" +
+                     g.substr(0, 80) + ") are not the classifier's (" + c.substr(0, 80) + ")";
+        return r;
+    }
     int64_t labelled = 0, ok = 0;
     for (int64_t i = 0; i < gen.n; ++i) {
         const int32_t y = gen.labels[static_cast<size_t>(i)];
         if (y < 0) continue;
+        if (y >= C) {
+            r.warning += std::string(r.warning.empty() ? "" : "; ") + "class accuracy not computed: label " +
+                         std::to_string(y) + " is out of the classifier's " + std::to_string(C) + " classes";
+            return r;
+        }
         ++labelled;
         const float* p = probs.data() + i * C;
         if (std::max_element(p, p + C) - p == y) ++ok;
@@ -449,6 +468,13 @@ int run_sweep(const Args& a) {
     for (const std::string& mp : a.texts("model")) {
         magnets::Transformer model = magnets::Transformer::load(mp, be, true);
         const magnets::TransformerConfig& mc = model.config();
+        std::vector<std::string> class_names;
+        {
+            const magnets::Checkpoint meta = magnets::read_checkpoint(mp, magnets::transformer_format,
+                                                                      magnets::transformer_format_version, false);
+            if (auto it = meta.attrs.find("class_names"); it != meta.attrs.end())
+                class_names = split_lines(magnets::attr_to_string(it->second));
+        }
         std::vector<int32_t> classes;
         for (int32_t c = 0; c < std::max<int64_t>(mc.num_classes, 1); ++c)
             for (int64_t i = 0; i < per_class; ++i) classes.push_back(mc.num_classes ? c : -1);
@@ -482,6 +508,7 @@ int run_sweep(const Args& a) {
             gen.channels = cc.channels;
             gen.size = cc.image_size;
             gen.labels = classes;
+            gen.class_names = class_names;
             const int64_t per = tok.config().channels * tok.config().image_size * tok.config().image_size;
             gen.images.resize(static_cast<size_t>(gen.n * per));
             for (int64_t f = 0; f < gen.n; f += 256) {
@@ -492,6 +519,7 @@ int run_sweep(const Args& a) {
                 throw magnets::Error("the tokenizer's images do not fit the classifier", a.text("tokenizer"), {},
                                      "use a classifier trained at the tokenizer's resolution");
             row.r = measure(net, real, real_feats, gen, a);
+            if (!row.r.warning.empty()) magnets::log_warn("%s / %s: %s", mp.c_str(), label.c_str(), row.r.warning.c_str());
             magnets::log_info("%-28s %-18s %-10s %7.3f GFLOP/img %7.1f img/s  FID %.3f", label.c_str(), row.schedule.c_str(),
                               row.cache.c_str(), row.gflop, row.ips, row.r.fid);
             rows.push_back(row);

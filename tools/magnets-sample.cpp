@@ -76,14 +76,6 @@ std::string fmt(const char* f, double v) {
     return buf;
 }
 
-std::vector<std::string> split_lines(const std::string& s) {
-    std::vector<std::string> out;
-    std::stringstream ss(s);
-    std::string line;
-    while (std::getline(ss, line)) out.push_back(line);
-    return out;
-}
-
 // Default schedule: the checkpoint's, else 12 steps spread over its factors, smallest model first.
 std::vector<magnets::ScheduleStage> default_schedule(const magnets::Attrs& attrs, const magnets::TransformerConfig& c) {
     auto it = attrs.find("sample_schedule");

@@ -59,6 +59,32 @@ run "$eval_" "${m[@]}" --generated "$tmp/empty"
 expect_rc 1
 done_case "an empty folder is an error"
 
+# Sample PNGs of another size than the classifier's (pure-Python PNG writer).
+mkdir -p "$tmp/small_pngs"
+/usr/bin/python3 - "$tmp/small_pngs" <<'PY'
+import struct, sys, zlib
+def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+for i in range(3):
+    raw = b"".join(b"\0" + bytes((x * 16 + i) % 256 for x in range(16)) for _ in range(16))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 0, 0, 0, 0)) + \
+          chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    open(f"{sys.argv[1]}/{i:06d}.png", "wb").write(png)
+PY
+run "$eval_" "${m[@]}" --generated "$tmp/small_pngs"
+expect_rc 1; expect_err "do not fit the classifier"; expect_err "16x16"
+done_case "generated images of another size than the classifier's: an error"
+
+if [[ $have_h5py == 1 ]]; then
+    cp "$tmp/gen.h5" "$tmp/gen_other.h5"
+    /usr/bin/python3 -c "import h5py,sys; f=h5py.File(sys.argv[1],'r+'); n=len(f['class_names']); del f['class_names']; f['class_names']=[('class-%d' % i).encode() for i in range(n)]" "$tmp/gen_other.h5"
+    run "$eval_" "${m[@]}" --generated "$tmp/gen_other.h5" --tokenizer "$tok"
+    expect_rc 0; expect_err "class accuracy not computed"
+    grep -q "^class accuracy" "$tmp/out" && ! grep -q "^class accuracy *-" "$tmp/out" && why+=("class accuracy printed for foreign classes")
+    done_case "a set labelled in other classes than the classifier's: no class accuracy, a warning"
+else
+    skip_case "a set labelled in other classes than the classifier's" "needs h5py"
+fi
+
 # sweep on a tiny model
 "$tokenize" encode --tokenizer "$tok" --split train --limit 256 -o "$tmp/train.h5" -q
 "$train" --preset tiny --tokens "$tmp/train.h5" --steps 10 -o "$tmp/model.h5" -q
