@@ -84,12 +84,16 @@ run_demo() {
     "$tools/magnets-sample" --model "$out_dir/model.h5" --tokenizer "$out_dir/tok.h5" --per-class 8 --cfg 2 \
         --schedule 8:3,4:3,2:3,1:3 --batch-size 80 -o "$out_dir/generated.h5" --png "$out_dir/generated" \
         --animate "$out_dir/decode.mp4"
+    "$tools/magnets-eval" sweep --classifier "$root/data/fmnist_classifier.h5" --model "$out_dir/model.h5" \
+        --tokenizer "$out_dir/tok.h5" --per-class 20 --kid-subset-size 200 -o "$out_dir/sweep.md"
     { set +x; } 2>/dev/null
+    cat "$out_dir/sweep.md"
     say "done: $out_dir/tok.h5 (tokenizer), $out_dir/recon.png (originals above, reconstructions below),"
     say "      $out_dir/eval.txt, $out_dir/test_tokens.h5, $out_dir/samples/grid.png,"
     say "      $out_dir/model.h5 (nested transformer), $out_dir/model_curves.png and"
     say "      $out_dir/model_curves-accuracy.png (loss and validation accuracy per sub-model),"
-    say "      $out_dir/generated/grid.png (8 samples per class, one row per class), $out_dir/decode.mp4"
+    say "      $out_dir/generated/grid.png (8 samples per class, one row per class), $out_dir/decode.mp4,"
+    say "      $out_dir/sweep.md (quality vs compute; 200 samples per row, so FID is biased up), $out_dir/sweep.png"
 }
 
 # Prints "N passed, N failed[, N skipped]" from meson's testlog.json (one JSON
@@ -134,7 +138,7 @@ run_tests() {
 
 (($# == 1)) || usage
 case "$1" in
-    demo) install_packages "${build_packages[@]}"; build magnets-tokenize magnets-train magnets-sample; run_demo ;;
+    demo) install_packages "${build_packages[@]}"; build magnets-tokenize magnets-train magnets-sample magnets-eval; run_demo ;;
     test) install_packages "${build_packages[@]}" "${test_packages[@]}"; build; run_tests ;;
     deps) install_packages "${build_packages[@]}" "${test_packages[@]}" ;;
     build) install_packages "${build_packages[@]}"; build ;;
