@@ -50,6 +50,8 @@ def main():
     ap.add_argument("--attention", choices=["auto", "math", "sdpa"], default="auto",
                     help="math: explicit softmax(QK^T)V; sdpa: F.scaled_dot_product_attention "
                          "(torch >= 2.0); auto: sdpa when available")
+    ap.add_argument("--head-rows", choices=["masked", "all"], default="masked",
+                    help="output head on the masked positions only (as magnets) or on all positions")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
 
@@ -73,6 +75,7 @@ def main():
     if attention == "sdpa" and not has_sdpa:
         raise SystemExit(f"--attention sdpa needs torch >= 2.0 (this is {torch.__version__})")
     model.attention = attention
+    model.head_rows = args.head_rows
     opt = mt.make_adamw(model, args.lr)
     params = list(model.parameters())
 
@@ -107,7 +110,7 @@ def main():
         "ms_per_step": round(1e3 * seconds / max(args.steps, 1), 3),
         "tokens_per_s": round(B * N * args.steps / seconds, 2) if seconds > 0 else None,
         "seq_per_s": round(B * args.steps / seconds, 2) if seconds > 0 else None,
-        "final_loss": round(float(loss.detach()), 6), "attention": attention,
+        "final_loss": round(float(loss.detach()), 6), "attention": attention, "head_rows": args.head_rows,
         "model": {"K": K, "C": C, "grid": [cfg.grid_t, cfg.grid_h, cfg.grid_w], "width": cfg.width,
                   "heads": cfg.heads, "layers": cfg.layers, "mlp_ratio": cfg.mlp_ratio, "nesting": cfg.nesting,
                   "factors": mt.factors_to_string(cfg.factors),

@@ -180,9 +180,13 @@ class NestedTransformer(nn.Module):
         # Attention kernel: "math" (explicit softmax, the reference) or "sdpa"
         # (F.scaled_dot_product_attention, torch >= 2.0; same maths, fused).
         self.attention = "math"
+        # Output head: "all" image positions (the plain formulation) or only the
+        # "masked" ones joint_loss needs (what magnets does; same losses, less work).
+        self.head_rows = "all"
 
-    def forward(self, ids, p=1):
-        """ids [B, S] int64 (class token first) -> logits [B, N, K] of sub-model m_p."""
+    def forward(self, ids, p=1, rows=None):
+        """ids [B, S] int64 (class token first) -> logits [B, N, K] of sub-model m_p;
+        with rows (bool [B, N]), logits [rows.sum(), K] at those positions only."""
         cfg = self.cfg
         r, a, nh, f = cfg.sub(p)
         hd = cfg.head_dim
@@ -203,7 +207,8 @@ class NestedTransformer(nn.Module):
             h2 = _ln(x, blk.ln2, r)
             x = x + _lin(F.gelu(_lin(h2, blk.mlp.fc1, f, r)), blk.mlp.fc2, r, f)
         x = _ln(x, self.ln_f, r)
-        return F.linear(x[:, 1:, :], self.head.weight[:, :r], self.head.bias)
+        x = x[:, 1:, :] if rows is None else x[:, 1:, :][rows]
+        return F.linear(x, self.head.weight[:, :r], self.head.bias)
 
 
 # ---- losses -----------------------------------------------------------------
@@ -241,11 +246,19 @@ def joint_loss(model, ids, targets, mask, objective="ground_truth", alpha=1.0, l
     subs = [None] * len(factors)
     logits_out = [None] * len(factors)
     prev = None
+    compact = getattr(model, "head_rows", "all") == "masked"
     for n, i in enumerate(order):
-        logits = model(ids, factors[i])
-        ce = ce_loss(logits, targets, mask, smoothing)
+        if compact:  # logits at the masked positions only: [M, K]
+            logits = model(ids, factors[i], mask)
+            ce = F.cross_entropy(logits, targets[mask], label_smoothing=smoothing)
+        else:
+            logits = model(ids, factors[i])
+            ce = ce_loss(logits, targets, mask, smoothing)
         if n == 0 or objective == "ground_truth":
             loss = ce
+        elif compact:
+            t = torch.softmax(prev, dim=-1)
+            loss = alpha * ce + (1.0 - alpha) * -(t * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
         else:
             loss = alpha * ce + (1.0 - alpha) * soft_loss(logits, prev, mask)
         subs[i] = loss

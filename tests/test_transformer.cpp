@@ -250,6 +250,36 @@ TEST_CASE("attention backward matches finite differences (double)") {
   }
 }
 
+TEST_CASE("float attention (AVX2 register blocks) agrees with the double path") {
+  // The float path runs gemm_block_4x16 (A and A^T operands); double runs the
+  // scalar combine. Same formulas, so the difference is float round-off only.
+  const int64_t batch = 2, heads = 2, seq = 19, hd = 16, ld = heads * hd + 3;
+  const size_t n = static_cast<size_t>(batch * seq * ld);
+  auto q = randv(n, 21), k = randv(n, 22), v = randv(n, 23), w = randv(n, 24);
+  auto to_f = [](const std::vector<double>& x) { return std::vector<float>(x.begin(), x.end()); };
+  auto qf = to_f(q), kf = to_f(k), vf = to_f(v), wf = to_f(w);
+  const size_t np = static_cast<size_t>(batch * heads * seq * seq);
+  std::vector<double> out(n, 0.0), probs(np), dq(n, 0.0), dk(n, 0.0), dv(n, 0.0);
+  std::vector<float> outf(n, 0.0f), probsf(np), dqf(n, 0.0f), dkf(n, 0.0f), dvf(n, 0.0f);
+  nn::ops::attention_forward(q.data(), k.data(), v.data(), ld, out.data(), probs.data(), batch, seq, heads, hd);
+  nn::ops::attention_backward(q.data(), k.data(), v.data(), probs.data(), w.data(), ld, dq.data(), dk.data(), dv.data(), batch, seq, heads, hd);
+  nn::ops::attention_forward(qf.data(), kf.data(), vf.data(), ld, outf.data(), probsf.data(), batch, seq, heads, hd);
+  nn::ops::attention_backward(qf.data(), kf.data(), vf.data(), probsf.data(), wf.data(), ld, dqf.data(), dkf.data(), dvf.data(), batch, seq, heads, hd);
+  auto worst = [&](const std::vector<double>& a, const std::vector<float>& b) {
+    double e = 0;
+    for (int64_t r = 0; r < batch * seq; ++r)
+      for (int64_t j = 0; j < heads * hd; ++j) {
+        const size_t i = static_cast<size_t>(r * ld + j);
+        e = std::max(e, std::abs(a[i] - static_cast<double>(b[i])) / (1.0 + std::abs(a[i])));
+      }
+    return e;
+  };
+  CHECK(worst(out, outf) < 1e-5);
+  CHECK(worst(dq, dqf) < 1e-5);
+  CHECK(worst(dk, dkf) < 1e-5);
+  CHECK(worst(dv, dvf) < 1e-5);
+}
+
 TEST_CASE("vectorisable exp and erf agree with libm") {
     double worst_exp = 0, worst_erf = 0;
     for (int i = -40000; i <= 40000; ++i) {

@@ -197,7 +197,7 @@ inline ConstMat cm(const float* d, int64_t rows, int64_t cols, int64_t ld) { ret
 inline Mat mm(float* d, int64_t rows, int64_t cols, int64_t ld) { return Mat{d, rows, cols, ld}; }
 } // namespace
 
-void Transformer::Impl::forward(int64_t p, const int32_t* ids, int64_t b) {
+void Transformer::Impl::forward(int64_t p, const int32_t* ids, int64_t b, const int64_t* rows, int64_t n_rows) {
     const TransformerConfig::Sub s = cfg.sub(p);
     const int64_t S = cfg.seq(), D = cfg.width, F = cfg.mlp_width(), K = cfg.codebook_size, V = cfg.vocab();
     const int64_t R = b * S, r = s.resid, a = s.attn, f = s.mlp, hd = cfg.head_dim();
@@ -254,8 +254,20 @@ void Transformer::Impl::forward(int64_t p, const int32_t* ids, int64_t b) {
     }
     nn::ops::layernorm_forward(x_out.data(), r, hf.data(), r, meanf.data(), rstdf.data(), lnf_w->w.data(), lnf_b->w.data(),
                            R, r);
-    B.matmul(cm(hf.data(), R, r, r), false, cm(head_w->w.data(), K, r, D), true, mm(logits.data(), R, K, K));
-    nn::ops::add_bias(logits.data(), K, head_b->w.data(), R, K);
+    head_selected = rows != nullptr;
+    if (!head_selected) {
+        head_rows.clear();
+        B.matmul(cm(hf.data(), R, r, r), false, cm(head_w->w.data(), K, r, D), true, mm(logits.data(), R, K, K));
+        nn::ops::add_bias(logits.data(), K, head_b->w.data(), R, K);
+        return;
+    }
+    head_rows.assign(rows, rows + n_rows);
+    resize(hsel, n_rows * r);
+    for (int64_t i = 0; i < n_rows; ++i)
+        std::memcpy(hsel.data() + i * r, hf.data() + rows[i] * r, sizeof(float) * static_cast<size_t>(r));
+    if (n_rows == 0) return;
+    B.matmul(cm(hsel.data(), n_rows, r, r), false, cm(head_w->w.data(), K, r, D), true, mm(logits.data(), n_rows, K, K));
+    nn::ops::add_bias(logits.data(), K, head_b->w.data(), n_rows, K);
 }
 
 void Transformer::Impl::backward() {
@@ -263,11 +275,26 @@ void Transformer::Impl::backward() {
     const int64_t S = cfg.seq(), D = cfg.width, F = cfg.mlp_width(), K = cfg.codebook_size;
     const int64_t R = batch * S, r = s.resid, a = s.attn, f = s.mlp, hd = cfg.head_dim();
     Backend& B = *be;
-    const ConstMat dlg = cm(dlogits.data(), R, K, K);
     // head and final layer norm
-    B.matmul(dlg, false, cm(head_w->w.data(), K, r, D), false, mm(dh.data(), R, r, r));
-    B.matmul(dlg, true, cm(hf.data(), R, r, r), false, mm(head_w->g.data(), K, r, D), 1.0f, 1.0f);
-    nn::ops::bias_backward(dlogits.data(), K, head_b->g.data(), R, K);
+    if (!head_selected) {
+        const ConstMat dlg = cm(dlogits.data(), R, K, K);
+        B.matmul(dlg, false, cm(head_w->w.data(), K, r, D), false, mm(dh.data(), R, r, r));
+        B.matmul(dlg, true, cm(hf.data(), R, r, r), false, mm(head_w->g.data(), K, r, D), 1.0f, 1.0f);
+        nn::ops::bias_backward(dlogits.data(), K, head_b->g.data(), R, K);
+    } else {
+        const int64_t n = static_cast<int64_t>(head_rows.size());
+        std::fill(dh.begin(), dh.begin() + R * r, 0.0f);
+        if (n > 0) {
+            const ConstMat dlg = cm(dlogits.data(), n, K, K);
+            resize(dhsel, n * r);
+            B.matmul(dlg, false, cm(head_w->w.data(), K, r, D), false, mm(dhsel.data(), n, r, r));
+            B.matmul(dlg, true, cm(hsel.data(), n, r, r), false, mm(head_w->g.data(), K, r, D), 1.0f, 1.0f);
+            nn::ops::bias_backward(dlogits.data(), K, head_b->g.data(), n, K);
+            for (int64_t i = 0; i < n; ++i)
+                std::memcpy(dh.data() + head_rows[static_cast<size_t>(i)] * r, dhsel.data() + i * r,
+                            sizeof(float) * static_cast<size_t>(r));
+        }
+    }
     nn::ops::layernorm_backward(x_out.data(), r, dh.data(), r, meanf.data(), rstdf.data(), lnf_w->w.data(), dx.data(), r,
                             lnf_w->g.data(), lnf_b->g.data(), R, r, false);
     for (int64_t l = cfg.layers - 1; l >= 0; --l) {
@@ -321,22 +348,26 @@ void Transformer::Impl::backward() {
 SubModelStats Transformer::Impl::forward_backward(int64_t p, const int32_t* ids, const int32_t* targets,
                                                   const uint8_t* mask, int64_t b, double smoothing, double alpha,
                                                   const float* teacher_logits, double weight, bool backward_pass) {
-    const int64_t S = cfg.seq(), N = cfg.tokens(), K = cfg.codebook_size, R = b * S;
+    const int64_t S = cfg.seq(), N = cfg.tokens(), K = cfg.codebook_size;
     check(alpha >= 1.0 || teacher_logits != nullptr, "distillation", "a teacher is needed when alpha < 1");
-    forward(p, ids, b);
-    // Targets and mask over all rows; class rows (s = 0) carry no loss.
-    std::vector<int32_t> t(static_cast<size_t>(R), 0);
-    std::vector<uint8_t> m(static_cast<size_t>(R), 0);
+    // The loss needs logits at the masked positions only: the head runs on those
+    // rows (in row order), and targets, mask and teacher logits are compact too.
+    std::vector<int64_t> rows;
+    std::vector<int32_t> t;
     for (int64_t i = 0; i < b; ++i)
         for (int64_t n = 0; n < N; ++n) {
             const int32_t y = targets[i * N + n];
             if (y < 0 || y >= K)
                 throw Error("target token out of range", {}, "code " + std::to_string(y) + " with codebook " + std::to_string(K),
                             "the token file does not fit this model");
-            t[static_cast<size_t>(i * S + 1 + n)] = y;
-            m[static_cast<size_t>(i * S + 1 + n)] = mask[i * N + n];
+            if (!mask[i * N + n]) continue;
+            rows.push_back(i * S + 1 + n);
+            t.push_back(y);
         }
-    const nn::ops::LossSums L = nn::ops::masked_loss(logits.data(), K, teacher_logits, K, t.data(), m.data(), R, K, smoothing,
+    const int64_t M = static_cast<int64_t>(rows.size());
+    forward(p, ids, b, rows.data(), M);
+    const std::vector<uint8_t> m(static_cast<size_t>(M), 1);
+    const nn::ops::LossSums L = nn::ops::masked_loss(logits.data(), K, teacher_logits, K, t.data(), m.data(), M, K, smoothing,
                                              alpha, weight, backward_pass ? dlogits.data() : static_cast<float*>(nullptr),
                                              K);
     if (backward_pass) backward();
@@ -360,7 +391,6 @@ std::vector<SubModelStats> Transformer::Impl::joint_forward_backward(const int32
         for (auto& [name, prm] : params) prm.g.zero();
     std::vector<SubModelStats> out(n);
     double sum = 0;
-    const int64_t RK = b * cfg.seq() * cfg.codebook_size;
     bool have_teacher = false;
     for (size_t k = n; k-- > 0;) { // smallest p (largest model) first
         const int64_t p = cfg.factors[k];
@@ -371,9 +401,10 @@ std::vector<SubModelStats> Transformer::Impl::joint_forward_backward(const int32
         out[k] = forward_backward(p, ids, targets, mask, b, smoothing, a, have_teacher ? teacher.data() : nullptr, w,
                                   backward_pass);
         sum += w * out[k].loss;
-        if (obj != Objective::ground_truth && k > 0) {
-            resize(teacher, RK);
-            std::memcpy(teacher.data(), logits.data(), sizeof(float) * static_cast<size_t>(RK));
+        if (obj != Objective::ground_truth && k > 0) { // logits at the masked rows, the same for every sub-model
+            const int64_t n_logits = static_cast<int64_t>(head_rows.size()) * cfg.codebook_size;
+            resize(teacher, n_logits);
+            std::memcpy(teacher.data(), logits.data(), sizeof(float) * static_cast<size_t>(n_logits));
             have_teacher = true;
         }
     }

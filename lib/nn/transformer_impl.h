@@ -36,9 +36,12 @@ struct Transformer::Impl {
         std::vector<float> x_in, h1, mean1, rstd1, q, k, v, probs, att, x_mid, h2, mean2, rstd2, u, g;
     };
     std::vector<Acts> acts;
-    std::vector<float> x_out, hf, meanf, rstdf, logits; // final residual, LN_f output, logits [rows, K]
+    std::vector<float> x_out, hf, meanf, rstdf, logits; // final residual, LN_f output, logits [head rows, K]
     std::vector<float> dx, dh, dq, dk, dv, datt, du, dlogits; // backward scratch
+    std::vector<float> hsel, dhsel;                           // LN_f rows the head ran on (selected forward)
     std::vector<int32_t> ids_saved;
+    std::vector<int64_t> head_rows; // rows (b * S + s) the head ran on; empty = all rows
+    bool head_selected = false;
     int64_t batch = 0, sub_p = 0; // shape of the saved forward
 
     Impl(const TransformerConfig& c, std::shared_ptr<Backend> b);
@@ -46,9 +49,12 @@ struct Transformer::Impl {
     void ensure_buffers(int64_t batch);
 
     // Forward of sub-model p on ids [batch, S]; logits [batch * S, K] in `logits`
-    // (row b * S + s; the class rows s = 0 are computed and ignored).
-    void forward(int64_t p, const int32_t* ids, int64_t batch);
-    // Backward of the last forward given dlogits [batch * S, K] (class rows 0);
+    // (row b * S + s; the class rows s = 0 are computed and ignored). With
+    // `rows` (n_rows global row indices), the output head runs on those rows
+    // only and `logits` is [n_rows, K] in that order: training needs logits at
+    // the masked positions only, and the head is most of a small sub-model's cost.
+    void forward(int64_t p, const int32_t* ids, int64_t batch, const int64_t* rows = nullptr, int64_t n_rows = 0);
+    // Backward of the last forward given dlogits (the shape of its logits);
     // accumulates into the parameter gradients.
     void backward();
 

@@ -192,18 +192,21 @@ inline int64_t pad16(int64_t n) { return (n + 15) / 16 * 16; }
 // per-head products of attention. 4 x 16 register blocks when N is a multiple
 // of 16 (8 vector accumulators with AVX2), else row by row.
 #if defined(__AVX2__) && defined(__FMA__)
-// 4 x 16 block of C = A B in eight AVX2 registers.
-inline void gemm_block_4x16(int64_t K, const float* a, int64_t lda, const float* B, int64_t ldb, float* c, int64_t ldc) {
+// 4 x 16 block of C = A B in eight AVX2 registers; A's element (r, k) is at
+// a[r * ars + k * aks] (ars = lda, aks = 1 for A; ars = 1, aks = lda for A^T).
+inline void gemm_block_4x16(int64_t K, const float* a, int64_t ars, int64_t aks, const float* B, int64_t ldb,
+                            float* c, int64_t ldc) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
     for (int64_t k = 0; k < K; ++k) {
         const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
-        __m256 x = _mm256_broadcast_ss(a + k);
+        const float* ak = a + k * aks;
+        __m256 x = _mm256_broadcast_ss(ak);
         c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
-        x = _mm256_broadcast_ss(a + lda + k);
+        x = _mm256_broadcast_ss(ak + ars);
         c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
-        x = _mm256_broadcast_ss(a + 2 * lda + k);
+        x = _mm256_broadcast_ss(ak + 2 * ars);
         c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
-        x = _mm256_broadcast_ss(a + 3 * lda + k);
+        x = _mm256_broadcast_ss(ak + 3 * ars);
         c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
     }
     _mm256_storeu_ps(c, c00); _mm256_storeu_ps(c + 8, c01);
@@ -217,18 +220,30 @@ inline void gemm_block_4x16(int64_t K, const float* a, int64_t lda, const float*
 // per-head products of attention. For float with AVX2 and N a multiple of 16,
 // 4 x 16 register blocks; otherwise row by row. Each C element is the sum
 // over k in increasing order, whichever path computes it.
+// A's element (i, k) is at A[i * ars + k * aks]: small_gemm passes (lda, 1),
+// small_gemm_at (A transposed, stored [K, M]) passes (1, lda).
 template <typename T>
-void small_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+void small_gemm_strided(int64_t M, int64_t N, int64_t K, const T* A, int64_t ars, int64_t aks, const T* B, int64_t ldb,
+                        T* C, int64_t ldc) {
     int64_t i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
     if constexpr (std::is_same_v<T, float>) {
         if (N % 16 == 0)
             for (; i + 4 <= M; i += 4)
                 for (int64_t c0 = 0; c0 < N; c0 += 16)
-                    gemm_block_4x16(K, A + i * lda, lda, B + c0, ldb, C + i * ldc + c0, ldc);
+                    gemm_block_4x16(K, A + i * ars, ars, aks, B + c0, ldb, C + i * ldc + c0, ldc);
     }
 #endif
-    for (; i < M; ++i) combine(A + i * lda, 1, B, ldb, K, C + i * ldc, N);
+    for (; i < M; ++i) combine(A + i * ars, aks, B, ldb, K, C + i * ldc, N);
+}
+template <typename T>
+void small_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+    small_gemm_strided(M, N, K, A, lda, int64_t{1}, B, ldb, C, ldc);
+}
+// C[M, N] = A^T B with A stored [K, M] (leading dimension lda).
+template <typename T>
+void small_gemm_at(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+    small_gemm_strided(M, N, K, A, int64_t{1}, lda, B, ldb, C, ldc);
 }
 
 // Bidirectional multi-head attention over `seq` positions for `batch`
@@ -278,7 +293,7 @@ void attention_backward(const T* q, const T* k, const T* v, const T* probs, cons
 #pragma omp parallel if (batch * heads * seq * seq * hd >= kParallelWork)
     {
         std::vector<T> vt(static_cast<size_t>(hd * sp), T(0)), dp(static_cast<size_t>(seq * sp)),
-            ds(static_cast<size_t>(seq * seq)), dst(static_cast<size_t>(seq * seq)), pt(static_cast<size_t>(seq * seq));
+            ds(static_cast<size_t>(seq * seq));
 #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < batch * heads; ++bh) {
             const int64_t b = bh / heads, h = bh % heads;
@@ -296,14 +311,9 @@ void attention_backward(const T* q, const T* k, const T* v, const T* probs, cons
                 T* dsi = ds.data() + i * seq;
                 for (int64_t j = 0; j < seq; ++j) dsi[j] = pi[j] * (dpi[j] - dot) * scale;
             }
-            for (int64_t i = 0; i < seq; ++i)
-                for (int64_t j = 0; j < seq; ++j) {
-                    dst[static_cast<size_t>(j * seq + i)] = ds[static_cast<size_t>(i * seq + j)];
-                    pt[static_cast<size_t>(j * seq + i)] = P[i * seq + j];
-                }
-            small_gemm(seq, hd, seq, ds.data(), seq, kb, ld, dq + off, ld);   // dQ = dS K
-            small_gemm(seq, hd, seq, dst.data(), seq, qb, ld, dk + off, ld);  // dK = dS^T Q
-            small_gemm(seq, hd, seq, pt.data(), seq, dob, ld, dv + off, ld);  // dV = P^T dout
+            small_gemm(seq, hd, seq, ds.data(), seq, kb, ld, dq + off, ld);     // dQ = dS K
+            small_gemm_at(seq, hd, seq, ds.data(), seq, qb, ld, dk + off, ld);  // dK = dS^T Q
+            small_gemm_at(seq, hd, seq, P, seq, dob, ld, dv + off, ld);         // dV = P^T dout
         }
     }
 }
