@@ -77,10 +77,25 @@ private:
     float* p_;
 };
 
-// Built backends other than the referee.
+// Host backends, plus the device backends that can run here (a build with
+// CUDA on a machine without a GPU skips them, with a message).
+std::vector<std::string> usable_backends() {
+    std::vector<std::string> out = available_backends();
+    for (const auto& n : device_backends()) {
+        try {
+            make_backend(n);
+            out.push_back(n);
+        } catch (const Error& e) {
+            MESSAGE("skipping backend " << n << ": " << e.why());
+        }
+    }
+    return out;
+}
+
+// Usable backends other than the referee.
 std::vector<std::string> peers() {
     std::vector<std::string> out;
-    for (const auto& n : available_backends())
+    for (const auto& n : usable_backends())
         if (n != "ref") out.push_back(n);
     return out;
 }
@@ -410,7 +425,7 @@ TEST_CASE("matmul: k = 0 gives beta * C; empty C is a no-op") {
 }
 
 TEST_CASE("matmul: mismatched shapes throw Error on every backend") {
-    for (const std::string& name : available_backends()) {
+    for (const std::string& name : usable_backends()) {
         CAPTURE(name);
         auto be = make_backend(name);
         std::vector<float> buf(64, 0.0f);
@@ -457,7 +472,7 @@ TEST_CASE("conv2d: every backend matches ref (forward, backward data, backward w
 }
 
 TEST_CASE("conv2d: invalid shapes throw Error on every backend") {
-    for (const std::string& name : available_backends()) {
+    for (const std::string& name : usable_backends()) {
         CAPTURE(name);
         auto be = make_backend(name);
         std::vector<float> buf(1024, 0.0f);
@@ -467,6 +482,54 @@ TEST_CASE("conv2d: invalid shapes throw Error on every backend") {
         CHECK_THROWS_AS(be->conv2d_backward_data(s, buf.data(), buf.data(), buf.data()), Error);
         s = conv_shape(0, 2, 4, 4, 2, 3, 3, 1, 1); // empty batch
         CHECK_THROWS_AS(be->conv2d_backward_weights(s, buf.data(), buf.data(), buf.data(), nullptr), Error);
+    }
+}
+
+// ---- row-stable matmul ------------------------------------------------------------
+
+// Every backend's matmul_rowstable gives the CPU kernel's bits (one fmaf chain
+// per element, then the bias), on prefix slices, for any split of the rows.
+TEST_CASE("matmul_rowstable: every backend gives the CPU kernel's bits, whatever the row count") {
+    auto ref = make_backend("ref");
+    const int64_t M = 77, N = 70, K = 45, lda = K + 3, ldw = 2 * K; // W a prefix slice of [N + 5, 2K]
+    const std::vector<float> a = random_vec(size_t(M * lda), 31), w = random_vec(size_t((N + 5) * ldw), 32),
+                             bias = random_vec(size_t(N), 33);
+    std::vector<float> want(size_t(M * N));
+    {
+        Buffer ab(*ref, a), wb(*ref, w), bb(*ref, bias), cb(*ref, want.size());
+        ref->matmul_rowstable(ConstMat(ab.get(), M, K, lda), ConstMat(wb.get(), N, K, ldw), bb.get(), Mat{cb.get(), M, N, N});
+        want = cb.download();
+    }
+    // The chain by hand for a few elements.
+    for (int64_t i : {int64_t{0}, int64_t{41}, M - 1})
+        for (int64_t j : {int64_t{0}, int64_t{17}, N - 1}) {
+            float acc = 0.0f;
+            for (int64_t k = 0; k < K; ++k) acc = std::fma(a[size_t(i * lda + k)], w[size_t(j * ldw + k)], acc);
+            CHECK(same_bits(want[size_t(i * N + j)], acc + bias[size_t(j)]));
+        }
+    for (const std::string& name : usable_backends()) {
+        CAPTURE(name);
+        auto be = make_backend(name);
+        Buffer ab(*be, a), wb(*be, w), bb(*be, bias);
+        for (int64_t split : {M, int64_t{1}, int64_t{7}, int64_t{64}}) { // rows computed `split` at a time
+            CAPTURE(split);
+            Buffer cb(*be, size_t(M * N));
+            for (int64_t r0 = 0; r0 < M; r0 += split) {
+                const int64_t rows = std::min(split, M - r0);
+                be->matmul_rowstable(ConstMat(ab.get() + r0 * lda, rows, K, lda), ConstMat(wb.get(), N, K, ldw), bb.get(),
+                                     Mat{cb.get() + r0 * N, rows, N, N});
+            }
+            const std::vector<float> got = cb.download();
+            int64_t differ = 0;
+            for (size_t i = 0; i < got.size(); ++i) differ += same_bits(got[i], want[i]) ? 0 : 1;
+            CHECK(differ == 0);
+        }
+        Buffer cb(*be, size_t(M * N)); // without bias: the bare chain
+        be->matmul_rowstable(ConstMat(ab.get(), M, K, lda), ConstMat(wb.get(), N, K, ldw), nullptr, Mat{cb.get(), M, N, N});
+        const std::vector<float> got = cb.download();
+        float acc = 0.0f;
+        for (int64_t k = 0; k < K; ++k) acc = std::fma(a[size_t(5 * lda + k)], w[size_t(9 * ldw + k)], acc);
+        CHECK(same_bits(got[size_t(5 * N + 9)], acc));
     }
 }
 
@@ -492,16 +555,24 @@ TEST_CASE("make_backend: names, auto, and errors with hints") {
         CHECK(e.summary().find("tpu") != std::string::npos);
         CHECK(e.hint().find("ref") != std::string::npos);
     }
-    if (std::find(avail.begin(), avail.end(), "cuda") == avail.end()) {
+    const std::vector<std::string> dev = device_backends();
+    CHECK(std::find(avail.begin(), avail.end(), "cuda") == avail.end()); // the models' list is host only
+    if (std::find(dev.begin(), dev.end(), "cuda") == dev.end()) {
         try {
             make_backend("cuda");
             FAIL("cuda accepted although not built");
         } catch (const Error& e) {
-            // Built without the toolkit: the hint says how to rebuild; with the
-            // toolkit but no backend yet: it names the backends that exist.
-            CHECK((e.hint().find("-Dcuda=enabled") != std::string::npos ||
-                   e.why().find("no CUDA backend") != std::string::npos));
+            CHECK(e.hint().find("-Dcuda=enabled") != std::string::npos); // how to rebuild
             CHECK(e.hint().find("ref") != std::string::npos);
+        }
+    } else {
+        try {
+            auto be = make_backend("cuda");
+            CHECK(std::string(be->name()) == "cuda");
+            CHECK(be->supports(Op::matmul));
+        } catch (const Error& e) { // built, but no device here: says what to do instead
+            CHECK(e.summary().find("cuda") != std::string::npos);
+            CHECK(e.hint().find("onednn") != std::string::npos);
         }
     }
     if (!have_onednn) CHECK_THROWS_AS(make_backend("onednn"), Error);

@@ -211,7 +211,17 @@ std::string apply_global(const Args& a) {
     return backend;
 }
 
-std::shared_ptr<Backend> backend_for(const std::string& name) { return std::shared_ptr<Backend>(make_backend(name)); }
+std::shared_ptr<Backend> backend_for(const std::string& name) {
+    // The cuda backend (lib/cuda) computes on device memory; the models still
+    // keep their tensors and elementwise ops on the host, so the tools cannot
+    // hand it their buffers yet.
+    if (name == "cuda")
+        throw Error("the tools do not run on the GPU yet", {},
+                    "the CUDA backend covers the backend operations (matmul, row-stable matmul, convolutions; "
+                    "checked against the CPU reference by test_backend), not yet the tokenizer, transformer and sampler",
+                    "use --backend onednn (the default)");
+    return std::shared_ptr<Backend>(make_backend(name));
+}
 
 void print_table(const std::vector<std::pair<std::string, std::string>>& rows) {
     int w = 0;

@@ -28,6 +28,14 @@ std::vector<std::string> available_backends() {
     return names;
 }
 
+std::vector<std::string> device_backends() {
+    std::vector<std::string> names;
+#if MAGNETS_HAVE_CUDA
+    names.push_back("cuda");
+#endif
+    return names;
+}
+
 static std::string join_available() {
     std::string s;
     for (const auto& n : available_backends()) s += (s.empty() ? "" : ", ") + n;
@@ -47,13 +55,13 @@ std::unique_ptr<Backend> make_backend(const std::string& name) {
 #endif
     }
     if (name == "cuda") {
-        // The CUDA backend (lib/cuda) is registered here once it exists.
-        if (MAGNETS_HAVE_CUDA)
-            throw Error("backend not available: cuda", {},
-                        "this version of magnets has no CUDA backend yet (see lib/cuda/README.md)",
-                        "use one of: " + join_available());
+#if MAGNETS_HAVE_CUDA
+        return make_cuda_backend(); // throws with a hint when no device is visible
+#else
         throw Error("backend not available: cuda", {}, "this library was built without CUDA",
-                    "rebuild with -Dcuda=enabled on a machine with CUDA, or use one of: " + join_available());
+                    "rebuild with -Dcuda=enabled on a machine with the CUDA toolkit, or use one of: " +
+                        join_available());
+#endif
     }
     throw Error("unknown backend: '" + name + "'", {}, {},
                 "use auto or one of: " + join_available());

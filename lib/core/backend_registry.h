@@ -14,6 +14,7 @@ namespace magnets {
 
 std::unique_ptr<Backend> make_ref_backend();
 std::unique_ptr<Backend> make_onednn_backend(); // defined only when MAGNETS_HAVE_ONEDNN
+std::unique_ptr<Backend> make_cuda_backend();   // defined only when MAGNETS_HAVE_CUDA; throws without a device
 
 // Shapes of C = op(A) * op(B): op(A) [m, k], op(B) [k, n], C [m, n].
 struct MatmulDims {

@@ -72,8 +72,13 @@ public:
 // "ref", "onednn", "cuda", or "auto" (best CPU backend built in). Throws Error
 // with a hint when the name is unknown or the backend was not built.
 std::unique_ptr<Backend> make_backend(const std::string& name);
-// Backends built into this library, e.g. {"ref", "onednn"}.
+// Host backends built into this library, e.g. {"ref", "onednn"}: every model
+// (tokenizer, transformer, sampler, classifier) runs on them.
 std::vector<std::string> available_backends();
+// Device backends built into this library ({"cuda"} with CUDA). They compute on
+// device memory from their alloc(); make_backend throws when no device is
+// visible. The models do not run on them yet: only the backend operations.
+std::vector<std::string> device_backends();
 // Threads used by CPU backends (OpenMP); 0 = library default.
 void set_num_threads(int n);
 int num_threads();

@@ -1,0 +1,392 @@
+// lib/cuda/cuda_backend.cu: the "cuda" backend behind magnets/backend.h.
+//
+// Buffers are device memory from a caching pool (no cudaMalloc per step).
+// matmul runs on cuBLAS in f32 (no TF32: this backend is checked against the
+// CPU reference at f32 tolerances); matmul_rowstable is our own kernel whose
+// every output element is one fmaf chain over k = 0..K-1 from zero, then the
+// bias, exactly as lib/cpu/rowstable_gemm.cpp: the same inputs give the same
+// bits on the GPU and on the CPU, whatever M. Convolutions run on cuDNN with
+// FMA math (no TF32) and NCHW tensors.
+//
+// All calls are asynchronous on one stream; download() and synchronize() wait.
+#include "core/backend_registry.h"
+#include "magnets/error.h"
+#include "magnets_config.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#if MAGNETS_HAVE_CUDNN
+#include <cudnn.h>
+#endif
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <string>
+
+namespace magnets {
+
+namespace {
+
+void cuda_check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess)
+        throw Error(std::string("CUDA error in ") + what, {}, cudaGetErrorString(e),
+                    "check the device (nvidia-smi) and that no other process holds its memory");
+}
+
+void cublas_check(cublasStatus_t s, const char* what) {
+    if (s != CUBLAS_STATUS_SUCCESS)
+        throw Error(std::string("cuBLAS error in ") + what, {}, "status " + std::to_string(static_cast<int>(s)),
+                    "this is a bug in magnets' CUDA backend or an unsupported shape; report it with the command");
+}
+
+#if MAGNETS_HAVE_CUDNN
+void cudnn_check(cudnnStatus_t s, const char* what) {
+    if (s != CUDNN_STATUS_SUCCESS)
+        throw Error(std::string("cuDNN error in ") + what, {}, cudnnGetErrorString(s),
+                    "this is a bug in magnets' CUDA backend or an unsupported shape; report it with the command");
+}
+#endif
+
+// ---- the row-stable product ---------------------------------------------------
+// c [M, N] = a [M, K] w [N, K]^T (+ bias). A 64 x 64 tile of C per block of
+// 16 x 16 threads, 4 x 4 elements per thread; k advances in chunks of 16
+// through shared memory, in order, so every element is the chain
+// acc = fmaf(a[i][k], w[j][k], acc) for k = 0, 1, ..., K-1.
+constexpr int kTile = 64, kChunk = 16, kThreads = 16, kPer = kTile / kThreads;
+
+__global__ void rowstable_kernel(int64_t M, int64_t N, int64_t K, const float* __restrict__ a, int64_t lda,
+                                 const float* __restrict__ w, int64_t ldw, const float* __restrict__ bias,
+                                 float* __restrict__ c, int64_t ldc) {
+    __shared__ float as[kChunk][kTile + 1];
+    __shared__ float ws[kChunk][kTile + 1];
+    const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kThreads + tx;
+    const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * kTile;
+    float acc[kPer][kPer] = {};
+    for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+        // 64 rows x 16 k of A and of W: 1024 values each, 4 per thread.
+        for (int e = tid; e < kTile * kChunk; e += kThreads * kThreads) {
+            const int r = e / kChunk, kk = e % kChunk;
+            const int64_t gi = row0 + r, gj = col0 + r, gk = k0 + kk;
+            as[kk][r] = (gi < M && gk < K) ? a[gi * lda + gk] : 0.0f;
+            ws[kk][r] = (gj < N && gk < K) ? w[gj * ldw + gk] : 0.0f;
+        }
+        __syncthreads();
+        const int kn = static_cast<int>(K - k0 < kChunk ? K - k0 : kChunk);
+        for (int kk = 0; kk < kn; ++kk) {
+            float av[kPer], wv[kPer];
+#pragma unroll
+            for (int u = 0; u < kPer; ++u) {
+                av[u] = as[kk][ty + u * kThreads];
+                wv[u] = ws[kk][tx + u * kThreads];
+            }
+#pragma unroll
+            for (int u = 0; u < kPer; ++u)
+#pragma unroll
+                for (int v = 0; v < kPer; ++v) acc[u][v] = fmaf(av[u], wv[v], acc[u][v]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+        const int64_t i = row0 + ty + u * kThreads;
+        if (i >= M) continue;
+#pragma unroll
+        for (int v = 0; v < kPer; ++v) {
+            const int64_t j = col0 + tx + v * kThreads;
+            if (j < N) c[i * ldc + j] = bias ? acc[u][v] + bias[j] : acc[u][v];
+        }
+    }
+}
+
+// ---- device memory pool ---------------------------------------------------------
+// Freed blocks are kept by size and handed out again for requests of the same
+// rounded size, so a training or decoding loop allocates only in its first step.
+class Pool {
+public:
+    ~Pool() {
+        for (auto& [size, p] : free_) cudaFree(p);
+    }
+    float* get(size_t count) {
+        const size_t bytes = round(std::max<size_t>(count, 1) * sizeof(float));
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = free_.find(bytes);
+        if (it != free_.end()) {
+            void* p = it->second;
+            free_.erase(it);
+            live_[p] = bytes;
+            return static_cast<float*>(p);
+        }
+        void* p = nullptr;
+        cudaError_t e = cudaMalloc(&p, bytes);
+        if (e != cudaSuccess) { // give the cached blocks back and try once more
+            cudaGetLastError();
+            for (auto& [size, q] : free_) cudaFree(q);
+            free_.clear();
+            e = cudaMalloc(&p, bytes);
+        }
+        if (e != cudaSuccess)
+            throw Error("out of GPU memory", {}, "could not allocate " + std::to_string(bytes >> 20) + " MiB",
+                        "use a smaller --batch-size, or free the device (nvidia-smi)");
+        live_[p] = bytes;
+        return static_cast<float*>(p);
+    }
+    void put(float* p) {
+        if (!p) return;
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = live_.find(p);
+        if (it == live_.end()) return; // not ours: ignore rather than corrupt the pool
+        free_.emplace(it->second, p);
+        live_.erase(it);
+    }
+
+private:
+    // Sizes rounded up to 256 B, then to 1/8 steps of their power of two.
+    static size_t round(size_t b) {
+        b = (b + 255) & ~size_t{255};
+        size_t p2 = 256;
+        while (p2 < b) p2 <<= 1;
+        const size_t step = std::max<size_t>(p2 / 8, 256);
+        return (b + step - 1) / step * step;
+    }
+    std::mutex mu_;
+    std::multimap<size_t, void*> free_;
+    std::map<void*, size_t> live_;
+};
+
+class CudaBackend final : public Backend {
+public:
+    CudaBackend() {
+        int n = 0;
+        const cudaError_t e = cudaGetDeviceCount(&n);
+        if (e != cudaSuccess || n == 0) {
+            cudaGetLastError();
+            throw Error("backend not available: cuda", {},
+                        e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device is visible",
+                        "run on a machine with an NVIDIA GPU and driver, or use --backend onednn");
+        }
+        cuda_check(cudaStreamCreate(&stream_), "cudaStreamCreate");
+        cublas_check(cublasCreate(&blas_), "cublasCreate");
+        cublas_check(cublasSetStream(blas_, stream_), "cublasSetStream");
+        cublas_check(cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+#if MAGNETS_HAVE_CUDNN
+        cudnn_check(cudnnCreate(&dnn_), "cudnnCreate");
+        cudnn_check(cudnnSetStream(dnn_, stream_), "cudnnSetStream");
+#endif
+    }
+    ~CudaBackend() override {
+        cudaStreamSynchronize(stream_);
+        if (workspace_) pool_.put(workspace_);
+#if MAGNETS_HAVE_CUDNN
+        cudnnDestroy(dnn_);
+#endif
+        cublasDestroy(blas_);
+        cudaStreamDestroy(stream_);
+    }
+
+    const char* name() const override { return "cuda"; }
+    bool supports(Op op) const override {
+#if MAGNETS_HAVE_CUDNN
+        (void)op;
+        return true;
+#else
+        return op == Op::matmul;
+#endif
+    }
+
+    float* alloc(size_t count) override { return pool_.get(count); }
+    void free(float* p) override {
+        // The stream may still use p: wait before it can be handed out again.
+        cudaStreamSynchronize(stream_);
+        pool_.put(p);
+    }
+    void upload(float* dst, const float* host_src, size_t count) override {
+        if (count)
+            cuda_check(cudaMemcpyAsync(dst, host_src, count * sizeof(float), cudaMemcpyHostToDevice, stream_), "upload");
+        cuda_check(cudaStreamSynchronize(stream_), "upload");
+    }
+    void download(float* host_dst, const float* src, size_t count) override {
+        if (count)
+            cuda_check(cudaMemcpyAsync(host_dst, src, count * sizeof(float), cudaMemcpyDeviceToHost, stream_), "download");
+        cuda_check(cudaStreamSynchronize(stream_), "download");
+    }
+    void synchronize() override { cuda_check(cudaStreamSynchronize(stream_), "synchronize"); }
+
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the
+    // operands, keep the leading dimensions.
+    void matmul(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, float alpha, float beta) override {
+        const MatmulDims d = check_matmul_args("cuda", a, trans_a, b, trans_b, c);
+        if (d.m == 0 || d.n == 0) return;
+        if (d.k == 0) { // C = beta C
+            scale_rows(c, beta);
+            return;
+        }
+        cublas_check(cublasSgemm(blas_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                 static_cast<int>(d.n), static_cast<int>(d.m), static_cast<int>(d.k), &alpha, b.data,
+                                 static_cast<int>(b.ld), a.data, static_cast<int>(a.ld), &beta, c.data,
+                                 static_cast<int>(c.ld)),
+                     "matmul (cublasSgemm)");
+    }
+
+    void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c) override {
+        check_matmul_args("cuda", a, false, w, true, c);
+        if (c.rows == 0 || c.cols == 0) return;
+        const dim3 block(kThreads, kThreads);
+        const dim3 grid(static_cast<unsigned>((c.cols + kTile - 1) / kTile),
+                        static_cast<unsigned>((c.rows + kTile - 1) / kTile));
+        rowstable_kernel<<<grid, block, 0, stream_>>>(c.rows, c.cols, a.cols, a.data, a.ld, w.data, w.ld, bias, c.data,
+                                                      c.ld);
+        cuda_check(cudaGetLastError(), "matmul_rowstable");
+    }
+
+#if MAGNETS_HAVE_CUDNN
+    void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) override {
+        check_conv2d_shape("cuda", Op::conv2d_forward, s);
+        Descs d(s);
+        cudnnConvolutionFwdAlgoPerf_t perf[8];
+        int found = 0;
+        cudnn_check(cudnnGetConvolutionForwardAlgorithm_v7(dnn_, d.x, d.w, d.conv, d.y, 8, &found, perf), "conv algo");
+        const cudnnConvolutionFwdAlgo_t algo = pick(perf, found).algo;
+        size_t ws = 0;
+        cudnn_check(cudnnGetConvolutionForwardWorkspaceSize(dnn_, d.x, d.w, d.conv, d.y, algo, &ws), "conv workspace");
+        const float one = 1.0f, zero = 0.0f;
+        cudnn_check(cudnnConvolutionForward(dnn_, &one, d.x, x, d.w, w, d.conv, algo, workspace(ws), ws, &zero, d.y, y),
+                    "conv2d_forward");
+        if (bias) cudnn_check(cudnnAddTensor(dnn_, &one, d.b, bias, &one, d.y, y), "conv2d_forward bias");
+    }
+    void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) override {
+        check_conv2d_shape("cuda", Op::conv2d_backward_data, s);
+        Descs d(s);
+        cudnnConvolutionBwdDataAlgoPerf_t perf[8];
+        int found = 0;
+        cudnn_check(cudnnGetConvolutionBackwardDataAlgorithm_v7(dnn_, d.w, d.y, d.conv, d.x, 8, &found, perf),
+                    "conv bwd-data algo");
+        const cudnnConvolutionBwdDataAlgo_t algo = pick(perf, found).algo;
+        size_t ws = 0;
+        cudnn_check(cudnnGetConvolutionBackwardDataWorkspaceSize(dnn_, d.w, d.y, d.conv, d.x, algo, &ws),
+                    "conv bwd-data workspace");
+        const float one = 1.0f, zero = 0.0f;
+        cudnn_check(cudnnConvolutionBackwardData(dnn_, &one, d.w, w, d.y, dy, d.conv, algo, workspace(ws), ws, &zero,
+                                                 d.x, dx),
+                    "conv2d_backward_data");
+    }
+    void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy, float* dw,
+                                 float* dbias) override {
+        check_conv2d_shape("cuda", Op::conv2d_backward_weights, s);
+        Descs d(s);
+        cudnnConvolutionBwdFilterAlgoPerf_t perf[8];
+        int found = 0;
+        cudnn_check(cudnnGetConvolutionBackwardFilterAlgorithm_v7(dnn_, d.x, d.y, d.conv, d.w, 8, &found, perf),
+                    "conv bwd-weights algo");
+        const cudnnConvolutionBwdFilterAlgo_t algo = pick(perf, found).algo;
+        size_t ws = 0;
+        cudnn_check(cudnnGetConvolutionBackwardFilterWorkspaceSize(dnn_, d.x, d.y, d.conv, d.w, algo, &ws),
+                    "conv bwd-weights workspace");
+        const float one = 1.0f, zero = 0.0f;
+        cudnn_check(cudnnConvolutionBackwardFilter(dnn_, &one, d.x, x, d.y, dy, d.conv, algo, workspace(ws), ws, &zero,
+                                                   d.w, dw),
+                    "conv2d_backward_weights");
+        if (dbias) cudnn_check(cudnnConvolutionBackwardBias(dnn_, &one, d.y, dy, &zero, d.b, dbias), "conv bias grad");
+    }
+#else
+    void conv2d_forward(const Conv2dShape&, const float*, const float*, const float*, float*) override { no_cudnn(); }
+    void conv2d_backward_data(const Conv2dShape&, const float*, const float*, float*) override { no_cudnn(); }
+    void conv2d_backward_weights(const Conv2dShape&, const float*, const float*, float*, float*) override {
+        no_cudnn();
+    }
+#endif
+
+private:
+#if !MAGNETS_HAVE_CUDNN
+    [[noreturn]] static void no_cudnn() {
+        throw Error("convolution not available on cuda", {}, "this library was built without cuDNN",
+                    "install cuDNN (libcudnn9-dev) and rebuild, or use --backend onednn for the tokenizer");
+    }
+#endif
+
+    // C = beta C for the k = 0 corner case (cuBLAS rejects k = 0 on some versions).
+    void scale_rows(Mat c, float beta) {
+        if (beta == 0.0f) {
+            cuda_check(cudaMemset2DAsync(c.data, static_cast<size_t>(c.ld) * sizeof(float), 0,
+                                         static_cast<size_t>(c.cols) * sizeof(float), static_cast<size_t>(c.rows),
+                                         stream_),
+                       "matmul (k = 0)");
+            return;
+        }
+        for (int64_t i = 0; i < c.rows; ++i)
+            cublas_check(cublasSscal(blas_, static_cast<int>(c.cols), &beta, c.data + i * c.ld, 1), "matmul (k = 0)");
+    }
+
+    float* workspace(size_t bytes) {
+        if (bytes <= workspace_bytes_) return workspace_;
+        if (workspace_) free(workspace_);
+        workspace_ = pool_.get((bytes + sizeof(float) - 1) / sizeof(float));
+        workspace_bytes_ = bytes;
+        return workspace_;
+    }
+
+#if MAGNETS_HAVE_CUDNN
+    // Descriptors of one convolution, f32 NCHW, FMA math (no TF32).
+    struct Descs {
+        cudnnTensorDescriptor_t x{}, y{}, b{};
+        cudnnFilterDescriptor_t w{};
+        cudnnConvolutionDescriptor_t conv{};
+        explicit Descs(const Conv2dShape& s) {
+            cudnn_check(cudnnCreateTensorDescriptor(&x), "descriptor");
+            cudnn_check(cudnnCreateTensorDescriptor(&y), "descriptor");
+            cudnn_check(cudnnCreateTensorDescriptor(&b), "descriptor");
+            cudnn_check(cudnnCreateFilterDescriptor(&w), "descriptor");
+            cudnn_check(cudnnCreateConvolutionDescriptor(&conv), "descriptor");
+            const int n = static_cast<int>(s.n), ci = static_cast<int>(s.c_in), co = static_cast<int>(s.c_out);
+            cudnn_check(cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, ci, static_cast<int>(s.h),
+                                                   static_cast<int>(s.w)),
+                        "x descriptor");
+            cudnn_check(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, co,
+                                                   static_cast<int>(s.out_h()), static_cast<int>(s.out_w())),
+                        "y descriptor");
+            cudnn_check(cudnnSetTensor4dDescriptor(b, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, co, 1, 1), "bias descriptor");
+            cudnn_check(cudnnSetFilter4dDescriptor(w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, co, ci,
+                                                   static_cast<int>(s.kh), static_cast<int>(s.kw)),
+                        "w descriptor");
+            const int pad = static_cast<int>(s.pad), stride = static_cast<int>(s.stride);
+            cudnn_check(cudnnSetConvolution2dDescriptor(conv, pad, pad, stride, stride, 1, 1, CUDNN_CROSS_CORRELATION,
+                                                        CUDNN_DATA_FLOAT),
+                        "conv descriptor");
+            cudnn_check(cudnnSetConvolutionMathType(conv, CUDNN_FMA_MATH), "conv math type");
+        }
+        ~Descs() {
+            cudnnDestroyConvolutionDescriptor(conv);
+            cudnnDestroyFilterDescriptor(w);
+            cudnnDestroyTensorDescriptor(b);
+            cudnnDestroyTensorDescriptor(y);
+            cudnnDestroyTensorDescriptor(x);
+        }
+        Descs(const Descs&) = delete;
+        Descs& operator=(const Descs&) = delete;
+    };
+    // The fastest algorithm cuDNN ranks as working and deterministic (so a
+    // tokenizer run repeats bit for bit), else its first working one.
+    template <typename Perf>
+    static const Perf& pick(const Perf* perf, int found) {
+        for (int i = 0; i < found; ++i)
+            if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].determinism == CUDNN_DETERMINISTIC) return perf[i];
+        for (int i = 0; i < found; ++i)
+            if (perf[i].status == CUDNN_STATUS_SUCCESS) return perf[i];
+        throw Error("cuDNN has no algorithm for this convolution", {}, "every candidate failed",
+                    "report the shape; use --backend onednn meanwhile");
+    }
+    cudnnHandle_t dnn_{};
+#endif
+
+    Pool pool_;
+    cudaStream_t stream_{};
+    cublasHandle_t blas_{};
+    float* workspace_ = nullptr;
+    size_t workspace_bytes_ = 0;
+};
+
+} // namespace
+
+std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<CudaBackend>(); }
+
+} // namespace magnets
