@@ -10,6 +10,7 @@
 //
 // All calls are asynchronous on one stream; download() and synchronize() wait.
 #include "core/backend_registry.h"
+#include "cuda/cuda_common.cuh"
 #include "magnets/error.h"
 #include "magnets_config.h"
 
@@ -28,11 +29,7 @@ namespace magnets {
 
 namespace {
 
-void cuda_check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess)
-        throw Error(std::string("CUDA error in ") + what, {}, cudaGetErrorString(e),
-                    "check the device (nvidia-smi) and that no other process holds its memory");
-}
+void cuda_check(cudaError_t e, const char* what) { cuda::check(e, what); }
 
 void cublas_check(cublasStatus_t s, const char* what) {
     if (s != CUBLAS_STATUS_SUCCESS)
@@ -211,6 +208,7 @@ public:
         cuda_check(cudaStreamSynchronize(stream_), "download");
     }
     void synchronize() override { cuda_check(cudaStreamSynchronize(stream_), "synchronize"); }
+    cudaStream_t stream() const { return stream_; }
 
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the
     // operands, keep the leading dimensions.
@@ -388,5 +386,23 @@ private:
 } // namespace
 
 std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<CudaBackend>(); }
+
+namespace cuda {
+
+cudaStream_t stream_of(Backend& be) {
+    auto* c = dynamic_cast<CudaBackend*>(&be);
+    if (!c)
+        throw Error("not a GPU backend", {}, std::string("the ") + be.name() + " backend's buffers are host memory",
+                    "make the backend with make_backend(\"cuda\")");
+    return c->stream();
+}
+
+void check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess)
+        throw Error(std::string("CUDA error in ") + what, {}, cudaGetErrorString(e),
+                    "check the device (nvidia-smi) and that no other process holds its memory");
+}
+
+} // namespace cuda
 
 } // namespace magnets

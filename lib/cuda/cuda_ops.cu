@@ -1,0 +1,607 @@
+// lib/cuda/cuda_ops.cu: the transformer's non-matmul operations on the GPU
+// (see cuda_ops.h). First versions, written for clarity and determinism: one
+// warp per row for row-wise ops, fixed-order two-stage column sums, attention
+// with one warp per query row. Fused flash-style attention and bf16 come next.
+#include "cuda/cuda_common.cuh"
+#include "cuda/cuda_ops.h"
+#include "magnets/error.h"
+
+#include <cmath>
+#include <vector>
+
+namespace magnets::cuda {
+
+namespace {
+
+constexpr int kWarp = 32;
+
+inline unsigned blocks_for(int64_t n, int per) { return static_cast<unsigned>((n + per - 1) / per); }
+
+__device__ inline float warp_sum(float v) {
+    for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ inline float warp_max(float v) {
+    for (int o = kWarp / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// A device scratch buffer from the backend's pool for the length of a call.
+struct Scratch {
+    Backend& be;
+    float* p;
+    Scratch(Backend& b, size_t floats) : be(b), p(b.alloc(floats)) {}
+    ~Scratch() { be.free(p); }
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+};
+
+// ---- layer norm ----------------------------------------------------------------------
+
+__global__ void ln_forward_kernel(const float* x, int64_t ldx, float* y, int64_t ldy, float* mean, float* rstd,
+                                  const float* g, const float* b, int64_t rows, int64_t n, float eps) {
+    const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+    const int lane = threadIdx.x % kWarp;
+    if (row >= rows) return;
+    const float* xi = x + row * ldx;
+    float s = 0;
+    for (int64_t j = lane; j < n; j += kWarp) s += xi[j];
+    const float m = warp_sum(s) / static_cast<float>(n);
+    float v = 0;
+    for (int64_t j = lane; j < n; j += kWarp) v += (xi[j] - m) * (xi[j] - m);
+    v = warp_sum(v);
+    const float r = static_cast<float>(1.0 / sqrt(static_cast<double>(v) / static_cast<double>(n) + eps));
+    float* yi = y + row * ldy;
+    for (int64_t j = lane; j < n; j += kWarp) yi[j] = (xi[j] - m) * r * g[j] + b[j];
+    if (lane == 0) {
+        mean[row] = m;
+        rstd[row] = r;
+    }
+}
+
+__global__ void ln_backward_dx_kernel(const float* x, int64_t ldx, const float* dy, int64_t lddy, const float* mean,
+                                      const float* rstd, const float* g, float* dx, int64_t lddx, int64_t rows,
+                                      int64_t n, bool accumulate) {
+    const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+    const int lane = threadIdx.x % kWarp;
+    if (row >= rows) return;
+    const float* xi = x + row * ldx;
+    const float* dyi = dy + row * lddy;
+    const float m = mean[row], r = rstd[row];
+    float s1 = 0, s2 = 0;
+    for (int64_t j = lane; j < n; j += kWarp) {
+        const float dxh = dyi[j] * g[j];
+        s1 += dxh;
+        s2 += dxh * ((xi[j] - m) * r);
+    }
+    const float a1 = warp_sum(s1) / static_cast<float>(n), a2 = warp_sum(s2) / static_cast<float>(n);
+    float* dxi = dx + row * lddx;
+    for (int64_t j = lane; j < n; j += kWarp) {
+        const float xh = (xi[j] - m) * r;
+        const float v = r * (dyi[j] * g[j] - a1 - xh * a2);
+        dxi[j] = accumulate ? dxi[j] + v : v;
+    }
+}
+
+// Column sums in two fixed-order stages: partial[c, j] = sum over the rows of
+// chunk c (in order), then out[j] += sum over c (in order). With xhat, the
+// summand is dy * (x - mean) * rstd (layer norm's dg), else dy.
+constexpr int kChunkRows = 256;
+
+__global__ void column_partials_kernel(const float* dy, int64_t lddy, const float* x, int64_t ldx, const float* mean,
+                                       const float* rstd, int64_t rows, int64_t n, float* partial) {
+    const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t c = blockIdx.y;
+    if (j >= n) return;
+    const int64_t r0 = c * kChunkRows, r1 = min(rows, r0 + kChunkRows);
+    float s = 0;
+    for (int64_t i = r0; i < r1; ++i) {
+        const float d = dy[i * lddy + j];
+        s += x ? d * ((x[i * ldx + j] - mean[i]) * rstd[i]) : d;
+    }
+    partial[c * n + j] = s;
+}
+
+__global__ void column_finish_kernel(const float* partial, int64_t chunks, int64_t n, float* out) {
+    const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    float s = 0;
+    for (int64_t c = 0; c < chunks; ++c) s += partial[c * n + j];
+    out[j] += s;
+}
+
+void column_sums(Backend& be, cudaStream_t st, const float* dy, int64_t lddy, const float* x, int64_t ldx,
+                 const float* mean, const float* rstd, int64_t rows, int64_t n, float* out) {
+    if (rows == 0 || n == 0) return;
+    const int64_t chunks = (rows + kChunkRows - 1) / kChunkRows;
+    Scratch part(be, static_cast<size_t>(chunks * n));
+    column_partials_kernel<<<dim3(blocks_for(n, 128), static_cast<unsigned>(chunks)), 128, 0, st>>>(
+        dy, lddy, x, ldx, mean, rstd, rows, n, part.p);
+    column_finish_kernel<<<blocks_for(n, 128), 128, 0, st>>>(part.p, chunks, n, out);
+    check(cudaGetLastError(), "column sums");
+}
+
+// ---- bias, GELU ------------------------------------------------------------------------
+
+__global__ void add_bias_kernel(float* y, int64_t ld, const float* b, int64_t rows, int64_t n) {
+    const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (t >= rows * n) return;
+    const int64_t i = t / n, j = t % n;
+    y[i * ld + j] += b[j];
+}
+
+__global__ void gelu_forward_kernel(const float* u, float* g, int64_t count) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < count) g[i] = 0.5f * u[i] * (1.0f + erff(u[i] * static_cast<float>(M_SQRT1_2)));
+}
+
+__global__ void gelu_backward_kernel(const float* u, const float* dg, float* du, int64_t count) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    const float k = static_cast<float>(0.5 * M_2_SQRTPI * M_SQRT1_2);
+    const float x = u[i];
+    const float cdf = 0.5f * (1.0f + erff(x * static_cast<float>(M_SQRT1_2)));
+    du[i] = dg[i] * (cdf + x * k * expf(-0.5f * x * x));
+}
+
+// ---- attention ----------------------------------------------------------------------------
+// One warp per (sequence, head, query row). Scores live in shared memory, one
+// row of `seq` floats per warp.
+constexpr int kRowsPerBlock = 4;
+
+__global__ void attention_forward_kernel(const float* q, const float* k, const float* v, int64_t ld, float* out,
+                                         float* probs, int64_t batch, int64_t seq, int64_t heads, int64_t hd,
+                                         float scale) {
+    extern __shared__ float sh[];
+    const int w = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+    const int64_t task = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + w; // ((b * heads + h) * seq + i)
+    if (task >= batch * heads * seq) return;
+    const int64_t i = task % seq, bh = task / seq, h = bh % heads, b = bh / heads;
+    const int64_t off = b * seq * ld + h * hd;
+    float* s = sh + w * seq;
+    const float* qi = q + off + i * ld;
+    float mx = -INFINITY;
+    for (int64_t j = lane; j < seq; j += kWarp) {
+        const float* kj = k + off + j * ld;
+        float d = 0;
+        for (int64_t c = 0; c < hd; ++c) d = fmaf(qi[c] * scale, kj[c], d);
+        s[j] = d;
+        mx = fmaxf(mx, d);
+    }
+    mx = warp_max(mx);
+    float sum = 0;
+    for (int64_t j = lane; j < seq; j += kWarp) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    const float inv = 1.0f / warp_sum(sum);
+    float* P = probs + bh * seq * seq + i * seq;
+    for (int64_t j = lane; j < seq; j += kWarp) {
+        s[j] *= inv;
+        P[j] = s[j];
+    }
+    __syncwarp();
+    for (int64_t c = lane; c < hd; c += kWarp) {
+        float acc = 0;
+        for (int64_t j = 0; j < seq; ++j) acc = fmaf(s[j], v[off + j * ld + c], acc);
+        out[off + i * ld + c] = acc;
+    }
+}
+
+// Row pass: dS_i = P_i * (dP_i - <P_i, dP_i>) * scale with dP_ij = dout_i . v_j
+// (kept in ds), and dQ_i = dS_i K.
+__global__ void attention_backward_rows_kernel(const float* k, const float* v, const float* probs, const float* dout,
+                                               int64_t ld, float* dq, float* ds, int64_t batch, int64_t seq,
+                                               int64_t heads, int64_t hd, float scale) {
+    const int w = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+    const int64_t task = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + w;
+    if (task >= batch * heads * seq) return;
+    const int64_t i = task % seq, bh = task / seq, h = bh % heads, b = bh / heads;
+    const int64_t off = b * seq * ld + h * hd;
+    const float* P = probs + bh * seq * seq + i * seq;
+    float* D = ds + bh * seq * seq + i * seq;
+    const float* doi = dout + off + i * ld;
+    float dot = 0;
+    for (int64_t j = lane; j < seq; j += kWarp) {
+        const float* vj = v + off + j * ld;
+        float d = 0;
+        for (int64_t c = 0; c < hd; ++c) d = fmaf(doi[c], vj[c], d);
+        D[j] = d;
+        dot += P[j] * d;
+    }
+    dot = warp_sum(dot);
+    for (int64_t j = lane; j < seq; j += kWarp) D[j] = P[j] * (D[j] - dot) * scale;
+    __syncwarp();
+    for (int64_t c = lane; c < hd; c += kWarp) {
+        float acc = 0;
+        for (int64_t j = 0; j < seq; ++j) acc = fmaf(D[j], k[off + j * ld + c], acc);
+        dq[off + i * ld + c] = acc;
+    }
+}
+
+// Column pass: dK_j = sum_i dS_ij q_i, dV_j = sum_i P_ij dout_i.
+__global__ void attention_backward_cols_kernel(const float* q, const float* probs, const float* dout, const float* ds,
+                                               int64_t ld, float* dk, float* dv, int64_t batch, int64_t seq,
+                                               int64_t heads, int64_t hd) {
+    const int w = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+    const int64_t task = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + w;
+    if (task >= batch * heads * seq) return;
+    const int64_t j = task % seq, bh = task / seq, h = bh % heads, b = bh / heads;
+    const int64_t off = b * seq * ld + h * hd;
+    const float* P = probs + bh * seq * seq;
+    const float* D = ds + bh * seq * seq;
+    for (int64_t c = lane; c < hd; c += kWarp) {
+        float ak = 0, av = 0;
+        for (int64_t i = 0; i < seq; ++i) {
+            ak = fmaf(D[i * seq + j], q[off + i * ld + c], ak);
+            av = fmaf(P[i * seq + j], dout[off + i * ld + c], av);
+        }
+        dk[off + j * ld + c] = ak;
+        dv[off + j * ld + c] = av;
+    }
+}
+
+// ---- loss ----------------------------------------------------------------------------------
+// One block of 256 threads per row.
+constexpr int kLossThreads = 256;
+
+__device__ inline void block_reduce2(float& a, float& b, float* sh) {
+    a = warp_sum(a);
+    b = warp_sum(b);
+    const int w = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+    __syncthreads();
+    if (lane == 0) {
+        sh[w] = a;
+        sh[kLossThreads / kWarp + w] = b;
+    }
+    __syncthreads();
+    a = 0;
+    b = 0;
+    for (int i = 0; i < kLossThreads / kWarp; ++i) {
+        a += sh[i];
+        b += sh[kLossThreads / kWarp + i];
+    }
+}
+
+// First index of the maximum of x[0, n): (value, index) reduced with the smaller
+// index winning ties, as the CPU's scan.
+__device__ inline void block_argmax(const float* x, int64_t n, float* sh, float& best, int64_t& arg) {
+    float bv = -INFINITY;
+    int64_t bi = n;
+    for (int64_t j = threadIdx.x; j < n; j += kLossThreads)
+        if (x[j] > bv || (x[j] == bv && j < bi)) {
+            bv = x[j];
+            bi = j;
+        }
+    for (int o = kWarp / 2; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    __shared__ int64_t shi[kLossThreads / kWarp];
+    const int w = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+    __syncthreads();
+    if (lane == 0) {
+        sh[w] = bv;
+        shi[w] = bi;
+    }
+    __syncthreads();
+    best = sh[0];
+    arg = shi[0];
+    for (int i = 1; i < kLossThreads / kWarp; ++i)
+        if (sh[i] > best || (sh[i] == best && shi[i] < arg)) {
+            best = sh[i];
+            arg = shi[i];
+        }
+    __syncthreads();
+}
+
+__global__ void masked_loss_kernel(const float* logits, int64_t ld, const float* teacher, int64_t ld_t,
+                                   const int32_t* targets, const uint8_t* mask, int64_t K, float eps, float alpha,
+                                   float scale, float* dlogits, int64_t ld_d, double* row_loss, double* row_ce,
+                                   int32_t* row_ok) {
+    __shared__ float sh[2 * kLossThreads / kWarp];
+    const int64_t i = blockIdx.x;
+    float* di = dlogits ? dlogits + i * ld_d : nullptr;
+    if (!mask[i]) {
+        if (di)
+            for (int64_t j = threadIdx.x; j < K; j += kLossThreads) di[j] = 0;
+        if (threadIdx.x == 0) {
+            row_loss[i] = 0;
+            row_ce[i] = 0;
+            row_ok[i] = 0;
+        }
+        return;
+    }
+    const float* li = logits + i * ld;
+    const int32_t y = targets[i];
+    float mx;
+    int64_t arg;
+    block_argmax(li, K, sh, mx, arg);
+    float sum = 0, sum_l = 0;
+    for (int64_t j = threadIdx.x; j < K; j += kLossThreads) {
+        sum += expf(li[j] - mx);
+        sum_l += li[j] - mx;
+    }
+    block_reduce2(sum, sum_l, sh);
+    const double lse = log(static_cast<double>(sum));
+    const double logq_y = static_cast<double>(li[y] - mx) - lse;
+    const double mean_logq = static_cast<double>(sum_l) / static_cast<double>(K) - lse;
+    double loss = alpha * (-(1.0 - eps) * logq_y - eps * mean_logq);
+    float tm = 0, ts = 0;
+    const float* ti = teacher ? teacher + i * ld_t : nullptr;
+    if (alpha < 1.0f) {
+        int64_t targ;
+        block_argmax(ti, K, sh, tm, targ);
+        float h_part = 0, unused = 0;
+        for (int64_t j = threadIdx.x; j < K; j += kLossThreads) ts += expf(ti[j] - tm);
+        block_reduce2(ts, unused, sh);
+        const float inv_t = 1.0f / ts;
+        for (int64_t j = threadIdx.x; j < K; j += kLossThreads)
+            h_part -= (expf(ti[j] - tm) * inv_t) * static_cast<float>(static_cast<double>(li[j] - mx) - lse);
+        unused = 0;
+        block_reduce2(h_part, unused, sh);
+        loss += (1.0 - alpha) * h_part;
+    }
+    if (threadIdx.x == 0) {
+        row_loss[i] = loss;
+        row_ce[i] = -logq_y;
+        row_ok[i] = arg == y ? 1 : 0;
+    }
+    if (di) {
+        const float inv = static_cast<float>(1.0 / static_cast<double>(sum));
+        const float on = (1.0f - eps) * alpha, off = eps / static_cast<float>(K) * alpha;
+        const float inv_t = alpha < 1.0f ? 1.0f / ts : 0.0f;
+        for (int64_t j = threadIdx.x; j < K; j += kLossThreads) {
+            float target = off;
+            if (alpha < 1.0f) target += (1.0f - alpha) * (expf(ti[j] - tm) * inv_t);
+            float d = (expf(li[j] - mx) * inv - target) * scale;
+            if (j == y) d -= on * scale;
+            di[j] = d;
+        }
+    }
+}
+
+__global__ void count_mask_kernel(const uint8_t* mask, int64_t rows, int32_t* count) {
+    __shared__ int32_t part[256];
+    int32_t c = 0;
+    for (int64_t i = threadIdx.x; i < rows; i += 256) c += mask[i] ? 1 : 0;
+    part[threadIdx.x] = c;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int32_t s = 0;
+        for (int t = 0; t < 256; ++t) s += part[t];
+        *count = s;
+    }
+}
+
+// ---- embeddings, optimizer -------------------------------------------------------------------
+
+__global__ void embedding_forward_kernel(const int32_t* ids, const float* tok, const float* pos, float* x, int64_t R,
+                                         int64_t S, int64_t r, int64_t D) {
+    const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (t >= R * r) return;
+    const int64_t i = t / r, j = t % r;
+    x[i * r + j] = tok[static_cast<int64_t>(ids[i]) * D + j] + pos[(i % S) * D + j];
+}
+
+__global__ void embedding_tok_backward_kernel(const float* dx, const int32_t* rows_by_id, const int32_t* id_start,
+                                              float* tok_grad, int64_t V, int64_t r, int64_t D) {
+    const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (t >= V * r) return;
+    const int64_t id = t / r, j = t % r;
+    float s = 0;
+    for (int32_t e = id_start[id]; e < id_start[id + 1]; ++e) s += dx[static_cast<int64_t>(rows_by_id[e]) * r + j];
+    if (id_start[id + 1] > id_start[id]) tok_grad[id * D + j] += s;
+}
+
+__global__ void embedding_pos_backward_kernel(const float* dx, float* pos_grad, int64_t R, int64_t S, int64_t r,
+                                              int64_t D) {
+    const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (t >= S * r) return;
+    const int64_t s = t / r, j = t % r;
+    float acc = 0;
+    for (int64_t i = s; i < R; i += S) acc += dx[i * r + j];
+    pos_grad[s * D + j] += acc;
+}
+
+__global__ void square_partials_kernel(const float* g, int64_t n, double* partial) {
+    __shared__ double sh[256];
+    double s = 0;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * 256)
+        s += static_cast<double>(g[i]) * g[i];
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int o = 128; o > 0; o >>= 1) {
+        if (threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = sh[0];
+}
+
+__global__ void adamw_kernel(float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
+                             float step_size, float inv_sqrt_bc2, float eps, float wd) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float gi = g[i] * clip;
+    m[i] = b1 * m[i] + (1.0f - b1) * gi;
+    v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+    float wi = w[i];
+    wi -= wd * wi;
+    wi -= step_size * m[i] / (sqrtf(v[i]) * inv_sqrt_bc2 + eps);
+    w[i] = wi;
+}
+
+} // namespace
+
+// ---- entry points -------------------------------------------------------------------------------
+
+void layernorm_forward(Backend& be, const float* x, int64_t ldx, float* y, int64_t ldy, float* mean, float* rstd,
+                       const float* g, const float* b, int64_t rows, int64_t n, float eps) {
+    if (rows == 0) return;
+    ln_forward_kernel<<<blocks_for(rows, 8), 8 * kWarp, 0, stream_of(be)>>>(x, ldx, y, ldy, mean, rstd, g, b, rows, n,
+                                                                           eps);
+    check(cudaGetLastError(), "layernorm_forward");
+}
+
+void layernorm_backward(Backend& be, const float* x, int64_t ldx, const float* dy, int64_t lddy, const float* mean,
+                        const float* rstd, const float* g, float* dx, int64_t lddx, float* dg, float* db, int64_t rows,
+                        int64_t n, bool accumulate) {
+    if (rows == 0) return;
+    cudaStream_t st = stream_of(be);
+    ln_backward_dx_kernel<<<blocks_for(rows, 8), 8 * kWarp, 0, st>>>(x, ldx, dy, lddy, mean, rstd, g, dx, lddx, rows, n,
+                                                                     accumulate);
+    check(cudaGetLastError(), "layernorm_backward");
+    column_sums(be, st, dy, lddy, x, ldx, mean, rstd, rows, n, dg);
+    column_sums(be, st, dy, lddy, nullptr, 0, nullptr, nullptr, rows, n, db);
+}
+
+void add_bias(Backend& be, float* y, int64_t ld, const float* b, int64_t rows, int64_t n) {
+    if (rows * n == 0) return;
+    add_bias_kernel<<<blocks_for(rows * n, 256), 256, 0, stream_of(be)>>>(y, ld, b, rows, n);
+    check(cudaGetLastError(), "add_bias");
+}
+
+void bias_backward(Backend& be, const float* dy, int64_t ld, float* db, int64_t rows, int64_t n) {
+    column_sums(be, stream_of(be), dy, ld, nullptr, 0, nullptr, nullptr, rows, n, db);
+}
+
+void gelu_forward(Backend& be, const float* u, float* g, int64_t count) {
+    if (count == 0) return;
+    gelu_forward_kernel<<<blocks_for(count, 256), 256, 0, stream_of(be)>>>(u, g, count);
+    check(cudaGetLastError(), "gelu_forward");
+}
+
+void gelu_backward(Backend& be, const float* u, const float* dg, float* du, int64_t count) {
+    if (count == 0) return;
+    gelu_backward_kernel<<<blocks_for(count, 256), 256, 0, stream_of(be)>>>(u, dg, du, count);
+    check(cudaGetLastError(), "gelu_backward");
+}
+
+void attention_forward(Backend& be, const float* q, const float* k, const float* v, int64_t ld, float* out,
+                       float* probs, int64_t batch, int64_t seq, int64_t heads, int64_t hd) {
+    const int64_t tasks = batch * heads * seq;
+    if (tasks == 0) return;
+    const size_t shared = sizeof(float) * static_cast<size_t>(kRowsPerBlock * seq);
+    if (shared > 48 * 1024)
+        throw Error("attention: sequence too long for the GPU kernel", {}, std::to_string(seq) + " positions",
+                    "at most 3072 positions per sequence");
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+    attention_forward_kernel<<<blocks_for(tasks, kRowsPerBlock), kRowsPerBlock * kWarp, shared, stream_of(be)>>>(
+        q, k, v, ld, out, probs, batch, seq, heads, hd, scale);
+    check(cudaGetLastError(), "attention_forward");
+}
+
+void attention_backward(Backend& be, const float* q, const float* k, const float* v, const float* probs,
+                        const float* dout, int64_t ld, float* dq, float* dk, float* dv, int64_t batch, int64_t seq,
+                        int64_t heads, int64_t hd) {
+    const int64_t tasks = batch * heads * seq;
+    if (tasks == 0) return;
+    cudaStream_t st = stream_of(be);
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+    Scratch ds(be, static_cast<size_t>(batch * heads * seq * seq));
+    attention_backward_rows_kernel<<<blocks_for(tasks, kRowsPerBlock), kRowsPerBlock * kWarp, 0, st>>>(
+        k, v, probs, dout, ld, dq, ds.p, batch, seq, heads, hd, scale);
+    attention_backward_cols_kernel<<<blocks_for(tasks, kRowsPerBlock), kRowsPerBlock * kWarp, 0, st>>>(
+        q, probs, dout, ds.p, ld, dk, dv, batch, seq, heads, hd);
+    check(cudaGetLastError(), "attention_backward");
+}
+
+LossSums masked_loss(Backend& be, const float* logits, int64_t ld, const float* teacher, int64_t ld_teacher,
+                     const int32_t* targets, const uint8_t* mask, int64_t rows, int64_t n_classes, double eps,
+                     double alpha, double weight, float* dlogits, int64_t ld_d) {
+    LossSums out;
+    if (rows == 0) return out;
+    if (alpha < 1.0 && !teacher)
+        throw Error("distillation", {}, "a teacher is needed when alpha < 1", "pass the next-larger model's logits");
+    cudaStream_t st = stream_of(be);
+    // Per-row results: loss, ce (double) and correct (int32), in one scratch block.
+    const size_t doubles = static_cast<size_t>(2 * rows), ints = static_cast<size_t>(rows + 1);
+    Scratch buf(be, 2 * doubles + ints);
+    double* row_loss = reinterpret_cast<double*>(buf.p);
+    double* row_ce = row_loss + rows;
+    int32_t* row_ok = reinterpret_cast<int32_t*>(row_ce + rows);
+    int32_t* count = row_ok + rows;
+    count_mask_kernel<<<1, 256, 0, st>>>(mask, rows, count);
+    int32_t masked = 0;
+    check(cudaMemcpyAsync(&masked, count, sizeof masked, cudaMemcpyDeviceToHost, st), "masked_loss");
+    check(cudaStreamSynchronize(st), "masked_loss");
+    out.masked = masked;
+    const float scale = masked ? static_cast<float>(weight / static_cast<double>(masked)) : 0.0f;
+    masked_loss_kernel<<<static_cast<unsigned>(rows), kLossThreads, 0, st>>>(
+        logits, ld, teacher, ld_teacher, targets, mask, n_classes, static_cast<float>(eps), static_cast<float>(alpha),
+        scale, dlogits, ld_d, row_loss, row_ce, row_ok);
+    check(cudaGetLastError(), "masked_loss");
+    if (masked == 0) return out;
+    std::vector<double> l(static_cast<size_t>(rows)), c(static_cast<size_t>(rows));
+    std::vector<int32_t> ok(static_cast<size_t>(rows));
+    check(cudaMemcpyAsync(l.data(), row_loss, sizeof(double) * l.size(), cudaMemcpyDeviceToHost, st), "masked_loss");
+    check(cudaMemcpyAsync(c.data(), row_ce, sizeof(double) * c.size(), cudaMemcpyDeviceToHost, st), "masked_loss");
+    check(cudaMemcpyAsync(ok.data(), row_ok, sizeof(int32_t) * ok.size(), cudaMemcpyDeviceToHost, st), "masked_loss");
+    check(cudaStreamSynchronize(st), "masked_loss");
+    for (int64_t i = 0; i < rows; ++i) { // the CPU's order
+        out.loss += l[static_cast<size_t>(i)];
+        out.ce += c[static_cast<size_t>(i)];
+        out.correct += ok[static_cast<size_t>(i)];
+    }
+    out.loss /= static_cast<double>(masked);
+    out.ce /= static_cast<double>(masked);
+    return out;
+}
+
+void embedding_forward(Backend& be, const int32_t* ids, const float* tok_emb, const float* pos_emb, float* x,
+                       int64_t R, int64_t S, int64_t r, int64_t D) {
+    if (R * r == 0) return;
+    embedding_forward_kernel<<<blocks_for(R * r, 256), 256, 0, stream_of(be)>>>(ids, tok_emb, pos_emb, x, R, S, r, D);
+    check(cudaGetLastError(), "embedding_forward");
+}
+
+void embedding_backward(Backend& be, const float* dx, const int32_t* rows_by_id, const int32_t* id_start,
+                        float* tok_grad, float* pos_grad, int64_t R, int64_t S, int64_t V, int64_t r, int64_t D) {
+    if (R * r == 0) return;
+    cudaStream_t st = stream_of(be);
+    embedding_tok_backward_kernel<<<blocks_for(V * r, 256), 256, 0, st>>>(dx, rows_by_id, id_start, tok_grad, V, r, D);
+    embedding_pos_backward_kernel<<<blocks_for(S * r, 256), 256, 0, st>>>(dx, pos_grad, R, S, r, D);
+    check(cudaGetLastError(), "embedding_backward");
+}
+
+void embedding_index(const int32_t* ids, int64_t R, int64_t V, int32_t* rows_by_id, int32_t* id_start) {
+    for (int64_t v = 0; v <= V; ++v) id_start[v] = 0;
+    for (int64_t i = 0; i < R; ++i) {
+        if (ids[i] < 0 || ids[i] >= V)
+            throw Error("token id out of range", {}, "id " + std::to_string(ids[i]) + " (vocabulary " + std::to_string(V) + ")",
+                        "the tokens do not fit this model");
+        ++id_start[ids[i] + 1];
+    }
+    for (int64_t v = 0; v < V; ++v) id_start[v + 1] += id_start[v];
+    std::vector<int32_t> fill(id_start, id_start + V);
+    for (int64_t i = 0; i < R; ++i) rows_by_id[fill[static_cast<size_t>(ids[i])]++] = static_cast<int32_t>(i);
+}
+
+double sum_squares(Backend& be, const float* g, int64_t n) {
+    if (n == 0) return 0.0;
+    cudaStream_t st = stream_of(be);
+    const int blocks = static_cast<int>(std::min<int64_t>(256, (n + 255) / 256));
+    Scratch part(be, static_cast<size_t>(2 * blocks));
+    double* p = reinterpret_cast<double*>(part.p);
+    square_partials_kernel<<<blocks, 256, 0, st>>>(g, n, p);
+    std::vector<double> h(static_cast<size_t>(blocks));
+    check(cudaMemcpyAsync(h.data(), p, sizeof(double) * h.size(), cudaMemcpyDeviceToHost, st), "sum_squares");
+    check(cudaStreamSynchronize(st), "sum_squares");
+    double s = 0;
+    for (double x : h) s += x;
+    return s;
+}
+
+void adamw_update(Backend& be, float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
+                  float step_size, float inv_sqrt_bc2, float eps, float wd) {
+    if (n == 0) return;
+    adamw_kernel<<<blocks_for(n, 256), 256, 0, stream_of(be)>>>(w, g, m, v, n, clip, b1, b2, step_size, inv_sqrt_bc2,
+                                                                eps, wd);
+    check(cudaGetLastError(), "adamw_update");
+}
+
+} // namespace magnets::cuda

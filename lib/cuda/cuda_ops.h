@@ -1,0 +1,75 @@
+// lib/cuda/cuda_ops.h (private): the nested transformer's non-matmul operations
+// on the GPU, one function per operation of lib/nn/transformer_ops.h (same
+// arguments, same meaning), plus AdamW and the embeddings. Plain C++: callers
+// and tests need no CUDA headers.
+//
+// Every pointer is device memory from the cuda backend's alloc() (int32 and
+// uint8 arrays too: allocate count * sizeof / sizeof(float) floats). Work runs
+// on the backend's stream; results are ready after be.synchronize() or a
+// download. Reductions (column sums, the loss) add in a fixed order, so a run
+// repeats bit for bit; they are not the CPU's order, so GPU and CPU agree to
+// f32 round-off (tests/test_cuda_ops.cpp measures it).
+#pragma once
+#include "magnets/backend.h"
+
+#include <cstdint>
+
+namespace magnets::cuda {
+
+// y = (x - mean) * rstd * g + b per row of width n; saves mean and rstd per row.
+void layernorm_forward(Backend& be, const float* x, int64_t ldx, float* y, int64_t ldy, float* mean, float* rstd,
+                       const float* g, const float* b, int64_t rows, int64_t n, float eps = 1e-5f);
+// dx (+)= layer-norm backward of dy; dg, db += column sums.
+void layernorm_backward(Backend& be, const float* x, int64_t ldx, const float* dy, int64_t lddy, const float* mean,
+                        const float* rstd, const float* g, float* dx, int64_t lddx, float* dg, float* db, int64_t rows,
+                        int64_t n, bool accumulate);
+
+void add_bias(Backend& be, float* y, int64_t ld, const float* b, int64_t rows, int64_t n);
+// db += column sums of dy.
+void bias_backward(Backend& be, const float* dy, int64_t ld, float* db, int64_t rows, int64_t n);
+
+// Exact (erf) GELU; du may alias dg.
+void gelu_forward(Backend& be, const float* u, float* g, int64_t count);
+void gelu_backward(Backend& be, const float* u, const float* dg, float* du, int64_t count);
+
+// Bidirectional attention as nn::ops::attention_forward: q, k, v, out [batch *
+// seq, heads * hd] with leading dimension ld; probs [batch, heads, seq, seq].
+void attention_forward(Backend& be, const float* q, const float* k, const float* v, int64_t ld, float* out,
+                       float* probs, int64_t batch, int64_t seq, int64_t heads, int64_t hd);
+// dq, dk, dv (overwritten) from dout, given the forward's q, k, v and probs.
+void attention_backward(Backend& be, const float* q, const float* k, const float* v, const float* probs,
+                        const float* dout, int64_t ld, float* dq, float* dk, float* dv, int64_t batch, int64_t seq,
+                        int64_t heads, int64_t hd);
+
+// As nn::ops::masked_loss: per-row alpha * CE_smooth + (1 - alpha) * H(teacher)
+// on rows with mask != 0 (targets int32, mask uint8, both device memory);
+// dlogits may be null. The sums come back to the host.
+struct LossSums {
+    double loss = 0, ce = 0;
+    int64_t correct = 0, masked = 0;
+};
+LossSums masked_loss(Backend& be, const float* logits, int64_t ld, const float* teacher, int64_t ld_teacher,
+                     const int32_t* targets, const uint8_t* mask, int64_t rows, int64_t n_classes, double eps,
+                     double alpha, double weight, float* dlogits, int64_t ld_d);
+
+// x [R, r] (leading dimension r) = tok_emb[ids[i], :r] + pos_emb[i % S, :r];
+// embedding tables have row length D.
+void embedding_forward(Backend& be, const int32_t* ids, const float* tok_emb, const float* pos_emb, float* x,
+                       int64_t R, int64_t S, int64_t r, int64_t D);
+// tok_grad[v, :r] += sum of dx rows whose id is v; pos_grad[s, :r] += sum over
+// sequences. rows_by_id (device, R entries) lists the rows grouped by id in
+// increasing row order, id_start (device, V + 1 entries) where each id's group
+// starts: the host builds both from the ids it already has (embedding_index).
+void embedding_backward(Backend& be, const float* dx, const int32_t* rows_by_id, const int32_t* id_start,
+                        float* tok_grad, float* pos_grad, int64_t R, int64_t S, int64_t V, int64_t r, int64_t D);
+// Host helper for embedding_backward: rows_by_id [R] and id_start [V + 1].
+void embedding_index(const int32_t* ids, int64_t R, int64_t V, int32_t* rows_by_id, int32_t* id_start);
+
+// Sum of squares of g[0, n) in double (for the global gradient norm).
+double sum_squares(Backend& be, const float* g, int64_t n);
+// One AdamW update of n parameters, as nn::Adam::step (clip already folded
+// into `clip`; step_size = lr / bc1; wd = lr * weight_decay or 0).
+void adamw_update(Backend& be, float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
+                  float step_size, float inv_sqrt_bc2, float eps, float wd);
+
+} // namespace magnets::cuda
