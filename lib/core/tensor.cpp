@@ -20,6 +20,21 @@ Tensor::Tensor(std::vector<int64_t> shape) : shape_(std::move(shape)) {
     int64_t n = numel();
     storage_ = std::shared_ptr<float[]>(new float[static_cast<size_t>(std::max<int64_t>(n, 1))]());
     ptr_ = storage_.get();
+    capacity_ = std::max<int64_t>(n, 1);
+}
+
+void Tensor::resize(const std::vector<int64_t>& shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) {
+        check(d >= 0, "tensor shape", "negative dimension");
+        n *= d;
+    }
+    if (ptr_ && storage_ && storage_.use_count() == 1 && ptr_ == storage_.get() && n <= capacity_) {
+        shape_ = shape;
+        strides_ = contiguous_strides(shape_);
+        return;
+    }
+    *this = Tensor(shape);
 }
 
 int64_t Tensor::numel() const {

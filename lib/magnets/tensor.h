@@ -57,6 +57,11 @@ public:
     Tensor reshape(const std::vector<int64_t>& shape) const;
     // Deep copy into a new contiguous tensor.
     Tensor clone() const;
+    // Becomes a contiguous tensor of `shape`, reusing its storage when that is
+    // large enough and not shared with another tensor (contents then left as
+    // they are, not zeroed); else new zero-filled storage. For scratch buffers
+    // that a training loop refills every step: no allocation after the first.
+    void resize(const std::vector<int64_t>& shape);
     // 2-D view: rank 2 with unit column stride, or contiguous rank >= 1
     // flattened to [numel / last, last].
     Mat mat();
@@ -71,6 +76,7 @@ public:
 private:
     std::shared_ptr<float[]> storage_;
     float* ptr_ = nullptr;
+    int64_t capacity_ = 0; // elements of storage_ from ptr_ on
     std::vector<int64_t> shape_, strides_;
 };
 

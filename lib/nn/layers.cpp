@@ -9,7 +9,7 @@
 namespace magnets::nn {
 
 void ensure(Tensor& t, const std::vector<int64_t>& shape) {
-    if (t.shape() != shape || !t.data()) t = Tensor(shape);
+    if (t.shape() != shape || !t.data()) t.resize(shape);
 }
 
 Conv2d::Conv2d(std::string n, int64_t ci, int64_t co, int64_t kk, int64_t s, int64_t p)
@@ -164,7 +164,8 @@ void ResBlock::forward(Backend& be, const Tensor& x, Tensor& y) {
 }
 
 void ResBlock::backward(Backend& be, const Tensor& dy, Tensor& dx) {
-    Tensor d3, d1;
+    Tensor& d3 = scratch3;
+    Tensor& d1 = scratch1;
     conv_b.backward(be, t3, dy, &d3);
     relu_backward(t3, d3, d3);
     conv_a.backward(be, t1, d3, &d1);

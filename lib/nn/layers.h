@@ -58,6 +58,7 @@ struct ResBlock {
     Conv2d conv_a, conv_b;
     // Saved activations of the last forward (for backward).
     Tensor in, t1, t2, t3, t4;
+    Tensor scratch3, scratch1; // backward gradients, kept so steps do not reallocate
     ResBlock() = default;
     ResBlock(const std::string& name, int64_t channels);
     void forward(Backend& be, const Tensor& x, Tensor& y);

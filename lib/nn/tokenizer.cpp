@@ -166,9 +166,9 @@ void Tokenizer::Impl::decoder_forward(const Tensor& zq) {
 
 void Tokenizer::Impl::decoder_backward(const Tensor& d_xhat, Tensor& dzq) {
     Backend& b = *be;
-    Tensor g, g2, d_s2d;
+    Tensor &g = bw_g, &g2 = bw_g2, &d_s2d = bw_s2d;
     const Tensor* last = dec_up.empty() ? &d_res_r : &d_up_r.back();
-    Tensor d_tail;
+    Tensor& d_tail = bw_tail;
     dec_tail.backward(b, tail_r, d_xhat, &d_tail);
     nn::relu_backward(tail_r, d_tail, d_tail);
     nn::pixel_unshuffle2(d_tail, d_s2d);
@@ -189,7 +189,7 @@ void Tokenizer::Impl::decoder_backward(const Tensor& d_xhat, Tensor& dzq) {
 
 void Tokenizer::Impl::encoder_backward(const Tensor& dze) {
     Backend& b = *be;
-    Tensor g, g2;
+    Tensor &g = bw_g, &g2 = bw_g2;
     enc_out.backward(b, e_res_r, dze, &g);
     nn::relu_backward(e_res_r, g, g);
     for (size_t j = enc_res.size(); j-- > 0;) {
@@ -302,13 +302,14 @@ Tokenizer::StepLosses Tokenizer::forward_backward(const float* images, int64_t n
     m.decoder_forward(m.z_q);
 
     StepLosses out;
-    Tensor d_xhat, dzq;
+    Tensor &d_xhat = m.bw_dxhat, &dzq = m.bw_dzq;
     out.recon = cfg.recon_loss == ReconLoss::l2 ? nn::mse_loss(m.x_hat, m.x, &d_xhat) : nn::l1_loss(m.x_hat, m.x, &d_xhat);
     m.decoder_backward(d_xhat, dzq);
 
     // Commitment: beta * mean((z_e - sg(z_q))^2); straight-through adds dzq to dz_e.
     const int64_t numel = m.z_e.numel();
-    Tensor dze(m.z_e.shape());
+    Tensor& dze = m.bw_dze;
+    nn::ensure(dze, m.z_e.shape());
     double commit = 0.0;
     {
         const float* ze = m.z_e.data();

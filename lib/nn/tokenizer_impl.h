@@ -42,6 +42,8 @@ struct Tokenizer::Impl {
     Tensor d_res_r;
     std::vector<Tensor> d_up_in, d_up, d_up_r;  // upsampled input, conv out, relu
     Tensor out_s2d, tail_in, tail_r, x_hat;     // [n, 4T, S/2, S/2], shuffled [n, T, S, S], ReLU, output [n, C, S, S]
+    // Backward scratch, kept between steps so training allocates only once.
+    Tensor bw_g, bw_g2, bw_s2d, bw_tail, bw_dxhat, bw_dzq, bw_dze;
 
     Impl(const TokenizerConfig& c, std::shared_ptr<Backend> b);
     // Every learnable parameter and its gradient, in a stable order.
