@@ -41,8 +41,12 @@ run() {
     local passed=0 failed=0
     for t in "${tests[@]}"; do
         echo "== $t"
-        if "$bundle/$t" --duration=true 2>&1 | tail -25; then :; fi
-        if "$bundle/$t" >/dev/null 2>&1; then passed=$((passed + 1)); echo "ok - $t"; else failed=$((failed + 1)); echo "not ok - $t"; fi
+        local log="${OUT:-/tmp}/$t.log"
+        if "$bundle/$t" --duration=true >"$log" 2>&1; then
+            passed=$((passed + 1)); tail -4 "$log"; echo "ok - $t"
+        else
+            failed=$((failed + 1)); tail -60 "$log"; echo "not ok - $t"
+        fi
     done
     echo "$passed passed, $failed failed"
     ((failed == 0))
