@@ -15,6 +15,7 @@
 #include "magnets/error.h"
 #include "magnets/formats.h"
 #include "magnets/image.h"
+#include "magnets/inception.h"
 #include "magnets/log.h"
 #include "magnets/metrics.h"
 #include "magnets/plot.h"
@@ -52,7 +53,12 @@ const std::vector<OptionSpec> train_classifier_options = {
 };
 
 const std::vector<OptionSpec> metrics_options = {
-    {"classifier", ArgKind::text, "FILE", "feature network (magnets-eval train-classifier; data/ ships one)", nullptr, true},
+    {"classifier", ArgKind::text, "FILE", "feature network (magnets-eval train-classifier; data/ ships one)"},
+    {"inception", ArgKind::text, "FILE", "standard FID instead: Inception-v3 pool3 features from a magnets-inception "
+                                         "file (scripts/convert_inception.py); no IS or class accuracy"},
+    {"image-size", ArgKind::integer, "N", "with --inception: side the sets are loaded at (default: the tokenizer's, "
+                                          "else 32); Inception resizes to 299"},
+    {"channels", ArgKind::integer, "N", "with --inception: 1 or 3 (default: the tokenizer's, else 1)"},
     {"real", ArgKind::text, "SPEC", "reference set: fashion-mnist[:train|:test], an image folder, or a token file "
                                     "(with --tokenizer)", "fashion-mnist:test"},
     {"generated", ArgKind::texts, "SPEC", "generated set: token files (repeat to pool them) or a PNG folder", nullptr, true},
@@ -69,7 +75,8 @@ const std::vector<OptionSpec> metrics_options = {
 };
 
 const std::vector<OptionSpec> sweep_options = {
-    {"classifier", ArgKind::text, "FILE", "feature network (data/fmnist_classifier.h5)", nullptr, true},
+    {"classifier", ArgKind::text, "FILE", "feature network (data/fmnist_classifier.h5)"},
+    {"inception", ArgKind::text, "FILE", "standard FID instead: Inception-v3 pool3 features (no IS or class accuracy)"},
     {"model", ArgKind::texts, "FILE", "transformer checkpoint(s) to compare (repeat)", nullptr, true},
     {"tokenizer", ArgKind::text, "FILE", "tokenizer that decodes the samples", nullptr, true},
     {"real", ArgKind::text, "SPEC", "reference set", "fashion-mnist:test"},
@@ -86,6 +93,49 @@ const std::vector<OptionSpec> sweep_options = {
     {"kid-subsets", ArgKind::integer, "N", "KID subsets", "20"},
     {"kid-subset-size", ArgKind::integer, "N", "KID subset size", "1000"},
 };
+
+// ---- the feature network ------------------------------------------------------------
+// The project's classifier (features, class probabilities, class names) or
+// Inception-v3 (pool3 features only, the standard FID). `cc` carries the
+// resolution the sets are loaded at and, for the classifier, its classes.
+struct FeatureNet {
+    std::unique_ptr<magnets::Classifier> cls;
+    std::unique_ptr<magnets::InceptionV3> inc;
+    magnets::ClassifierConfig cc;
+
+    int64_t dim() const { return cls ? cls->feature_dim() : magnets::InceptionV3::feature_dim; }
+    int64_t classes() const { return cls ? cls->num_classes() : 0; }
+    std::string hash() const { return cls ? cls->hash() : inc->hash(); }
+    // "magnets-classifier 312d... (fashion-mnist)" or "Inception-v3 pool3 (FID) 1a2b...".
+    std::string describe() const {
+        return cls ? "magnets-classifier " + hash() + " (" + cc.dataset + ")" : "Inception-v3 pool3 (FID) " + hash();
+    }
+    std::string fid_label() const { return cls ? "FID (classifier features)" : "FID (Inception pool3)"; }
+    // images [n, c, s, s] at cc's resolution -> feats [n, dim], probs [n, classes] (may be null).
+    void features(const float* images, int64_t n, float* feats, float* probs) {
+        if (cls) cls->features(images, n, feats, probs);
+        else inc->features(images, n, cc.image_size, cc.image_size, cc.channels, feats);
+    }
+};
+
+FeatureNet load_feature_net(const Args& a, std::shared_ptr<magnets::Backend> be, const magnets::Tokenizer* tok) {
+    FeatureNet net;
+    if (a.has("classifier") == a.has("inception"))
+        throw UsageError("give exactly one feature network: --classifier FILE or --inception FILE");
+    if (a.has("classifier")) {
+        net.cls = std::make_unique<magnets::Classifier>(magnets::Classifier::load(a.text("classifier"), be));
+        net.cc = net.cls->config();
+        return net;
+    }
+    net.inc = std::make_unique<magnets::InceptionV3>(magnets::InceptionV3::load(a.text("inception"), be));
+    net.cc.dataset = "ImageNet (Inception-v3)";
+    net.cc.image_size = tok ? tok->config().image_size : 32;
+    net.cc.channels = tok ? tok->config().channels : 1;
+    if (a.has("image-size")) net.cc.image_size = a.positive("image-size");
+    if (a.has("channels")) net.cc.channels = a.positive("channels");
+    if (net.cc.channels != 1 && net.cc.channels != 3) throw UsageError("--channels must be 1 or 3");
+    return net;
+}
 
 // ---- sets of images ---------------------------------------------------------------
 
@@ -213,11 +263,10 @@ struct Report {
     std::string warning;
 };
 
-Report measure(magnets::Classifier& net, const Set& real, const std::vector<float>& real_feats, const Set& gen,
-               const Args& a) {
-    const int64_t F = net.feature_dim(), C = net.num_classes();
+Report measure(FeatureNet& net, const Set& real, const std::vector<float>& real_feats, const Set& gen, const Args& a) {
+    const int64_t F = net.dim(), C = net.classes();
     std::vector<float> feats(static_cast<size_t>(gen.n * F)), probs(static_cast<size_t>(gen.n * C));
-    net.features(gen.images.data(), gen.n, feats.data(), probs.data());
+    net.features(gen.images.data(), gen.n, feats.data(), C ? probs.data() : nullptr);
     Report r;
     const magnets::FeatureStats sr = magnets::feature_stats(real_feats.data(), real.n, F);
     const magnets::FeatureStats sg = magnets::feature_stats(feats.data(), gen.n, F);
@@ -227,6 +276,13 @@ Report measure(magnets::Classifier& net, const Set& real, const std::vector<floa
         static_cast<uint64_t>(a.positive("seed", true)));
     r.kid = kid.mean;
     r.kid_std = kid.std;
+    const int64_t k = a.positive("k");
+    if (k < std::min(real.n, gen.n)) {
+        const magnets::PrecisionRecall pr = magnets::precision_recall(real_feats.data(), real.n, feats.data(), gen.n, F, k);
+        r.precision = pr.precision;
+        r.recall = pr.recall;
+    }
+    if (C == 0) return r; // Inception pool3: no class head, so no IS or class accuracy
     // IS splits are contiguous: shuffle first (a fixed Philox permutation), or a
     // class-sorted set (magnets-sample --per-class) gives one class per split.
     std::vector<float> shuffled(probs.size());
@@ -243,15 +299,9 @@ Report measure(magnets::Classifier& net, const Set& real, const std::vector<floa
     const magnets::IsResult is = magnets::inception_score(shuffled.data(), gen.n, C, std::min<int64_t>(10, gen.n));
     r.is = is.mean;
     r.is_std = is.std;
-    const int64_t k = a.positive("k");
-    if (k < std::min(real.n, gen.n)) {
-        const magnets::PrecisionRecall pr = magnets::precision_recall(real_feats.data(), real.n, feats.data(), gen.n, F, k);
-        r.precision = pr.precision;
-        r.recall = pr.recall;
-    }
     // Class accuracy only where the set's labels mean the classifier's classes:
     // a set labelled in another dataset's classes would give a wrong number.
-    const std::vector<std::string>& names = net.config().class_names;
+    const std::vector<std::string>& names = net.cc.class_names;
     if (!gen.class_names.empty() && !names.empty() && gen.class_names != names) {
         std::string g, c;
         for (const auto& x : gen.class_names) g += (g.empty() ? "" : ",") + x;
@@ -336,13 +386,13 @@ std::string num(double v, const char* f = "%.4f") {
 int run_metrics(const Args& a) {
     const std::string backend_name = apply_global(a);
     auto be = backend_for(backend_name);
-    magnets::Classifier net = magnets::Classifier::load(a.text("classifier"), be);
-    const magnets::ClassifierConfig& cc = net.config();
     std::unique_ptr<magnets::Tokenizer> tok;
     if (a.has("tokenizer")) tok = std::make_unique<magnets::Tokenizer>(magnets::Tokenizer::load(a.text("tokenizer"), be));
+    FeatureNet net = load_feature_net(a, be, tok.get());
+    const magnets::ClassifierConfig& cc = net.cc;
     const int64_t limit = a.limit();
     const std::string real_spec = a.text("real");
-    if (cc.dataset == "fashion-mnist" && real_spec.rfind("fashion-mnist", 0) != 0)
+    if (net.cls && cc.dataset == "fashion-mnist" && real_spec.rfind("fashion-mnist", 0) != 0)
         magnets::log_warn("the classifier was trained on %s, the reference set is %s: its features may not suit it",
                           cc.dataset.c_str(), real_spec.c_str());
     const Set real = load_set(real_spec, {real_spec}, tok.get(), cc, limit);
@@ -389,7 +439,7 @@ int run_metrics(const Args& a) {
                              : real_spec == "fashion-mnist:train" ? "fashion-mnist:test"
                              : real_spec.rfind("fashion-mnist", 0) == 0 ? "fashion-mnist:train"
                                                                        : std::string();
-    const int64_t F = net.feature_dim();
+    const int64_t F = net.dim();
     std::vector<float> real_feats(static_cast<size_t>(real.n * F));
     net.features(real.images.data(), real.n, real_feats.data(), nullptr);
     const Report rg = measure(net, real, real_feats, gen, a);
@@ -408,23 +458,22 @@ int run_metrics(const Args& a) {
                    ",\"precision\":" + json_number(r.precision) + ",\"recall\":" + json_number(r.recall) +
                    ",\"class_accuracy\":" + json_number(r.class_acc) + "}";
         };
-        std::printf("{\"feature_network\":%s,\"classifier_hash\":%s,\"real\":%s,\"generated\":%s,\"floor\":%s,"
+        std::printf("{\"feature_network\":%s,\"feature_network_hash\":%s,\"real\":%s,\"generated\":%s,\"floor\":%s,"
                     "\"metrics\":%s,\"floor_metrics\":%s%s}\n",
-                    json_string("magnets-classifier (" + cc.dataset + ")").c_str(), json_string(net.hash()).c_str(),
+                    json_string(net.describe()).c_str(), json_string(net.hash()).c_str(),
                     json_string(real.what).c_str(), json_string(gen.what).c_str(), json_string(floor_what).c_str(),
                     obj(rg).c_str(), obj(rf).c_str(),
                     rg.warning.empty() ? "" : (",\"warning\":" + json_string(rg.warning)).c_str());
         return 0;
     }
-    std::printf("feature network: magnets-classifier %s (trained on %s, %" PRId64 "-d features)\n", net.hash().c_str(),
-                cc.dataset.c_str(), F);
+    std::printf("feature network: %s, %" PRId64 "-d features\n", net.describe().c_str(), F);
     std::printf("reference: %s\ngenerated: %s\nfloor:     %s\n\n", real.what.c_str(), gen.what.c_str(), floor_what.c_str());
     std::printf("%-26s %14s %14s\n", "metric", "generated", "floor (real)");
-    std::printf("%-26s %14s %14s\n", "FID (classifier features)", num(rg.fid).c_str(), num(rf.fid).c_str());
+    std::printf("%-26s %14s %14s\n", net.fid_label().c_str(), num(rg.fid).c_str(), num(rf.fid).c_str());
     std::printf("%-26s %14s %14s\n", "KID x 1000", (num(rg.kid * 1000, "%.3f") + " +-" + num(rg.kid_std * 1000, "%.3f")).c_str(),
                 (num(rf.kid * 1000, "%.3f") + " +-" + num(rf.kid_std * 1000, "%.3f")).c_str());
-    std::printf("%-26s %14s %14s\n", "IS analogue", (num(rg.is, "%.3f") + " +-" + num(rg.is_std, "%.3f")).c_str(),
-                (num(rf.is, "%.3f") + " +-" + num(rf.is_std, "%.3f")).c_str());
+    auto pm = [](double v, double sd) { return std::isfinite(v) ? num(v, "%.3f") + " +-" + num(sd, "%.3f") : std::string("-"); };
+    std::printf("%-26s %14s %14s\n", "IS analogue", pm(rg.is, rg.is_std).c_str(), pm(rf.is, rf.is_std).c_str());
     std::printf("%-26s %14s %14s\n", "precision", num(rg.precision, "%.3f").c_str(), num(rf.precision, "%.3f").c_str());
     std::printf("%-26s %14s %14s\n", "recall", num(rg.recall, "%.3f").c_str(), num(rf.recall, "%.3f").c_str());
     std::printf("%-26s %14s %14s\n", "class accuracy", num(rg.class_acc, "%.3f").c_str(), num(rf.class_acc, "%.3f").c_str());
@@ -434,9 +483,9 @@ int run_metrics(const Args& a) {
 int run_sweep(const Args& a) {
     const std::string backend_name = apply_global(a);
     auto be = backend_for(backend_name);
-    magnets::Classifier net = magnets::Classifier::load(a.text("classifier"), be);
-    const magnets::ClassifierConfig& cc = net.config();
     magnets::Tokenizer tok = magnets::Tokenizer::load(a.text("tokenizer"), be);
+    FeatureNet net = load_feature_net(a, be, &tok);
+    const magnets::ClassifierConfig& cc = net.cc;
     const std::string out = a.text("output");
     magnets::check_writable(out);
     const std::string base = ends_with(out, ".md") ? out.substr(0, out.size() - 3) : out;
@@ -454,7 +503,7 @@ int run_sweep(const Args& a) {
                    {"abrupt", "8:6,1:6@on-switch"},
                    {"cache never refreshed", "8:3,4:3,2:3,1:3@never"}};
     const Set real = load_set(a.text("real"), {a.text("real")}, &tok, cc, -1);
-    const int64_t F = net.feature_dim();
+    const int64_t F = net.dim();
     std::vector<float> real_feats(static_cast<size_t>(real.n * F));
     net.features(real.images.data(), real.n, real_feats.data(), nullptr);
     const int64_t per_class = a.positive("per-class"), batch = a.positive("batch-size");
@@ -536,8 +585,7 @@ int run_sweep(const Args& a) {
         floor = measure(net, real, real_feats, fl, a);
     }
     // Markdown, CSV, plots.
-    std::string md = "# magnets-eval sweep\n\nFeature network: magnets-classifier " + net.hash() + " (" + cc.dataset +
-                     "); reference " + real.what + "; " + std::to_string(per_class) + " samples per class, CFG " +
+    std::string md = "# magnets-eval sweep\n\nFeature network: " + net.describe() + "; reference " + real.what + "; " + std::to_string(per_class) + " samples per class, CFG " +
                      num(a.real("cfg"), "%g") + ", seed " + std::to_string(a.integer("seed")) + ".\n\n";
     md += "| model | configuration | schedule | cache | GFLOP/image | images/s | FID | KID x1000 | precision | recall | class acc | IS | note |\n";
     md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -584,7 +632,7 @@ int run_sweep(const Args& a) {
         po.height = 640;
         po.title = a.texts("model").size() > 1 ? "quality vs compute (one point per checkpoint)" : "quality vs compute";
         po.x_label = "GFLOP per image";
-        po.y_label = "FID (classifier features)";
+        po.y_label = net.fid_label();
         po.log_x = true;
         magnets::write_plot_png(base + ".png", by_flops, po);
         po.title = "quality vs speed";

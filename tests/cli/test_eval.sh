@@ -85,6 +85,26 @@ else
     skip_case "a set labelled in other classes than the classifier's" "needs h5py"
 fi
 
+run "$eval_" metrics --classifier "$tmp/cls.h5" --inception "$tmp/cls.h5" --generated fashion-mnist:train
+expect_rc 2; expect_err "exactly one feature network"
+done_case "--classifier and --inception together: a usage error"
+if [[ -n "${MAGNETS_INCEPTION_FIXTURE:-}" && -s "${MAGNETS_INCEPTION_FIXTURE:-}" ]]; then
+    # The fixture's Inception-v3 has random weights: the numbers mean nothing, the path is what is tested.
+    run "$eval_" metrics --inception "$MAGNETS_INCEPTION_FIXTURE" --real fashion-mnist:test --generated "$tmp/gen.h5" \
+        --tokenizer "$tok" --limit 8 --kid-subsets 2 --kid-subset-size 4 --json
+    expect_rc 0
+    /usr/bin/python3 -c "
+import json, math, sys
+d = json.load(open('$tmp/out'))
+assert d['feature_network'].startswith('Inception-v3'), d['feature_network']
+m = d['metrics']
+assert math.isfinite(m['fid']) and m['fid'] >= 0 and m['is'] is None and m['class_accuracy'] is None, m
+" || why+=("--inception --json: $(head -c 300 "$tmp/out")")
+    done_case "standard FID on Inception-v3 pool3 features (random-weight fixture); no IS or class accuracy"
+else
+    skip_case "standard FID on Inception-v3 pool3 features" "no Inception fixture (needs python3-torchvision)"
+fi
+
 # sweep on a tiny model
 "$tokenize" encode --tokenizer "$tok" --split train --limit 256 -o "$tmp/train.h5" -q
 "$train" --preset tiny --tokens "$tmp/train.h5" --steps 10 -o "$tmp/model.h5" -q
