@@ -6,6 +6,10 @@
 
 #include <omp.h>
 
+#if MAGNETS_HAVE_CUDA
+#include <dlfcn.h>
+#endif
+
 #include <string>
 
 namespace magnets {
@@ -42,6 +46,42 @@ static std::string join_available() {
     return s;
 }
 
+#if MAGNETS_HAVE_CUDA
+// libmagnets_cuda's entry point: already there when the program links the
+// library (tests, static builds), else loaded from beside libmagnets.so.
+extern "C" Backend* magnets_cuda_backend_create() __attribute__((weak));
+
+static std::unique_ptr<Backend> load_cuda_backend() {
+    using Create = Backend* (*)();
+    static Create create = nullptr;
+    static std::string failure;
+    if (!create && failure.empty()) {
+        if (magnets_cuda_backend_create) {
+            create = magnets_cuda_backend_create;
+        } else {
+            std::string dir;
+            Dl_info info{};
+            if (dladdr(reinterpret_cast<void*>(&make_backend), &info) && info.dli_fname) {
+                dir = info.dli_fname;
+                dir = dir.find('/') == std::string::npos ? std::string() : dir.substr(0, dir.rfind('/') + 1);
+            }
+            void* h = dlopen((dir + "libmagnets_cuda.so").c_str(), RTLD_NOW | RTLD_LOCAL);
+            if (!h) h = dlopen("libmagnets_cuda.so", RTLD_NOW | RTLD_LOCAL);
+            if (h) create = reinterpret_cast<Create>(dlsym(h, "magnets_cuda_backend_create"));
+            if (!create) {
+                const char* e = dlerror();
+                failure = e ? e : "libmagnets_cuda.so has no entry point";
+            }
+        }
+    }
+    if (!create)
+        throw Error("backend not available: cuda", {}, "could not load the CUDA backend library: " + failure,
+                    "install the CUDA runtime libraries (cuBLAS, cuDNN) it was built against, or use one of: " +
+                        join_available());
+    return std::unique_ptr<Backend>(create());
+}
+#endif
+
 std::unique_ptr<Backend> make_backend(const std::string& name) {
     if (name == "ref") return make_ref_backend();
     if (name == "onednn" || name == "auto") {
@@ -56,7 +96,7 @@ std::unique_ptr<Backend> make_backend(const std::string& name) {
     }
     if (name == "cuda") {
 #if MAGNETS_HAVE_CUDA
-        return make_cuda_backend(); // throws with a hint when no device is visible
+        return load_cuda_backend(); // throws with a hint when no device is visible
 #else
         throw Error("backend not available: cuda", {}, "this library was built without CUDA",
                     "rebuild with -Dcuda=enabled on a machine with the CUDA toolkit, or use one of: " +

@@ -14,7 +14,10 @@ namespace magnets {
 
 std::unique_ptr<Backend> make_ref_backend();
 std::unique_ptr<Backend> make_onednn_backend(); // defined only when MAGNETS_HAVE_ONEDNN
-std::unique_ptr<Backend> make_cuda_backend();   // defined only when MAGNETS_HAVE_CUDA; throws without a device
+// In libmagnets_cuda (built with MAGNETS_HAVE_CUDA), which make_backend loads on
+// first use through its C entry point magnets_cuda_backend_create; throws
+// without a device.
+std::unique_ptr<Backend> make_cuda_backend();
 
 // Shapes of C = op(A) * op(B): op(A) [m, k], op(B) [k, n], C [m, n].
 struct MatmulDims {

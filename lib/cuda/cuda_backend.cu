@@ -406,3 +406,7 @@ void check(cudaError_t e, const char* what) {
 } // namespace cuda
 
 } // namespace magnets
+
+// The entry point core/backend.cpp finds (linked in, or after dlopen of
+// libmagnets_cuda). Throws magnets::Error when no device is visible.
+extern "C" magnets::Backend* magnets_cuda_backend_create() { return magnets::make_cuda_backend().release(); }
