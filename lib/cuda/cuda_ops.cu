@@ -149,6 +149,16 @@ __global__ void gelu_backward_kernel(const float* u, const float* dg, float* du,
 // row of `seq` floats per warp.
 constexpr int kRowsPerBlock = 4;
 
+// out[c] = sum_j w[j] * m[j * ld + c] for c < hd, lanes over c, j in order.
+__device__ inline void warp_row_times(const float* w, int64_t n, const float* m, int64_t ld, int64_t hd, float* out,
+                                      int lane) {
+    for (int64_t c = lane; c < hd; c += kWarp) {
+        float acc = 0;
+        for (int64_t j = 0; j < n; ++j) acc = fmaf(w[j], m[j * ld + c], acc);
+        out[c] = acc;
+    }
+}
+
 __global__ void attention_forward_kernel(const float* q, const float* k, const float* v, int64_t ld, float* out,
                                          float* probs, int64_t batch, int64_t seq, int64_t heads, int64_t hd,
                                          float scale) {
@@ -181,11 +191,7 @@ __global__ void attention_forward_kernel(const float* q, const float* k, const f
         P[j] = s[j];
     }
     __syncwarp();
-    for (int64_t c = lane; c < hd; c += kWarp) {
-        float acc = 0;
-        for (int64_t j = 0; j < seq; ++j) acc = fmaf(s[j], v[off + j * ld + c], acc);
-        out[off + i * ld + c] = acc;
-    }
+    warp_row_times(s, seq, v + off, ld, hd, out + off + i * ld, lane);
 }
 
 // Row pass: dS_i = P_i * (dP_i - <P_i, dP_i>) * scale with dP_ij = dout_i . v_j
@@ -212,11 +218,7 @@ __global__ void attention_backward_rows_kernel(const float* k, const float* v, c
     dot = warp_sum(dot);
     for (int64_t j = lane; j < seq; j += kWarp) D[j] = P[j] * (D[j] - dot) * scale;
     __syncwarp();
-    for (int64_t c = lane; c < hd; c += kWarp) {
-        float acc = 0;
-        for (int64_t j = 0; j < seq; ++j) acc = fmaf(D[j], k[off + j * ld + c], acc);
-        dq[off + i * ld + c] = acc;
-    }
+    warp_row_times(D, seq, k + off, ld, hd, dq + off + i * ld, lane);
 }
 
 // Column pass: dK_j = sum_i dS_ij q_i, dV_j = sum_i P_ij dout_i.
