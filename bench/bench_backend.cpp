@@ -235,6 +235,7 @@ std::vector<Case> all_cases() {
     };
     const S shapes[] = {{"64x32x32x32 3x3 ->32", 64, 32, 32, 32, 3, 1, 1},
                         {"64x64x16x16 3x3 ->64", 64, 64, 16, 64, 3, 1, 1},
+                        {"64x64x8x8 3x3 ->64", 64, 64, 8, 64, 3, 1, 1},
                         {"64x32x32x32 4x4/2 ->64", 64, 32, 32, 64, 4, 2, 1}};
     for (Op op : {Op::conv2d_forward, Op::conv2d_backward_data, Op::conv2d_backward_weights})
         for (const S& s : shapes) c.push_back(conv_case(s.label, op, s.n, s.c_in, s.hw, s.c_out, s.k, s.stride, s.pad));

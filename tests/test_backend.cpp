@@ -239,6 +239,12 @@ const std::vector<Conv2dShape>& conv_cases() {
         conv_shape(2, 4, 6, 6, 3, 3, 1, 1, 1),      // non-square kernel
         conv_shape(1, 64, 8, 8, 64, 3, 3, 1, 1),    // reduction c_in*kh*kw = 576
         conv_shape(4, 32, 16, 16, 64, 4, 4, 2, 1),  // bench-like downsampling
+        // 3x3 stride-1 pad-1 shapes that take onednn's Winograd path (cpu/winograd.h):
+        // odd sizes leave partial 2x2 tiles at the right and bottom edges.
+        conv_shape(2, 16, 9, 11, 16, 3, 3, 1, 1),
+        conv_shape(3, 8, 7, 5, 16, 3, 3, 1, 1),     // forward only (c_in 8: backward data is direct)
+        conv_shape(2, 32, 1, 1, 16, 3, 3, 1, 1),    // one pixel: one tile, mostly padding
+        conv_shape(5, 16, 3, 2, 48, 3, 3, 1, 1),
     };
     return cases;
 }

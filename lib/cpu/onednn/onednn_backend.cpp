@@ -25,6 +25,7 @@
 //   come from OpenMP (oneDNN's CPU runtime here), see set_num_threads().
 #include "core/backend_registry.h"
 #include "cpu/host_backend.h"
+#include "cpu/winograd.h"
 #include "magnets/error.h"
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -141,18 +142,24 @@ public:
     void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias,
                         float* y) override {
         check_conv2d_shape("onednn", Op::conv2d_forward, s);
+        if (cpu::winograd_enabled() && cpu::winograd_fits(Op::conv2d_forward, s))
+            return cpu::winograd_forward(s, x, w, bias, y);
         conv(Op::conv2d_forward, s, bias != nullptr, {x, w, bias, y});
     }
 
     void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
                               float* dx) override {
         check_conv2d_shape("onednn", Op::conv2d_backward_data, s);
+        if (cpu::winograd_enabled() && cpu::winograd_fits(Op::conv2d_backward_data, s))
+            return cpu::winograd_backward_data(s, dy, w, dx);
         conv(Op::conv2d_backward_data, s, false, {dy, w, dx});
     }
 
     void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy, float* dw,
                                  float* dbias) override {
         check_conv2d_shape("onednn", Op::conv2d_backward_weights, s);
+        if (cpu::winograd_enabled() && cpu::winograd_fits(Op::conv2d_backward_weights, s))
+            return cpu::winograd_backward_weights(s, x, dy, dw, dbias);
         conv(Op::conv2d_backward_weights, s, dbias != nullptr, {x, dy, dw, dbias});
     }
 
