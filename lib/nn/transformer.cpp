@@ -246,8 +246,7 @@ void Transformer::Impl::forward(int64_t p, const int32_t* ids, int64_t b, const 
         nn::ops::layernorm_forward(A.x_mid.data(), r, A.h2.data(), r, A.mean2.data(), A.rstd2.data(), L.ln2_w->w.data(),
                                L.ln2_b->w.data(), R, r);
         B.matmul(cm(A.h2.data(), R, r, r), false, cm(L.fc1_w->w.data(), f, r, D), true, mm(A.u.data(), R, f, f));
-        nn::ops::add_bias(A.u.data(), f, L.fc1_b->w.data(), R, f);
-        nn::ops::gelu_forward(A.u.data(), A.g.data(), R * f);
+        nn::ops::bias_gelu_forward(A.u.data(), L.fc1_b->w.data(), A.g.data(), R, f);
         std::memcpy(x_next, A.x_mid.data(), sizeof(float) * static_cast<size_t>(R * r));
         B.matmul(cm(A.g.data(), R, f, f), false, cm(L.fc2_w->w.data(), r, f, F), true, mm(x_next, R, r, r), 1.0f, 1.0f);
         nn::ops::add_bias(x_next, r, L.fc2_b->w.data(), R, r);

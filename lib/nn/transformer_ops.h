@@ -150,6 +150,22 @@ void gelu_forward(const T* u, T* g, int64_t count) {
     for (int64_t i = 0; i < count; ++i) g[i] = static_cast<T>(0.5) * u[i] * (1 + nn::verf(u[i] * static_cast<T>(M_SQRT1_2)));
 }
 
+// u[i, :] += b, then g = gelu(u): add_bias and gelu_forward in one pass
+// (the same operations, so the same bits).
+template <typename T>
+void bias_gelu_forward(T* u, const T* b, T* g, int64_t rows, int64_t n) {
+#pragma omp parallel for schedule(static) if (rows * n >= kParallelWork)
+    for (int64_t i = 0; i < rows; ++i) {
+        T* ui = u + i * n;
+        T* gi = g + i * n;
+        for (int64_t j = 0; j < n; ++j) {
+            const T x = ui[j] + b[j];
+            ui[j] = x;
+            gi[j] = static_cast<T>(0.5) * x * (1 + nn::verf(x * static_cast<T>(M_SQRT1_2)));
+        }
+    }
+}
+
 // du = dg * gelu'(u); du may alias dg.
 template <typename T>
 void gelu_backward(const T* u, const T* dg, T* du, int64_t count) {
@@ -189,37 +205,43 @@ inline void combine(const T* c, int64_t cs, const T* rows, int64_t ld, int64_t n
 inline int64_t pad16(int64_t n) { return (n + 15) / 16 * 16; }
 
 // C[M, N] = A[M, K] B[K, N] (row-major, leading dimensions), for the small
-// per-head products of attention. 4 x 16 register blocks when N is a multiple
-// of 16 (8 vector accumulators with AVX2), else row by row.
+// per-head products of attention. 6 x 16 register blocks when N is a multiple
+// of 16 (12 vector accumulators with AVX2), else row by row.
 #if defined(__AVX2__) && defined(__FMA__)
-// 4 x 16 block of C = A B in eight AVX2 registers; A's element (r, k) is at
+// MR x 16 block of C = A B in 2 * MR AVX2 registers; A's element (r, k) is at
 // a[r * ars + k * aks] (ars = lda, aks = 1 for A; ars = 1, aks = lda for A^T).
-inline void gemm_block_4x16(int64_t K, const float* a, int64_t ars, int64_t aks, const float* B, int64_t ldb,
-                            float* c, int64_t ldc) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+#define MAGNETS_ROW(i)                                                 \
+    if (MR > i) {                                                      \
+        const __m256 x = _mm256_broadcast_ss(ak + i * ars);            \
+        c##i##0 = _mm256_fmadd_ps(x, b0, c##i##0);                     \
+        c##i##1 = _mm256_fmadd_ps(x, b1, c##i##1);                     \
+    }
+#define MAGNETS_STORE(i)                                               \
+    if (MR > i) {                                                      \
+        _mm256_storeu_ps(c + i * ldc, c##i##0);                        \
+        _mm256_storeu_ps(c + i * ldc + 8, c##i##1);                    \
+    }
+template <int MR>
+inline void gemm_block_x16(int64_t K, const float* a, int64_t ars, int64_t aks, const float* B, int64_t ldb, float* c,
+                           int64_t ldc) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+           c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     for (int64_t k = 0; k < K; ++k) {
         const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
         const float* ak = a + k * aks;
-        __m256 x = _mm256_broadcast_ss(ak);
-        c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
-        x = _mm256_broadcast_ss(ak + ars);
-        c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
-        x = _mm256_broadcast_ss(ak + 2 * ars);
-        c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
-        x = _mm256_broadcast_ss(ak + 3 * ars);
-        c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
+        MAGNETS_ROW(0) MAGNETS_ROW(1) MAGNETS_ROW(2) MAGNETS_ROW(3) MAGNETS_ROW(4) MAGNETS_ROW(5)
     }
-    _mm256_storeu_ps(c, c00); _mm256_storeu_ps(c + 8, c01);
-    _mm256_storeu_ps(c + ldc, c10); _mm256_storeu_ps(c + ldc + 8, c11);
-    _mm256_storeu_ps(c + 2 * ldc, c20); _mm256_storeu_ps(c + 2 * ldc + 8, c21);
-    _mm256_storeu_ps(c + 3 * ldc, c30); _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+    MAGNETS_STORE(0) MAGNETS_STORE(1) MAGNETS_STORE(2) MAGNETS_STORE(3) MAGNETS_STORE(4) MAGNETS_STORE(5)
 }
+#undef MAGNETS_ROW
+#undef MAGNETS_STORE
 #endif
 
 // C[M, N] = A[M, K] B[K, N] (row-major, leading dimensions), for the small
 // per-head products of attention. For float with AVX2 and N a multiple of 16,
-// 4 x 16 register blocks; otherwise row by row. Each C element is the sum
-// over k in increasing order, whichever path computes it.
+// 6 x 16 register blocks (the last rows in a smaller block); otherwise row by
+// row. Each C element is one FMA chain over k in increasing order from zero,
+// whichever path computes it, so the paths agree to the bit.
 // A's element (i, k) is at A[i * ars + k * aks]: small_gemm passes (lda, 1),
 // small_gemm_at (A transposed, stored [K, M]) passes (1, lda).
 template <typename T>
@@ -228,10 +250,23 @@ void small_gemm_strided(int64_t M, int64_t N, int64_t K, const T* A, int64_t ars
     int64_t i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
     if constexpr (std::is_same_v<T, float>) {
-        if (N % 16 == 0)
-            for (; i + 4 <= M; i += 4)
-                for (int64_t c0 = 0; c0 < N; c0 += 16)
-                    gemm_block_4x16(K, A + i * ars, ars, aks, B + c0, ldb, C + i * ldc + c0, ldc);
+        if (N % 16 == 0) {
+            for (int64_t c0 = 0; c0 < N; c0 += 16) {
+                int64_t r = 0;
+                for (; r + 6 <= M; r += 6) gemm_block_x16<6>(K, A + r * ars, ars, aks, B + c0, ldb, C + r * ldc + c0, ldc);
+                const T* ar = A + r * ars;
+                T* cr = C + r * ldc + c0;
+                switch (M - r) {
+                case 5: gemm_block_x16<5>(K, ar, ars, aks, B + c0, ldb, cr, ldc); break;
+                case 4: gemm_block_x16<4>(K, ar, ars, aks, B + c0, ldb, cr, ldc); break;
+                case 3: gemm_block_x16<3>(K, ar, ars, aks, B + c0, ldb, cr, ldc); break;
+                case 2: gemm_block_x16<2>(K, ar, ars, aks, B + c0, ldb, cr, ldc); break;
+                case 1: gemm_block_x16<1>(K, ar, ars, aks, B + c0, ldb, cr, ldc); break;
+                default: break;
+                }
+            }
+            return;
+        }
     }
 #endif
     for (; i < M; ++i) combine(A + i * ars, aks, B, ldb, K, C + i * ldc, N);
