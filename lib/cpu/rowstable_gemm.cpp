@@ -6,9 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
+#include "core/fma_block.h"
 
 namespace magnets::cpu {
 
@@ -21,59 +19,13 @@ inline float dot_chain(const float* a, const float* w, int64_t K) {
     return acc;
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
-// Rows [0, MR) of a (row stride lda) times the packed panel p [K, 16] into c.
-// Accumulators are named registers (an array indexed in a loop may be kept in
-// memory by the compiler); one FMA chain per element over k in order.
-#define MAGNETS_ROW(i)                                                              \
-    if (MR > i) {                                                                   \
-        const __m256 x = _mm256_broadcast_ss(a + i * lda + k);                      \
-        c##i##0 = _mm256_fmadd_ps(x, b0, c##i##0);                                  \
-        c##i##1 = _mm256_fmadd_ps(x, b1, c##i##1);                                  \
-    }
-#define MAGNETS_STORE(i)                                                            \
-    if (MR > i) {                                                                   \
-        _mm256_storeu_ps(c + i * ldc, bias ? _mm256_add_ps(c##i##0, z0) : c##i##0); \
-        _mm256_storeu_ps(c + i * ldc + 8, bias ? _mm256_add_ps(c##i##1, z1) : c##i##1); \
-    }
-template <int MR>
-inline void kernel(int64_t K, const float* a, int64_t lda, const float* p, const float* bias, float* c, int64_t ldc) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
-           c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    for (int64_t k = 0; k < K; ++k) {
-        const __m256 b0 = _mm256_load_ps(p + k * 16), b1 = _mm256_load_ps(p + k * 16 + 8);
-        MAGNETS_ROW(0) MAGNETS_ROW(1) MAGNETS_ROW(2) MAGNETS_ROW(3) MAGNETS_ROW(4) MAGNETS_ROW(5)
-    }
-    const __m256 z0 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
-    const __m256 z1 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
-    MAGNETS_STORE(0) MAGNETS_STORE(1) MAGNETS_STORE(2) MAGNETS_STORE(3) MAGNETS_STORE(4) MAGNETS_STORE(5)
-}
-#undef MAGNETS_ROW
-#undef MAGNETS_STORE
-
-template <int MR>
-inline void kernel_rows(int64_t rows, int64_t K, const float* a, int64_t lda, const float* p, const float* bias, float* c,
-                        int64_t ldc) {
-    int64_t i = 0;
-    for (; i + MR <= rows; i += MR) kernel<MR>(K, a + i * lda, lda, p, bias, c + i * ldc, ldc);
-    switch (rows - i) {
-    case 5: kernel<5>(K, a + i * lda, lda, p, bias, c + i * ldc, ldc); break;
-    case 4: kernel<4>(K, a + i * lda, lda, p, bias, c + i * ldc, ldc); break;
-    case 3: kernel<3>(K, a + i * lda, lda, p, bias, c + i * ldc, ldc); break;
-    case 2: kernel<2>(K, a + i * lda, lda, p, bias, c + i * ldc, ldc); break;
-    case 1: kernel<1>(K, a + i * lda, lda, p, bias, c + i * ldc, ldc); break;
-    default: break;
-    }
-}
-#endif
-
 } // namespace
 
 void rowstable_matmul(ConstMat a, ConstMat w, const float* bias, Mat c) {
     const int64_t M = a.rows, K = a.cols, N = w.rows;
     const int64_t full = N / 16 * 16; // columns handled by the vector kernel
     (void)full;
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(MAGNETS_HAVE_FMA_BLOCK)
     constexpr int64_t kRowChunk = 192; // rows per task: the packed panel is reused this often
     const int64_t col_blocks = full / 16, row_chunks = (M + kRowChunk - 1) / kRowChunk;
     const int64_t tasks = col_blocks * row_chunks;
@@ -94,8 +46,8 @@ void rowstable_matmul(ConstMat a, ConstMat w, const float* bias, Mat c) {
                 packed = jb;
             }
             const int64_t r0 = rc * kRowChunk, rows = std::min(kRowChunk, M - r0);
-            kernel_rows<6>(rows, K, a.data + r0 * a.ld, a.ld, p, bias ? bias + jb * 16 : nullptr,
-                           c.data + r0 * c.ld + jb * 16, c.ld);
+            simd::fma_rows_x16<true>(rows, K, a.data + r0 * a.ld, a.ld, 1, p, 16, c.data + r0 * c.ld + jb * 16, c.ld,
+                                     bias ? bias + jb * 16 : nullptr);
         }
     }
     const int64_t first_scalar = full;

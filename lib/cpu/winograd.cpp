@@ -12,6 +12,8 @@
 // dU[xi] += (A dY A^T)[xi]^T V[xi] per thread.
 #include "cpu/winograd.h"
 
+#include "core/fma_block.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -21,8 +23,7 @@
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
+#if defined(MAGNETS_HAVE_FMA_BLOCK)
 #define MAGNETS_WINOGRAD_AVX2 1
 #endif
 
@@ -285,103 +286,10 @@ void grad_transform(const float* loc, int64_t C, const Chunk& k, int64_t tw, flo
             }
 }
 
-// C[MR x 16] (+)= sum_k A(i, k) B(k, 0:16), A(i, k) = a[i * ars + k * aks],
-// B(k, j) = b[k * ldb + j]. Twelve accumulators in named registers.
-#define MAGNETS_ROW(i)                                                 \
-    if (MR > i) {                                                      \
-        const __m256 x = _mm256_broadcast_ss(a + i * ars + k * aks);   \
-        c##i##0 = _mm256_fmadd_ps(x, b0, c##i##0);                     \
-        c##i##1 = _mm256_fmadd_ps(x, b1, c##i##1);                     \
-    }
-#define MAGNETS_LOAD(i)                                                \
-    if (MR > i && acc) {                                               \
-        c##i##0 = _mm256_loadu_ps(c + i * ldc);                        \
-        c##i##1 = _mm256_loadu_ps(c + i * ldc + 8);                    \
-    }
-#define MAGNETS_STORE(i)                                               \
-    if (MR > i) {                                                      \
-        _mm256_storeu_ps(c + i * ldc, c##i##0);                        \
-        _mm256_storeu_ps(c + i * ldc + 8, c##i##1);                    \
-    }
-template <int MR>
-inline void block(int64_t K, const float* a, int64_t ars, int64_t aks, const float* b, int64_t ldb, float* c,
-                  int64_t ldc, bool acc) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
-           c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    MAGNETS_LOAD(0) MAGNETS_LOAD(1) MAGNETS_LOAD(2) MAGNETS_LOAD(3) MAGNETS_LOAD(4) MAGNETS_LOAD(5)
-    for (int64_t k = 0; k < K; ++k) {
-        const __m256 b0 = _mm256_loadu_ps(b + k * ldb), b1 = _mm256_loadu_ps(b + k * ldb + 8);
-        MAGNETS_ROW(0) MAGNETS_ROW(1) MAGNETS_ROW(2) MAGNETS_ROW(3) MAGNETS_ROW(4) MAGNETS_ROW(5)
-    }
-    MAGNETS_STORE(0) MAGNETS_STORE(1) MAGNETS_STORE(2) MAGNETS_STORE(3) MAGNETS_STORE(4) MAGNETS_STORE(5)
-}
-#undef MAGNETS_ROW
-#undef MAGNETS_LOAD
-#undef MAGNETS_STORE
-
-// C[M, N] (+)= A[M, K] B[K, N] with N a multiple of 16 (strides as in block).
-void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t aks, const float* b, int64_t ldb,
-          float* c, int64_t ldc, bool acc) {
-    for (int64_t j = 0; j < N; j += 16) {
-        int64_t i = 0;
-        for (; i + 6 <= M; i += 6) block<6>(K, a + i * ars, ars, aks, b + j, ldb, c + i * ldc + j, ldc, acc);
-        const float* ai = a + i * ars;
-        float* ci = c + i * ldc + j;
-        switch (M - i) {
-        case 5: block<5>(K, ai, ars, aks, b + j, ldb, ci, ldc, acc); break;
-        case 4: block<4>(K, ai, ars, aks, b + j, ldb, ci, ldc, acc); break;
-        case 3: block<3>(K, ai, ars, aks, b + j, ldb, ci, ldc, acc); break;
-        case 2: block<2>(K, ai, ars, aks, b + j, ldb, ci, ldc, acc); break;
-        case 1: block<1>(K, ai, ars, aks, b + j, ldb, ci, ldc, acc); break;
-        default: break;
-        }
-    }
-}
-
-// C[MR x 16] = A[MR, K] P[K, 16] with A row-major (lda) and P a packed panel
-// (16 contiguous floats per k): the forward product's kernel.
-#define MAGNETS_ROW(i)                                                 \
-    if (MR > i) {                                                      \
-        const __m256 x = _mm256_broadcast_ss(a + i * lda + k);         \
-        c##i##0 = _mm256_fmadd_ps(x, b0, c##i##0);                     \
-        c##i##1 = _mm256_fmadd_ps(x, b1, c##i##1);                     \
-    }
-#define MAGNETS_STORE(i)                                               \
-    if (MR > i) {                                                      \
-        _mm256_storeu_ps(c + i * ldc, c##i##0);                        \
-        _mm256_storeu_ps(c + i * ldc + 8, c##i##1);                    \
-    }
-template <int MR>
-inline void block_packed(int64_t K, const float* a, int64_t lda, const float* p, float* c, int64_t ldc) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
-           c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    for (int64_t k = 0; k < K; ++k) {
-        const __m256 b0 = _mm256_loadu_ps(p + k * 16), b1 = _mm256_loadu_ps(p + k * 16 + 8);
-        MAGNETS_ROW(0) MAGNETS_ROW(1) MAGNETS_ROW(2) MAGNETS_ROW(3) MAGNETS_ROW(4) MAGNETS_ROW(5)
-    }
-    MAGNETS_STORE(0) MAGNETS_STORE(1) MAGNETS_STORE(2) MAGNETS_STORE(3) MAGNETS_STORE(4) MAGNETS_STORE(5)
-}
-#undef MAGNETS_ROW
-#undef MAGNETS_STORE
-
 // C[M, N] = A[M, K] B[K, N], B given as N / 16 packed panels [K][16].
 void gemm_packed(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* panels, float* c,
                  int64_t ldc) {
-    for (int64_t j = 0; j < N; j += 16) {
-        const float* p = panels + j * K;
-        int64_t i = 0;
-        for (; i + 6 <= M; i += 6) block_packed<6>(K, a + i * lda, lda, p, c + i * ldc + j, ldc);
-        const float* ai = a + i * lda;
-        float* ci = c + i * ldc + j;
-        switch (M - i) {
-        case 5: block_packed<5>(K, ai, lda, p, ci, ldc); break;
-        case 4: block_packed<4>(K, ai, lda, p, ci, ldc); break;
-        case 3: block_packed<3>(K, ai, lda, p, ci, ldc); break;
-        case 2: block_packed<2>(K, ai, lda, p, ci, ldc); break;
-        case 1: block_packed<1>(K, ai, lda, p, ci, ldc); break;
-        default: break;
-        }
-    }
+    for (int64_t j = 0; j < N; j += 16) simd::fma_rows_x16<true>(M, K, a, lda, 1, panels + j * K, 16, c + j, ldc);
 }
 
 // U[xi] = (G g G^T)[xi] for the 3x3 filter g = w[o][i] (forward), or for
@@ -489,7 +397,8 @@ void winograd_backward_weights(const Conv2dShape& s, const float* x, const float
             grad_transform(dl, co, k, g.tw, D);
             // dU[xi] [co, ci] += D[xi]^T V[xi]: A(o, t) = D[t * co + o].
             for (int xi = 0; xi < 16; ++xi)
-                gemm(co, ci, tn, D + xi * slice_stride(tn, co), 1, co, V + xi * slice_stride(tn, ci), ci, mine + xi * co * ci, ci, true);
+                simd::fma_gemm(co, ci, tn, D + xi * slice_stride(tn, co), 1, co, V + xi * slice_stride(tn, ci), ci,
+                               mine + xi * co * ci, ci, true);
         }
     }
     float* dU = acc;

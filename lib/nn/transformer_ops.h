@@ -14,10 +14,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
-
+#include "core/fma_block.h"
 #include "nn/fastmath.h"
 
 namespace magnets::nn::ops {
@@ -205,71 +202,20 @@ inline void combine(const T* c, int64_t cs, const T* rows, int64_t ld, int64_t n
 inline int64_t pad16(int64_t n) { return (n + 15) / 16 * 16; }
 
 // C[M, N] = A[M, K] B[K, N] (row-major, leading dimensions), for the small
-// per-head products of attention. 6 x 16 register blocks when N is a multiple
-// of 16 (12 vector accumulators with AVX2), else row by row.
-#if defined(__AVX2__) && defined(__FMA__)
-// MR x 16 block of C = A B in 2 * MR AVX2 registers; A's element (r, k) is at
-// a[r * ars + k * aks] (ars = lda, aks = 1 for A; ars = 1, aks = lda for A^T).
-#define MAGNETS_ROW(i)                                                 \
-    if (MR > i) {                                                      \
-        const __m256 x = _mm256_broadcast_ss(ak + i * ars);            \
-        c##i##0 = _mm256_fmadd_ps(x, b0, c##i##0);                     \
-        c##i##1 = _mm256_fmadd_ps(x, b1, c##i##1);                     \
-    }
-#define MAGNETS_STORE(i)                                               \
-    if (MR > i) {                                                      \
-        _mm256_storeu_ps(c + i * ldc, c##i##0);                        \
-        _mm256_storeu_ps(c + i * ldc + 8, c##i##1);                    \
-    }
-template <int MR>
-inline void gemm_block_x16(int64_t K, const float* a, int64_t ars, int64_t aks, const float* B, int64_t ldb, float* c,
-                           int64_t ldc) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
-           c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    for (int64_t k = 0; k < K; ++k) {
-        const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
-        const float* ak = a + k * aks;
-        MAGNETS_ROW(0) MAGNETS_ROW(1) MAGNETS_ROW(2) MAGNETS_ROW(3) MAGNETS_ROW(4) MAGNETS_ROW(5)
-    }
-    MAGNETS_STORE(0) MAGNETS_STORE(1) MAGNETS_STORE(2) MAGNETS_STORE(3) MAGNETS_STORE(4) MAGNETS_STORE(5)
-}
-#undef MAGNETS_ROW
-#undef MAGNETS_STORE
-#endif
-
-// C[M, N] = A[M, K] B[K, N] (row-major, leading dimensions), for the small
 // per-head products of attention. For float with AVX2 and N a multiple of 16,
-// 6 x 16 register blocks (the last rows in a smaller block); otherwise row by
-// row. Each C element is one FMA chain over k in increasing order from zero,
+// the shared 6 x 16 register blocks (core/fma_block.h); otherwise row by row. Each C element is one FMA chain over k in increasing order from zero,
 // whichever path computes it, so the paths agree to the bit.
 // A's element (i, k) is at A[i * ars + k * aks]: small_gemm passes (lda, 1),
 // small_gemm_at (A transposed, stored [K, M]) passes (1, lda).
 template <typename T>
 void small_gemm_strided(int64_t M, int64_t N, int64_t K, const T* A, int64_t ars, int64_t aks, const T* B, int64_t ldb,
                         T* C, int64_t ldc) {
-    int64_t i = 0;
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(MAGNETS_HAVE_FMA_BLOCK)
     if constexpr (std::is_same_v<T, float>) {
-        if (N % 16 == 0) {
-            for (int64_t c0 = 0; c0 < N; c0 += 16) {
-                int64_t r = 0;
-                for (; r + 6 <= M; r += 6) gemm_block_x16<6>(K, A + r * ars, ars, aks, B + c0, ldb, C + r * ldc + c0, ldc);
-                const T* ar = A + r * ars;
-                T* cr = C + r * ldc + c0;
-                switch (M - r) {
-                case 5: gemm_block_x16<5>(K, ar, ars, aks, B + c0, ldb, cr, ldc); break;
-                case 4: gemm_block_x16<4>(K, ar, ars, aks, B + c0, ldb, cr, ldc); break;
-                case 3: gemm_block_x16<3>(K, ar, ars, aks, B + c0, ldb, cr, ldc); break;
-                case 2: gemm_block_x16<2>(K, ar, ars, aks, B + c0, ldb, cr, ldc); break;
-                case 1: gemm_block_x16<1>(K, ar, ars, aks, B + c0, ldb, cr, ldc); break;
-                default: break;
-                }
-            }
-            return;
-        }
+        if (N % 16 == 0) return simd::fma_gemm(M, N, K, A, ars, aks, B, ldb, C, ldc);
     }
 #endif
-    for (; i < M; ++i) combine(A + i * ars, aks, B, ldb, K, C + i * ldc, N);
+    for (int64_t i = 0; i < M; ++i) combine(A + i * ars, aks, B, ldb, K, C + i * ldc, N);
 }
 template <typename T>
 void small_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
