@@ -251,7 +251,8 @@ TEST_CASE("attention backward matches finite differences (double)") {
 }
 
 TEST_CASE("float attention (AVX2 register blocks) agrees with the double path") {
-  // The float path runs gemm_block_4x16 (A and A^T operands); double runs the
+  // The float path runs the 6x16 blocks of core/fma_block.h (A and A^T operands,
+  // 19 rows: three full blocks and a 1-row block); double runs the
   // scalar combine. Same formulas, so the difference is float round-off only.
   const int64_t batch = 2, heads = 2, seq = 19, hd = 16, ld = heads * hd + 3;
   const size_t n = static_cast<size_t>(batch * seq * ld);

@@ -324,6 +324,25 @@ void weight_transform(const float* w, int64_t c_out, int64_t c_in, bool rotate, 
 thread_local std::vector<float> tl_in, tl_out, tl_a, tl_b; // per thread, grow-only
 thread_local std::vector<float> tl_u;                      // the calling thread's filters
 
+// One chunk's buffers in the calling thread's scratch: the gathered input
+// (nb x lh x lw pixels with the one-pixel halo, c_a channels), the output-side
+// pixels without halo (c_b channels), and the transformed tiles V (c_a) and
+// M or D (c_b), tn tiles each.
+struct ChunkBuffers {
+    int64_t tn, lh, lw;
+    float *in, *out, *v, *m;
+    ChunkBuffers(const Geo& g, const Chunk& k, int64_t c_a, int64_t c_b) {
+        const int64_t rows = k.r1 - k.r0;
+        tn = k.nb * rows * g.tw;
+        lh = 2 * rows + 2;
+        lw = 2 * g.tw + 2;
+        in = scratch(tl_in, static_cast<size_t>(k.nb * lh * lw * c_a));
+        out = scratch(tl_out, static_cast<size_t>(k.nb * (lh - 2) * (lw - 2) * c_b));
+        v = scratch(tl_a, static_cast<size_t>(16 * slice_stride(tn, c_a)));
+        m = scratch(tl_b, static_cast<size_t>(16 * slice_stride(tn, c_b)));
+    }
+};
+
 constexpr int64_t kChunkBytes = 384 * 1024; // V and M of one chunk: about a Zen 3 L2
 
 // The forward algorithm on NCHW `in` (c_in channels) with filters U, into NCHW
@@ -336,19 +355,14 @@ void conv_tiles(const Geo& g, int64_t c_in, int64_t c_out, const float* in, cons
 #pragma omp for schedule(static)
         for (int64_t kk = 0; kk < ck.count; ++kk) {
             const Chunk k = ck.at(g, kk);
-            const int64_t rows = k.r1 - k.r0, tn = k.nb * rows * g.tw;
-            const int64_t LH = 2 * rows + 2, LW = 2 * g.tw + 2;
-            float* xl = scratch(tl_in, static_cast<size_t>(k.nb * LH * LW * c_in));
-            float* yl = scratch(tl_out, static_cast<size_t>(k.nb * 2 * rows * 2 * g.tw * c_out));
-            float* V = scratch(tl_a, static_cast<size_t>(16 * slice_stride(tn, c_in)));
-            float* M = scratch(tl_b, static_cast<size_t>(16 * slice_stride(tn, c_out)));
-            gather(in, g, c_in, k, 1, LH, LW, xl);
-            input_transform(xl, LH, LW, c_in, k, g.tw, V);
+            const ChunkBuffers w(g, k, c_in, c_out);
+            gather(in, g, c_in, k, 1, w.lh, w.lw, w.in);
+            input_transform(w.in, w.lh, w.lw, c_in, k, g.tw, w.v);
             for (int xi = 0; xi < 16; ++xi)
-                gemm_packed(tn, c_out, c_in, V + xi * slice_stride(tn, c_in), c_in, U + xi * c_in * c_out, M + xi * slice_stride(tn, c_out),
-                            c_out);
-            output_transform(M, c_out, k, g.tw, bias, yl);
-            scatter(yl, g, c_out, k, out);
+                gemm_packed(w.tn, c_out, c_in, w.v + xi * slice_stride(w.tn, c_in), c_in, U + xi * c_in * c_out,
+                            w.m + xi * slice_stride(w.tn, c_out), c_out);
+            output_transform(w.m, c_out, k, g.tw, bias, w.out);
+            scatter(w.out, g, c_out, k, out);
         }
     }
 }
@@ -385,19 +399,14 @@ void winograd_backward_weights(const Conv2dShape& s, const float* x, const float
 #pragma omp for schedule(static)
         for (int64_t kk = 0; kk < ck.count; ++kk) {
             const Chunk k = ck.at(g, kk);
-            const int64_t rows = k.r1 - k.r0, tn = k.nb * rows * g.tw;
-            const int64_t LH = 2 * rows + 2, LW = 2 * g.tw + 2;
-            float* xl = scratch(tl_in, static_cast<size_t>(k.nb * LH * LW * ci));
-            float* dl = scratch(tl_out, static_cast<size_t>(k.nb * 2 * rows * 2 * g.tw * co));
-            float* V = scratch(tl_a, static_cast<size_t>(16 * slice_stride(tn, ci)));
-            float* D = scratch(tl_b, static_cast<size_t>(16 * slice_stride(tn, co)));
-            gather(x, g, ci, k, 1, LH, LW, xl);
-            gather(dy, g, co, k, 0, 2 * rows, 2 * g.tw, dl);
-            input_transform(xl, LH, LW, ci, k, g.tw, V);
-            grad_transform(dl, co, k, g.tw, D);
+            const ChunkBuffers w(g, k, ci, co);
+            gather(x, g, ci, k, 1, w.lh, w.lw, w.in);
+            gather(dy, g, co, k, 0, w.lh - 2, w.lw - 2, w.out);
+            input_transform(w.in, w.lh, w.lw, ci, k, g.tw, w.v);
+            grad_transform(w.out, co, k, g.tw, w.m);
             // dU[xi] [co, ci] += D[xi]^T V[xi]: A(o, t) = D[t * co + o].
             for (int xi = 0; xi < 16; ++xi)
-                simd::fma_gemm(co, ci, tn, D + xi * slice_stride(tn, co), 1, co, V + xi * slice_stride(tn, ci), ci,
+                simd::fma_gemm(co, ci, w.tn, w.m + xi * slice_stride(w.tn, co), 1, co, w.v + xi * slice_stride(w.tn, ci), ci,
                                mine + xi * co * ci, ci, true);
         }
     }
