@@ -23,6 +23,12 @@ torch version has it (--attention). Random weights of the benchmark's scheme
 (matrices N(0, 0.5^2 / in), head N(0, 2^2 / in), embeddings N(0, 0.5^2),
 biases 0, LayerNorm gains 1); the values need not match magnets'.
 
+--device cuda runs it on the GPU (timings after torch.cuda.synchronize);
+--dtype bf16 casts the weights (activations follow; softmax and sampling in
+f32); --compile wraps each sub-model's forward in torch.compile (compiled and
+run once per sub-model before timing). These are the issue-6 baselines: eager
+and compiled bf16 on the same card as magnets.
+
 --forward-only times one full forward of the full model (p = 1) over --batch
 sequences of S = N + 1 tokens plus the head on the N image rows (median of
 --iters after --warmup), with magnets' FLOP count.
@@ -30,6 +36,8 @@ sequences of S = N + 1 tokens plus the head on the N image rows (median of
 Prints one JSON object to stdout; never used by tests.
 
     /opt/torch-venv/bin/python bench/sampler_torch.py --schedule 8:3,4:3,2:3,1:3 --images 64 --batch 64
+    /opt/torch-venv/bin/python bench/sampler_torch.py --device cuda --dtype bf16 --compile --width 768 --layers 24 \
+        --heads 16 --grid-h 16 --grid-w 16 --K 1024 --schedule 1:12 --images 256 --batch 64
     /usr/bin/python3 bench/sampler_torch.py --width 64 --layers 2 --grid-h 4 --grid-w 4 --K 64 --schedule 1:4 --images 4 --batch 4
 """
 import argparse
@@ -111,6 +119,10 @@ class SubModel:
         self.lnf = (pack(model.ln_f.weight[:r]), pack(model.ln_f.bias[:r]))
         self.head = (pack(model.head.weight[:, :r]), model.head.bias)
         self.fused = weights == "contiguous"
+        self.forward = self.hidden
+
+    def compile(self):
+        self.forward = torch.compile(self.hidden)
 
     def hidden(self, ids, attention):
         """ids [B, S] -> final hidden rows after LN_f [B, S, r]."""
@@ -153,7 +165,7 @@ def masked_after(N, T):
 
 
 def gumbel(shape, gen):
-    u = torch.rand(shape, generator=gen).clamp_(min=1e-20)
+    u = torch.rand(shape, generator=gen, device=gen.device).clamp_(min=1e-20)
     return -torch.log(-torch.log(u))
 
 
@@ -163,21 +175,22 @@ def sample_batch(subs, cfg, step_p, keeps, classes, args, attention, gen):
     T = len(step_p)
     cfg_on = args.cfg > 0
     nbr = 2 if cfg_on else 1
-    ids = torch.full((nbr * B, S), cfg.mask_id, dtype=torch.long)
-    ids[:B, 0] = cfg.codebook_size + 1 + classes
+    dev = gen.device
+    ids = torch.full((nbr * B, S), cfg.mask_id, dtype=torch.long, device=dev)
+    ids[:B, 0] = cfg.codebook_size + 1 + classes.to(dev)
     if cfg_on:
         ids[B:, 0] = cfg.null_id
-    tokens = torch.full((B, N), K, dtype=torch.long)
-    midx = torch.arange(N).expand(B, N).contiguous()  # masked positions per image, ascending
-    mask = torch.ones(B, N, dtype=torch.bool)
+    tokens = torch.full((B, N), K, dtype=torch.long, device=dev)
+    midx = torch.arange(N, device=dev).expand(B, N).contiguous()  # masked positions per image, ascending
+    mask = torch.ones(B, N, dtype=torch.bool, device=dev)
     M = N
     for s in range(T):
         sub = subs[step_p[s]]
         t1 = (s + 1) / T
-        h = sub.hidden(ids, attention)[:, 1:, :]                      # [nbr B, N, r]
+        h = sub.forward(ids, attention)[:, 1:, :]                     # [nbr B, N, r]
         gidx = midx.repeat(nbr, 1) if cfg_on else midx
         h = h.gather(1, gidx[:, :, None].expand(nbr * B, M, sub.r))  # masked rows only
-        logits = sub.head_logits(h)                                   # [nbr B, M, K]
+        logits = sub.head_logits(h).float()                           # [nbr B, M, K]
         if cfg_on:
             lc, lu = logits[:B], logits[B:]
             logits = lc + args.cfg * (lc - lu)
@@ -234,6 +247,9 @@ def main():
                     help="contiguous: per sub-model packed copies (fused qkv), made before timing; "
                          "view: strided views of the full weights")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each sub-model's forward")
     args = ap.parse_args()
     if args.images < 1 or args.batch < 1 or args.iters < 1:
         raise SystemExit("--images, --batch and --iters must be positive")
@@ -245,13 +261,23 @@ def main():
     except RuntimeError:
         pass
     torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this torch sees no GPU (torch.cuda.is_available() is False)")
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    cpu_gen = torch.Generator().manual_seed(args.seed)   # weights and inputs, as on the CPU
+    gen = torch.Generator(device=dev).manual_seed(args.seed)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     cfg = mt.Config(codebook_size=args.K, num_classes=args.C, grid_t=args.grid_t, grid_h=args.grid_h,
                     grid_w=args.grid_w, width=args.width, heads=args.heads, layers=args.layers,
                     mlp_ratio=args.mlp_ratio, nesting=args.nesting, factors=mt.parse_factors(args.factors))
     model = mt.NestedTransformer(cfg)
-    init_bench(model, gen)
+    init_bench(model, cpu_gen)
+    model.to(device=dev, dtype=dtype)
     model.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)
@@ -268,25 +294,33 @@ def main():
                   "factors": mt.factors_to_string(cfg.factors),
                   "params": sum(prm.numel() for prm in model.parameters())}
     common = {"impl": "pytorch", "torch": str(torch.__version__), "threads": torch.get_num_threads(),
-              "attention": attention, "weights": args.weights}
+              "attention": attention, "weights": args.weights, "device": str(dev), "dtype": args.dtype,
+              "compile": args.compile}
+    if dev.type == "cuda":
+        common["gpu"] = torch.cuda.get_device_name(dev)
 
     with torch.inference_mode():
         if args.forward_only:
             sub = SubModel(model, 1, args.weights)
+            if args.compile:
+                sub.compile()
             B = args.batch
-            ids = torch.randint(0, K, (B, S), generator=gen)
-            ids = torch.where(torch.rand(B, S, generator=gen) < 0.5, torch.full_like(ids, cfg.mask_id), ids)
+            ids = torch.randint(0, K, (B, S), generator=cpu_gen)
+            ids = torch.where(torch.rand(B, S, generator=cpu_gen) < 0.5, torch.full_like(ids, cfg.mask_id), ids)
             ids[:, 0] = K + 1 + torch.arange(B) % C
+            ids = ids.to(dev)
 
             def run():
-                return sub.head_logits(sub.hidden(ids, attention)[:, 1:, :])
+                return sub.head_logits(sub.forward(ids, attention)[:, 1:, :])
 
-            for _ in range(args.warmup):
+            for _ in range(max(args.warmup, 1 if args.compile else 0)):
                 run()
+            sync()
             times = []
             for _ in range(args.iters):
                 t0 = time.perf_counter()
                 run()
+                sync()
                 times.append(time.perf_counter() - t0)
             med = statistics.median(times)
             flops = step_flops(cfg, 1, S, S, N) * B
@@ -307,6 +341,9 @@ def main():
         if T > N:
             raise SystemExit(f"{T} steps for {N} tokens: use at most N steps")
         subs = {p: SubModel(model, p, args.weights) for p in set(step_p)}
+        if args.compile:
+            for sub in subs.values():
+                sub.compile()
         keeps = masked_after(N, T)
         nbr = 2 if args.cfg > 0 else 1
         masked_before = [N] + keeps[:-1]
@@ -318,10 +355,14 @@ def main():
                 sample_batch(subs, cfg, step_p, keeps, classes[first:min(n, first + args.batch)], args, attention,
                              gen)
 
+        if args.compile: # compile every sub-model at the timed batch shape before timing
+            run(min(args.batch, max(args.images, warmup_images)))
         if warmup_images > 0:
             run(warmup_images)
+        sync()
         t0 = time.perf_counter()
         run(args.images)
+        sync()
         seconds = time.perf_counter() - t0
 
     print(json.dumps(dict(common, mode="sample", schedule=",".join(f"{p}:{k}" for p, k in sched), steps=T,

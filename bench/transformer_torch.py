@@ -8,11 +8,16 @@ r ~ U(0,1) and ceil(cos(pi/2 r) N) masked positions), the joint ground_truth
 loss over every sub-model in --factors (CE with label smoothing 0.1 on the
 masked positions, weights 1), backward, clip_grad_norm_(1.0), AdamW (betas
 0.9/0.96, eps 1e-8, weight decay 0.045 on matrices, constant lr). All batches
-are generated before timing. f32 on the CPU with torch.set_num_threads(threads).
+are generated before timing. f32 on the CPU with torch.set_num_threads(threads);
+--device cuda runs on the GPU (timed after torch.cuda.synchronize), --dtype bf16
+under torch.autocast (bf16 matmuls, f32 master weights and optimizer: the
+usual mixed-precision recipe, issue 6's "PyTorch eager bf16" baseline).
 
 Prints one JSON object to stdout; never used by tests.
 
     /opt/torch-venv/bin/python bench/transformer_torch.py --threads 2 --steps 20 --warmup 3
+    /opt/torch-venv/bin/python bench/transformer_torch.py --device cuda --dtype bf16 --width 768 --layers 24 \
+        --heads 16 --grid-h 16 --grid-w 16 --K 1024 --batch 64
     /usr/bin/python3 bench/transformer_torch.py --steps 2 --warmup 1 --width 64 --layers 2
 """
 import argparse
@@ -53,6 +58,8 @@ def main():
     ap.add_argument("--head-rows", choices=["masked", "all"], default="masked",
                     help="output head on the masked positions only (as magnets) or on all positions")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32", help="bf16: torch.autocast")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -62,12 +69,20 @@ def main():
         pass
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this torch sees no GPU (torch.cuda.is_available() is False)")
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     cfg = mt.Config(codebook_size=args.K, num_classes=args.C, grid_t=args.grid_t, grid_h=args.grid_h,
                     grid_w=args.grid_w, width=args.width, heads=args.heads, layers=args.layers,
                     mlp_ratio=args.mlp_ratio, nesting=args.nesting, factors=mt.parse_factors(args.factors))
     model = mt.NestedTransformer(cfg)
     mt.init_like_magnets(model, gen)
+    model.to(dev)
     has_sdpa = hasattr(torch.nn.functional, "scaled_dot_product_attention")
     attention = args.attention
     if attention == "auto":
@@ -89,18 +104,22 @@ def main():
         drop = torch.rand(B, generator=gen) < args.class_dropout
         cls = torch.where(drop, torch.full_like(cls, cfg.null_id), cls)
         ids = torch.cat([cls[:, None], torch.where(mask, torch.full_like(targets, cfg.mask_id), targets)], 1)
-        batches.append((ids, targets, mask))
+        batches.append((ids.to(dev), targets.to(dev), mask.to(dev)))
 
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     t_start = time.perf_counter()
     for step in range(total):
         if step == args.warmup:
+            sync()
             t_start = time.perf_counter()
         ids, targets, mask = batches[step]
         opt.zero_grad(set_to_none=True)
-        loss, _ = mt.joint_loss(model, ids, targets, mask, "ground_truth", 1.0, None, args.label_smoothing)
+        with autocast:
+            loss, _ = mt.joint_loss(model, ids, targets, mask, "ground_truth", 1.0, None, args.label_smoothing)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+    sync()
     t_end = time.perf_counter()
 
     seconds = t_end - t_start
@@ -111,6 +130,8 @@ def main():
         "tokens_per_s": round(B * N * args.steps / seconds, 2) if seconds > 0 else None,
         "seq_per_s": round(B * args.steps / seconds, 2) if seconds > 0 else None,
         "final_loss": round(float(loss.detach()), 6), "attention": attention, "head_rows": args.head_rows,
+        "device": str(dev), "dtype": args.dtype,
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "model": {"K": K, "C": C, "grid": [cfg.grid_t, cfg.grid_h, cfg.grid_w], "width": cfg.width,
                   "heads": cfg.heads, "layers": cfg.layers, "mlp_ratio": cfg.mlp_ratio, "nesting": cfg.nesting,
                   "factors": mt.factors_to_string(cfg.factors),
