@@ -26,28 +26,33 @@ void rowstable_matmul(ConstMat a, ConstMat w, const float* bias, Mat c) {
     const int64_t full = N / 16 * 16; // columns handled by the vector kernel
     (void)full;
 #if defined(MAGNETS_HAVE_FMA_BLOCK)
-    constexpr int64_t kRowChunk = 192; // rows per task: the packed panel is reused this often
-    const int64_t col_blocks = full / 16, row_chunks = (M + kRowChunk - 1) / kRowChunk;
-    const int64_t tasks = col_blocks * row_chunks;
+    // W is packed once into 16-column panels [K][16]. Work runs row chunk by
+    // row chunk: a chunk of A (about 256 KiB, in L2) meets every panel before
+    // the next chunk is read, so A streams from memory once (panel-major order
+    // read all of A once per panel: 64 times for a 1024-wide output).
+    const int64_t col_blocks = full / 16;
+    const int64_t row_chunk = std::clamp<int64_t>((256 * 1024 / 4) / std::max<int64_t>(K, 1) / 6 * 6, 6, 192);
+    const int64_t row_chunks = (M + row_chunk - 1) / row_chunk, tasks = col_blocks * row_chunks;
     const bool parallel = static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) > 2e6;
+    static thread_local std::vector<float> packed_w;
+    if (packed_w.size() < static_cast<size_t>(col_blocks * K * 16)) packed_w.resize(static_cast<size_t>(col_blocks * K * 16));
+    float* packed = packed_w.data();
 #pragma omp parallel if (parallel)
     {
-        std::vector<float> buf(static_cast<size_t>(K * 16 + 8));
-        float* p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 31) & ~uintptr_t{31});
-        int64_t packed = -1;
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < tasks; ++t) {
-            const int64_t jb = t / row_chunks, rc = t % row_chunks;
-            if (packed != jb) { // panel p[k][j] = w[jb*16 + j][k]
-                for (int64_t j = 0; j < 16; ++j) {
-                    const float* wr = w.data + (jb * 16 + j) * w.ld;
-                    for (int64_t k = 0; k < K; ++k) p[k * 16 + j] = wr[k];
-                }
-                packed = jb;
+        for (int64_t jb = 0; jb < col_blocks; ++jb) { // panel jb: p[k][j] = w[jb*16 + j][k]
+            float* p = packed + jb * K * 16;
+            for (int64_t j = 0; j < 16; ++j) {
+                const float* wr = w.data + (jb * 16 + j) * w.ld;
+                for (int64_t k = 0; k < K; ++k) p[k * 16 + j] = wr[k];
             }
-            const int64_t r0 = rc * kRowChunk, rows = std::min(kRowChunk, M - r0);
-            simd::fma_rows_x16<true>(rows, K, a.data + r0 * a.ld, a.ld, 1, p, 16, c.data + r0 * c.ld + jb * 16, c.ld,
-                                     bias ? bias + jb * 16 : nullptr);
+        }
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; ++t) { // row-chunk major: a thread's tasks share their A chunks
+            const int64_t rc = t / col_blocks, jb = t % col_blocks;
+            const int64_t r0 = rc * row_chunk, rows = std::min(row_chunk, M - r0);
+            simd::fma_rows_x16<true>(rows, K, a.data + r0 * a.ld, a.ld, 1, packed + jb * K * 16, 16,
+                                     c.data + r0 * c.ld + jb * 16, c.ld, bias ? bias + jb * 16 : nullptr);
         }
     }
     const int64_t first_scalar = full;
