@@ -216,8 +216,7 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
         std::vector<uint16_t> view_tokens(static_cast<size_t>(nb * N), static_cast<uint16_t>(K));
         std::vector<float> conf_all(static_cast<size_t>(nb * N));
         std::vector<int32_t> pos;
-        std::vector<float> hidden, hrows, logits, lp(static_cast<size_t>(K)), ex(static_cast<size_t>(K));
-        std::vector<std::pair<float, int64_t>> order;
+        std::vector<float> hidden, hrows, logits;
         int64_t masked_now = N;
 
         for (int64_t s = 0; s < T; ++s) {
@@ -284,11 +283,17 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
             const int64_t keep = masked_after[static_cast<size_t>(s)];
             std::fill(revealed_now.begin(), revealed_now.end(), 0);
             std::fill(conf_all.begin(), conf_all.end(), std::numeric_limits<float>::quiet_NaN());
+            // Images are independent (their draws come from counter-based streams
+            // keyed by image, step and position), so they run in parallel; each
+            // writes only its own entries of masked, ids, view_tokens, ...
+#pragma omp parallel for schedule(dynamic, 1) if (nb * masked_now * K >= (int64_t{1} << 16))
             for (int64_t img = 0; img < nb; ++img) {
                 const int64_t g = first_index + first + img;
                 const uint64_t tok_stream = stream_id("sample-token", static_cast<uint64_t>(g));
                 const uint64_t gum_stream = stream_id("sample-choice", static_cast<uint64_t>(g));
-                order.clear();
+                std::vector<float> lp(static_cast<size_t>(K)), ex(static_cast<size_t>(K));
+                std::vector<std::pair<float, int64_t>> order;
+                order.reserve(static_cast<size_t>(masked_now));
                 int64_t mi = 0;
                 std::vector<int32_t> drawn(static_cast<size_t>(N), -1);
                 for (int64_t j = 0; j < N; ++j) {
