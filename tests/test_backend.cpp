@@ -10,6 +10,7 @@
 // blocked/vectorised sums grow like sqrt(k) in practice (observed ~1e-6), and
 // the ref accumulates in double. 1e-4 is ~100x above what correct code shows
 // while any indexing, transpose or stride bug gives an error of order 1.
+#include "core/fastmath.h"
 #include "magnets/backend.h"
 #include "magnets/error.h"
 
@@ -536,6 +537,33 @@ TEST_CASE("matmul_rowstable: every backend gives the CPU kernel's bits, whatever
         float acc = 0.0f;
         for (int64_t k = 0; k < K; ++k) acc = std::fma(a[size_t(5 * lda + k)], w[size_t(9 * ldw + k)], acc);
         CHECK(same_bits(got[size_t(5 * N + 9)], acc));
+    }
+}
+
+// The GELU epilogue: act = gelu gives GELU of the plain result, element by
+// element: the same bits on the CPU backends (the same float operations), and
+// within 1e-6 normalised on a device (its erff is not our erf polynomial).
+TEST_CASE("matmul_rowstable: the GELU epilogue equals GELU of the product") {
+    const int64_t M = 50, N = 40, K = 33; // N = 40: two 16-column panels and an 8-column scalar tail
+    const std::vector<float> a = random_vec(size_t(M * K), 41), w = random_vec(size_t(N * K), 42),
+                             bias = random_vec(size_t(N), 43);
+    for (const std::string& name : usable_backends()) {
+        CAPTURE(name);
+        auto be = make_backend(name);
+        Buffer ab(*be, a), wb(*be, w), bb(*be, bias), plain(*be, size_t(M * N)), fused(*be, size_t(M * N));
+        be->matmul_rowstable(ConstMat(ab.get(), M, K, K), ConstMat(wb.get(), N, K, K), bb.get(), Mat{plain.get(), M, N, N});
+        be->matmul_rowstable(ConstMat(ab.get(), M, K, K), ConstMat(wb.get(), N, K, K), bb.get(), Mat{fused.get(), M, N, N},
+                             Backend::Act::gelu);
+        std::vector<float> want = plain.download();
+        for (float& v : want) v = static_cast<float>(0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))));
+        const std::vector<float> got = fused.download();
+        CHECK(normalised_error(got, want) < 1e-6);
+        if (name == "ref" || name == "onednn") {
+            const std::vector<float> host = plain.download();
+            int64_t differ = 0;
+            for (size_t i = 0; i < host.size(); ++i) differ += same_bits(magnets::gelu(host[i]), got[i]) ? 0 : 1;
+            CHECK(differ == 0);
+        }
     }
 }
 

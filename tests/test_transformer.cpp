@@ -12,7 +12,7 @@
 #include "magnets/formats.h"
 #include "magnets/rng.h"
 #include "magnets/transformer.h"
-#include "nn/fastmath.h"
+#include "core/fastmath.h"
 #include "nn/optim.h"
 #include "nn/transformer_impl.h"
 #include "nn/transformer_ops.h"

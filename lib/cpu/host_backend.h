@@ -27,8 +27,8 @@ public:
         if (count) std::memcpy(host_dst, src, count * sizeof(float));
     }
     // Both CPU backends share the row-stable kernel (lib/cpu/rowstable_gemm.cpp).
-    void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c) override {
-        cpu::rowstable_matmul(a, w, bias, c);
+    void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c, Act act = Act::none) override {
+        cpu::rowstable_matmul(a, w, bias, c, act == Act::gelu);
     }
 };
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/fastmath.h"
 #include "core/fma_block.h"
 
 namespace magnets::cpu {
@@ -21,7 +22,7 @@ inline float dot_chain(const float* a, const float* w, int64_t K) {
 
 } // namespace
 
-void rowstable_matmul(ConstMat a, ConstMat w, const float* bias, Mat c) {
+void rowstable_matmul(ConstMat a, ConstMat w, const float* bias, Mat c, bool gelu) {
     const int64_t M = a.rows, K = a.cols, N = w.rows;
     const int64_t full = N / 16 * 16; // columns handled by the vector kernel
     (void)full;
@@ -53,6 +54,11 @@ void rowstable_matmul(ConstMat a, ConstMat w, const float* bias, Mat c) {
             const int64_t r0 = rc * row_chunk, rows = std::min(row_chunk, M - r0);
             simd::fma_rows_x16<true>(rows, K, a.data + r0 * a.ld, a.ld, 1, packed + jb * K * 16, 16,
                                      c.data + r0 * c.ld + jb * 16, c.ld, bias ? bias + jb * 16 : nullptr);
+            if (gelu) { // the block is still in L1
+                float* cb = c.data + r0 * c.ld + jb * 16;
+                for (int64_t i = 0; i < rows; ++i)
+                    for (int64_t j = 0; j < 16; ++j) cb[i * c.ld + j] = magnets::gelu(cb[i * c.ld + j]);
+            }
         }
     }
     const int64_t first_scalar = full;
@@ -63,8 +69,9 @@ void rowstable_matmul(ConstMat a, ConstMat w, const float* bias, Mat c) {
 #pragma omp parallel for schedule(static) if (M * (N - first_scalar) * K > 2000000)
         for (int64_t i = 0; i < M; ++i)
             for (int64_t j = first_scalar; j < N; ++j) {
-                const float v = dot_chain(a.data + i * a.ld, w.data + j * w.ld, K);
-                c.data[i * c.ld + j] = bias ? v + bias[j] : v;
+                const float v0 = dot_chain(a.data + i * a.ld, w.data + j * w.ld, K);
+                const float v = bias ? v0 + bias[j] : v0;
+                c.data[i * c.ld + j] = gelu ? magnets::gelu(v) : v;
             }
     }
 }

@@ -14,7 +14,8 @@
 namespace magnets::cpu {
 
 // a [M, K], w [N, K] (PyTorch Linear layout, any leading dimensions),
-// bias [N] or null, c [M, N].
-void rowstable_matmul(ConstMat a, ConstMat w, const float* bias, Mat c);
+// bias [N] or null, c [M, N]; gelu: c = GELU(a w^T + bias), applied to each
+// block right after it is computed.
+void rowstable_matmul(ConstMat a, ConstMat w, const float* bias, Mat c, bool gelu = false);
 
 } // namespace magnets::cpu

@@ -54,7 +54,7 @@ constexpr int kTile = 64, kChunk = 16, kThreads = 16, kPer = kTile / kThreads;
 
 __global__ void rowstable_kernel(int64_t M, int64_t N, int64_t K, const float* __restrict__ a, int64_t lda,
                                  const float* __restrict__ w, int64_t ldw, const float* __restrict__ bias,
-                                 float* __restrict__ c, int64_t ldc) {
+                                 float* __restrict__ c, int64_t ldc, bool gelu) {
     __shared__ float as[kChunk][kTile + 1];
     __shared__ float ws[kChunk][kTile + 1];
     const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kThreads + tx;
@@ -91,7 +91,9 @@ __global__ void rowstable_kernel(int64_t M, int64_t N, int64_t K, const float* _
 #pragma unroll
         for (int v = 0; v < kPer; ++v) {
             const int64_t j = col0 + tx + v * kThreads;
-            if (j < N) c[i * ldc + j] = bias ? acc[u][v] + bias[j] : acc[u][v];
+            if (j >= N) continue;
+            const float y = bias ? acc[u][v] + bias[j] : acc[u][v];
+            c[i * ldc + j] = gelu ? 0.5f * y * (1.0f + erff(y * 0.70710678118654752f)) : y;
         }
     }
 }
@@ -226,14 +228,14 @@ public:
                      "matmul (cublasSgemm)");
     }
 
-    void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c) override {
+    void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c, Act act = Act::none) override {
         check_matmul_args("cuda", a, false, w, true, c);
         if (c.rows == 0 || c.cols == 0) return;
         const dim3 block(kThreads, kThreads);
         const dim3 grid(static_cast<unsigned>((c.cols + kTile - 1) / kTile),
                         static_cast<unsigned>((c.rows + kTile - 1) / kTile));
         rowstable_kernel<<<grid, block, 0, stream_>>>(c.rows, c.cols, a.cols, a.data, a.ld, w.data, w.ld, bias, c.data,
-                                                      c.ld);
+                                                      c.ld, act == Act::gelu);
         cuda_check(cudaGetLastError(), "matmul_rowstable");
     }
 

@@ -52,11 +52,14 @@ public:
     virtual void matmul(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c,
                         float alpha = 1.0f, float beta = 0.0f) = 0;
 
-    // Inference product c [M, N] = a [M, K] w^T + bias (w [N, K], bias [N] or
-    // null), row-stable: each element is one fixed-order sum over k, so a row's
-    // result does not depend on M, the other rows or the thread count. The
-    // sampler uses it so a seed gives the same tokens at any batch size.
-    virtual void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c) = 0;
+    // Inference product c [M, N] = act(a [M, K] w^T + bias) (w [N, K], bias
+    // [N] or null), row-stable: each element is one fixed-order sum over k, so
+    // a row's result does not depend on M, the other rows or the thread count.
+    // The sampler uses it so a seed gives the same tokens at any batch size.
+    // act = gelu applies the exact (erf) GELU while the block is in registers
+    // or cache, saving a pass over c.
+    enum class Act { none, gelu };
+    virtual void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c, Act act = Act::none) = 0;
 
     // y [n, c_out, oh, ow] = conv(x [n, c_in, h, w], w) + bias (bias may be null).
     virtual void conv2d_forward(const Conv2dShape& s, const float* x, const float* w,

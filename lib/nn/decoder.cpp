@@ -2,7 +2,7 @@
 #include "nn/decoder.h"
 
 #include "magnets/error.h"
-#include "nn/fastmath.h"
+#include "core/fastmath.h"
 #include "nn/transformer_ops.h"
 
 #include <algorithm>
@@ -79,9 +79,10 @@ void Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t
         float* xi = x_.data() + i * r;
         for (int64_t j = 0; j < r; ++j) xi[j] = t[j] + q[j];
     }
-    auto mm = [&](const float* in, int64_t k, const Param* w, const Param* bias, int64_t n, float* out) {
+    auto mm = [&](const float* in, int64_t k, const Param* w, const Param* bias, int64_t n, float* out,
+                  Backend::Act act = Backend::Act::none) {
         B.matmul_rowstable(ConstMat(in, R, k, k), ConstMat(w->w.data(), n, k, w->w.dim(1)), bias->w.data(),
-                           Mat{out, R, n, n});
+                           Mat{out, R, n, n}, act);
     };
     auto add_into_x = [&](const float* y) {
         float* x = x_.data();
@@ -107,8 +108,7 @@ void Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t
         add_into_x(tmp_.data());
         ops::layernorm_forward(x_.data(), r, h_.data(), r, mean_.data(), rstd_.data(), L.ln2_w->w.data(),
                                L.ln2_b->w.data(), R, r);
-        mm(h_.data(), r, L.fc1_w, L.fc1_b, f, u_.data());
-        ops::gelu_forward(u_.data(), u_.data(), R * f);
+        mm(h_.data(), r, L.fc1_w, L.fc1_b, f, u_.data(), Backend::Act::gelu);
         mm(u_.data(), f, L.fc2_w, L.fc2_b, r, tmp_.data());
         add_into_x(tmp_.data());
     }

@@ -8,7 +8,7 @@
 #include "magnets/log.h"
 #include "magnets/rng.h"
 #include "nn/decoder.h"
-#include "nn/fastmath.h"
+#include "core/fastmath.h"
 #include "nn/transformer_impl.h"
 #include "nn/transformer_ops.h"
 

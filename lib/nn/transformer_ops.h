@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "core/fma_block.h"
-#include "nn/fastmath.h"
+#include "core/fastmath.h"
 
 namespace magnets::nn::ops {
 

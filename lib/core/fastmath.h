@@ -1,4 +1,4 @@
-// lib/nn/fastmath.h (private): exp and erf for float that the compiler can
+// lib/core/fastmath.h (private): exp, erf and GELU for float that the compiler can
 // vectorise (branch-free arithmetic, no libm calls), used by softmax, GELU
 // and the losses. Double keeps libm (the finite-difference tests run in
 // double). Accuracy is checked against libm in tests/test_transformer.cpp.
@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-namespace magnets::nn {
+namespace magnets {
 
 // exp(x) for float: Cephes' minimax polynomial on [-ln2/2, ln2/2] after range
 // reduction x = n ln2 + r; about 1 ulp over the normal range. Inputs below
@@ -52,4 +52,13 @@ inline float verf(float a) {
 }
 inline double verf(double x) { return std::erf(x); }
 
-} // namespace magnets::nn
+// Exact (erf) GELU, the formula of nn::ops::gelu_forward: 0.5 x (1 + erf(x / sqrt 2)).
+inline float gelu(float x) { return 0.5f * x * (1 + verf(x * static_cast<float>(M_SQRT1_2))); }
+
+// The model code calls these as nn::vexp / nn::verf.
+namespace nn {
+using magnets::verf;
+using magnets::vexp;
+} // namespace nn
+
+} // namespace magnets
