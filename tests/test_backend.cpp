@@ -11,6 +11,7 @@
 // the ref accumulates in double. 1e-4 is ~100x above what correct code shows
 // while any indexing, transpose or stride bug gives an error of order 1.
 #include "core/fastmath.h"
+#include "cpu/winograd.h"
 #include "magnets/backend.h"
 #include "magnets/error.h"
 
@@ -476,6 +477,44 @@ TEST_CASE("conv2d: every backend matches ref (forward, backward data, backward w
             }
         }
     }
+}
+
+// The Winograd kernels called directly (not through the oneDNN backend's
+// routing, which would hide a broken kernel behind oneDNN's own convolution),
+// against the reference backend. Winograd's transforms add round-off (about
+// 1e-6 relative here), far inside the 1e-4 tolerance; an indexing or
+// transform error gives errors of order 1.
+TEST_CASE("Winograd F(2x2, 3x3) kernels match the reference backend in all three passes") {
+#if defined(__AVX2__) && defined(__FMA__)
+    auto ref = make_backend("ref");
+    uint32_t seed = 9100;
+    for (const Conv2dShape& s : {conv_shape(2, 16, 9, 11, 16, 3, 3, 1, 1), conv_shape(3, 32, 8, 8, 16, 3, 3, 1, 1),
+                                 conv_shape(1, 16, 1, 1, 32, 3, 3, 1, 1), conv_shape(64, 16, 4, 6, 16, 3, 3, 1, 1)}) {
+        CAPTURE(describe(s));
+        REQUIRE(cpu::winograd_fits(Op::conv2d_forward, s));
+        REQUIRE(cpu::winograd_fits(Op::conv2d_backward_data, s));
+        REQUIRE(cpu::winograd_fits(Op::conv2d_backward_weights, s));
+        const ConvData d = make_conv_data(s, seed += 10);
+        const ConvOutputs want = run_conv(*ref, s, d, true);
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        std::vector<float> y(y_size(s), nan), dx(x_size(s), nan), dw(w_size(s), nan), db(size_t(s.c_out), nan);
+        cpu::winograd_forward(s, d.x.data(), d.w.data(), d.bias.data(), y.data());
+        cpu::winograd_backward_data(s, d.dy.data(), d.w.data(), dx.data());
+        cpu::winograd_backward_weights(s, d.x.data(), d.dy.data(), dw.data(), db.data());
+        CHECK(normalised_error(y, want.y) < 1e-5);
+        CHECK(normalised_error(dx, want.dx) < 1e-5);
+        CHECK(normalised_error(dw, want.dw) < 1e-5);
+        CHECK(normalised_error(db, want.dbias) < 1e-5);
+    }
+    // Shapes it must leave to the direct method.
+    CHECK_FALSE(cpu::winograd_fits(Op::conv2d_forward, conv_shape(2, 16, 8, 8, 16, 3, 3, 2, 1)));  // stride 2
+    CHECK_FALSE(cpu::winograd_fits(Op::conv2d_forward, conv_shape(2, 16, 8, 8, 16, 4, 4, 2, 1)));  // 4x4
+    CHECK_FALSE(cpu::winograd_fits(Op::conv2d_forward, conv_shape(2, 4, 8, 8, 16, 3, 3, 1, 1)));   // c_in 4
+    CHECK_FALSE(cpu::winograd_fits(Op::conv2d_forward, conv_shape(2, 16, 8, 8, 1, 3, 3, 1, 1)));   // c_out 1
+    CHECK_FALSE(cpu::winograd_fits(Op::conv2d_backward_data, conv_shape(2, 8, 8, 8, 16, 3, 3, 1, 1))); // dx: 8 channels
+#else
+    MESSAGE("skipped: Winograd needs AVX2/FMA");
+#endif
 }
 
 TEST_CASE("conv2d: invalid shapes throw Error on every backend") {
