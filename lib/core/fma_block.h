@@ -12,6 +12,9 @@
 // element, in whatever block, gets the same bits; the sampler's determinism
 // across batch sizes rests on that.
 //
+// Also transpose8, the 8x8 block transpose (Winograd's layout changes and
+// attention's K^T).
+//
 // Operands: A(i, k) = a[i * ars + k * aks] (UnitK: aks = 1, the common
 // row-major case, with simpler addressing); B(k, j) = b[k * ldb + j], so a
 // packed panel has ldb = 16.
@@ -95,6 +98,27 @@ inline void fma_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ar
         else
             fma_rows_x16<false>(M, K, a, ars, aks, b + j, ldb, c + j, ldc, nullptr, accumulate);
     }
+}
+
+// 8x8 block transpose: out[j * ldo + i] = in[i * ldi + j] for i, j < 8.
+inline void transpose8(const float* in, int64_t ldi, float* out, int64_t ldo) {
+    __m256 r0 = _mm256_loadu_ps(in), r1 = _mm256_loadu_ps(in + ldi), r2 = _mm256_loadu_ps(in + 2 * ldi),
+           r3 = _mm256_loadu_ps(in + 3 * ldi), r4 = _mm256_loadu_ps(in + 4 * ldi), r5 = _mm256_loadu_ps(in + 5 * ldi),
+           r6 = _mm256_loadu_ps(in + 6 * ldi), r7 = _mm256_loadu_ps(in + 7 * ldi);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+                 t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+                 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+                 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+                 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+                 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r0 = _mm256_permute2f128_ps(u0, u4, 0x20); r1 = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r2 = _mm256_permute2f128_ps(u2, u6, 0x20); r3 = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r4 = _mm256_permute2f128_ps(u0, u4, 0x31); r5 = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r6 = _mm256_permute2f128_ps(u2, u6, 0x31); r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
+    _mm256_storeu_ps(out, r0); _mm256_storeu_ps(out + ldo, r1); _mm256_storeu_ps(out + 2 * ldo, r2);
+    _mm256_storeu_ps(out + 3 * ldo, r3); _mm256_storeu_ps(out + 4 * ldo, r4); _mm256_storeu_ps(out + 5 * ldo, r5);
+    _mm256_storeu_ps(out + 6 * ldo, r6); _mm256_storeu_ps(out + 7 * ldo, r7);
 }
 
 } // namespace magnets::simd

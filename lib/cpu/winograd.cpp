@@ -93,27 +93,6 @@ int64_t chunk_tiles(int64_t c_a, int64_t c_b, int64_t bytes) {
     return std::max<int64_t>(6, bytes / per_tile / 6 * 6);
 }
 
-// 8x8 block transpose: out[j * ldo + i] = in[i * ldi + j] for i, j < 8.
-inline void transpose8(const float* in, int64_t ldi, float* out, int64_t ldo) {
-    __m256 r0 = _mm256_loadu_ps(in), r1 = _mm256_loadu_ps(in + ldi), r2 = _mm256_loadu_ps(in + 2 * ldi),
-           r3 = _mm256_loadu_ps(in + 3 * ldi), r4 = _mm256_loadu_ps(in + 4 * ldi), r5 = _mm256_loadu_ps(in + 5 * ldi),
-           r6 = _mm256_loadu_ps(in + 6 * ldi), r7 = _mm256_loadu_ps(in + 7 * ldi);
-    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
-                 t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
-                 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
-                 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
-                 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
-                 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    r0 = _mm256_permute2f128_ps(u0, u4, 0x20); r1 = _mm256_permute2f128_ps(u1, u5, 0x20);
-    r2 = _mm256_permute2f128_ps(u2, u6, 0x20); r3 = _mm256_permute2f128_ps(u3, u7, 0x20);
-    r4 = _mm256_permute2f128_ps(u0, u4, 0x31); r5 = _mm256_permute2f128_ps(u1, u5, 0x31);
-    r6 = _mm256_permute2f128_ps(u2, u6, 0x31); r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
-    _mm256_storeu_ps(out, r0); _mm256_storeu_ps(out + ldo, r1); _mm256_storeu_ps(out + 2 * ldo, r2);
-    _mm256_storeu_ps(out + 3 * ldo, r3); _mm256_storeu_ps(out + 4 * ldo, r4); _mm256_storeu_ps(out + 5 * ldo, r5);
-    _mm256_storeu_ps(out + 6 * ldo, r6); _mm256_storeu_ps(out + 7 * ldo, r7);
-}
-
 // Floats between the 16 slices V[xi] (and M[xi], D[xi]) of a chunk of tn
 // tiles. The extra 16 floats keep the slices from starting at addresses 4 KiB
 // apart: the transforms touch all 16 at once, and slices in the same L1 set
@@ -164,7 +143,7 @@ void gather(const float* x, const Geo& g, int64_t C, const Chunk& k, int64_t hal
             for (int64_t c0 = 0; c0 < C; c0 += 8) {
                 const float* src = x + ((k.b0 + bi) * C + c0) * hw + y * g.w;
                 int64_t x0 = 0;
-                for (; x0 + 8 <= g.w; x0 += 8) transpose8(src + x0, hw, dst + x0 * C + c0, C);
+                for (; x0 + 8 <= g.w; x0 += 8) simd::transpose8(src + x0, hw, dst + x0 * C + c0, C);
                 for (; x0 < g.w; ++x0)
                     for (int64_t c = 0; c < 8; ++c) dst[x0 * C + c0 + c] = src[c * hw + x0];
             }
@@ -183,7 +162,7 @@ void scatter(const float* loc, const Geo& g, int64_t C, const Chunk& k, float* y
             for (int64_t c0 = 0; c0 < C; c0 += 8) {
                 float* dst = y + ((k.b0 + bi) * C + c0) * hw + yo * g.w;
                 int64_t x0 = 0;
-                for (; x0 + 8 <= g.w; x0 += 8) transpose8(src + x0 * C + c0, C, dst + x0, hw);
+                for (; x0 + 8 <= g.w; x0 += 8) simd::transpose8(src + x0 * C + c0, C, dst + x0, hw);
                 for (; x0 < g.w; ++x0)
                     for (int64_t c = 0; c < 8; ++c) dst[c * hw + x0] = src[x0 * C + c0 + c];
             }

@@ -17,28 +17,37 @@ void attention_rows(const float* q, const float* kc, const float* vc, float* out
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
 #pragma omp parallel if (seqs * heads * rq * S * hd >= ops::kParallelWork)
     {
-        std::vector<float> kt(static_cast<size_t>(hd * sp), 0.0f), sc(static_cast<size_t>(rq * sp)),
-            qs(static_cast<size_t>(rq * hd)), pr(static_cast<size_t>(rq * S));
-#pragma omp for schedule(static)
+        // kt: K^T [hd, sp], its padding columns zero; e: exp of the scores [rq, sp]
+        std::vector<float> kt(static_cast<size_t>(hd * sp), 0.0f), e(static_cast<size_t>(rq * sp)),
+            inv(static_cast<size_t>(rq));
+#pragma omp for schedule(dynamic, 8) // cores of a VM run at different speeds
         for (int64_t bh = 0; bh < seqs * heads; ++bh) {
             const int64_t b = bh / heads, h = bh % heads;
             const float* kb = kc + b * S * a + h * hd;
             const float* vb = vc + b * S * a + h * hd;
             const float* qb = q + b * rq * a + h * hd;
-            for (int64_t d = 0; d < hd; ++d)
-                for (int64_t j = 0; j < S; ++j) kt[static_cast<size_t>(d * sp + j)] = kb[j * a + d];
-            for (int64_t i = 0; i < rq; ++i)
-                for (int64_t d = 0; d < hd; ++d) qs[static_cast<size_t>(i * hd + d)] = qb[i * a + d] * scale;
-            ops::small_gemm(rq, sp, hd, qs.data(), hd, kt.data(), sp, sc.data(), sp);
+            float* ob = out + b * rq * a + h * hd;
+            int64_t j0 = 0;
+#if defined(MAGNETS_HAVE_FMA_BLOCK)
+            if (hd % 8 == 0)
+                for (; j0 + 8 <= S; j0 += 8)
+                    for (int64_t d = 0; d < hd; d += 8) simd::transpose8(kb + j0 * a + d, a, kt.data() + d * sp + j0, sp);
+#endif
+            for (int64_t j = j0; j < S; ++j)
+                for (int64_t d = 0; d < hd; ++d) kt[static_cast<size_t>(d * sp + j)] = kb[j * a + d];
+            // scores q k^T straight from the q rows; the 1/sqrt(hd) scale goes
+            // into the exponent, and the 1/sum onto the output rows (hd wide,
+            // where the probabilities are S wide)
+            ops::small_gemm(rq, sp, hd, qb, a, kt.data(), sp, e.data(), sp);
             for (int64_t i = 0; i < rq; ++i) {
-                float* si = sc.data() + i * sp;
-                const float mx = ops::lane_max(si, S);
-                for (int64_t j = 0; j < S; ++j) si[j] = vexp(si[j] - mx);
-                const float inv = 1.0f / ops::lane_sum<float>(si, nullptr, S);
-                float* pi = pr.data() + i * S;
-                for (int64_t j = 0; j < S; ++j) pi[j] = si[j] * inv;
+                float* ei = e.data() + i * sp;
+                const float mx = ops::lane_max(ei, S);
+                for (int64_t j = 0; j < S; ++j) ei[j] = vexp((ei[j] - mx) * scale);
+                inv[static_cast<size_t>(i)] = 1.0f / ops::lane_sum<float>(ei, nullptr, S);
             }
-            ops::small_gemm(rq, hd, S, pr.data(), S, vb, a, out + b * rq * a + h * hd, a);
+            ops::small_gemm(rq, hd, S, e.data(), sp, vb, a, ob, a);
+            for (int64_t i = 0; i < rq; ++i)
+                for (int64_t d = 0; d < hd; ++d) ob[i * a + d] *= inv[static_cast<size_t>(i)];
         }
     }
 }
@@ -72,6 +81,11 @@ void Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t
     rstd_.resize(static_cast<size_t>(R));
     const float* te = m_.tok_emb->w.data();
     const float* pe = m_.pos_emb->w.data();
+    // A refresh that lists every position in order writes keys and values
+    // straight into the cache; other steps scatter their fresh rows there.
+    bool in_order = rq == S;
+    for (int64_t i = 0; in_order && i < R; ++i) in_order = pos[i] == i % S;
+#pragma omp parallel for schedule(static) if (R * r >= ops::kParallelWork)
     for (int64_t i = 0; i < R; ++i) {
         const int64_t b = i / rq, ps = pos[i];
         const float* t = te + static_cast<int64_t>(ids[b * S + ps]) * D;
@@ -94,14 +108,17 @@ void Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t
         ops::layernorm_forward(x_.data(), r, h_.data(), r, mean_.data(), rstd_.data(), L.ln1_w->w.data(),
                                L.ln1_b->w.data(), R, r);
         mm(h_.data(), r, L.q_w, L.q_b, a, q_.data());
-        mm(h_.data(), r, L.k_w, L.k_b, a, k_.data());
-        mm(h_.data(), r, L.v_w, L.v_b, a, v_.data());
         float* kc = kc_[static_cast<size_t>(l)].data();
         float* vc = vc_[static_cast<size_t>(l)].data();
-        for (int64_t i = 0; i < R; ++i) { // fresh keys/values into the cache (ld a)
-            const int64_t b = i / rq, ps = pos[i];
-            std::memcpy(kc + (b * S + ps) * a, k_.data() + i * a, sizeof(float) * static_cast<size_t>(a));
-            std::memcpy(vc + (b * S + ps) * a, v_.data() + i * a, sizeof(float) * static_cast<size_t>(a));
+        mm(h_.data(), r, L.k_w, L.k_b, a, in_order ? kc : k_.data()); // the cache has ld a
+        mm(h_.data(), r, L.v_w, L.v_b, a, in_order ? vc : v_.data());
+        if (!in_order) {
+#pragma omp parallel for schedule(static) if (R * a >= ops::kParallelWork)
+            for (int64_t i = 0; i < R; ++i) {
+                const int64_t b = i / rq, ps = pos[i];
+                std::memcpy(kc + (b * S + ps) * a, k_.data() + i * a, sizeof(float) * static_cast<size_t>(a));
+                std::memcpy(vc + (b * S + ps) * a, v_.data() + i * a, sizeof(float) * static_cast<size_t>(a));
+            }
         }
         attention_rows(q_.data(), kc, vc, att_.data(), seqs_, rq, S, s.heads, cfg_.head_dim());
         mm(att_.data(), a, L.o_w, L.o_b, r, tmp_.data());
