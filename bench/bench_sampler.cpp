@@ -11,7 +11,8 @@
 //
 // --forward-only times instead one full forward of the full model (p = 1)
 // over --batch sequences of S = N + 1 tokens through nn::Decoder::forward with
-// a refresh, plus the head on the N image rows, and reports the GFLOP/s of
+// a refresh (the last layer on the N image rows, as in sampling), plus the
+// head on those rows, and reports the GFLOP/s of
 // magnets::step_flops(cfg, 1, S, S, N) * batch (median of --iters runs after
 // --warmup runs).
 //
@@ -142,8 +143,7 @@ int main(int argc, char** argv) {
             magnets::Transformer::Impl& im = m.impl();
             magnets::nn::Decoder dec(im, batch);
             const magnets::Philox rng(seed + 1);
-            std::vector<int32_t> ids(static_cast<size_t>(batch * S)), pos(static_cast<size_t>(batch * S)),
-                img_rows;
+            std::vector<int32_t> ids(static_cast<size_t>(batch * S)), pos(static_cast<size_t>(batch * S));
             for (int64_t b = 0; b < batch; ++b) {
                 ids[static_cast<size_t>(b * S)] = static_cast<int32_t>(c.class_id(b % c.num_classes));
                 for (int64_t j = 1; j < S; ++j) { // about half masked, as mid-decoding
@@ -155,13 +155,13 @@ int main(int argc, char** argv) {
                 for (int64_t j = 0; j < S; ++j) pos[static_cast<size_t>(b * S + j)] = static_cast<int32_t>(j);
             }
             const int64_t r = c.sub(1).resid;
-            std::vector<float> hidden, hrows(static_cast<size_t>(batch * N * r)), logits(static_cast<size_t>(batch * N * K));
+            std::vector<int32_t> image_rows; // the last layer goes on with the image rows only
+            for (int64_t b = 0; b < batch; ++b)
+                for (int64_t j = 1; j < S; ++j) image_rows.push_back(static_cast<int32_t>(j));
+            std::vector<float> hidden, logits(static_cast<size_t>(batch * N * K));
             auto run = [&]() {
-                dec.forward(1, ids.data(), pos.data(), S, true, hidden);
-                for (int64_t b = 0; b < batch; ++b) // image rows (skip the class token)
-                    std::memcpy(hrows.data() + b * N * r, hidden.data() + (b * S + 1) * r,
-                                sizeof(float) * static_cast<size_t>(N * r));
-                im.be->matmul_rowstable(magnets::ConstMat(hrows.data(), batch * N, r, r),
+                dec.forward(1, ids.data(), pos.data(), S, true, hidden, image_rows.data(), N);
+                im.be->matmul_rowstable(magnets::ConstMat(hidden.data(), batch * N, r, r),
                                         magnets::ConstMat(im.head_w->w.data(), K, r, c.width), im.head_b->w.data(),
                                         magnets::Mat{logits.data(), batch * N, K, K});
             };

@@ -12,8 +12,10 @@ softmax(l / tau) (Gumbel-max), scores it with log p + tau_c (1 - t/T) Gumbel
 noise (tau_c = 4.5) and reveals the most confident so that
 floor(N cos(pi/2 t/T)) stay masked (at least one revealed per step, none left
 after step T). Every image of a batch has the same number of masked positions,
-so the masked rows are a dense [batch, M] gather and only they go through the
-head.
+so the masked rows are a dense [batch, M] gather: the last layer computes
+keys and values for every position and everything else (queries, attention,
+output projection, MLP, final LayerNorm, head) for those rows only, as
+magnets' decoder does.
 
 Efficient inference: torch.inference_mode, f32, batched; per sub-model the
 weight prefixes are packed once before timing into contiguous tensors with q,
@@ -66,10 +68,13 @@ def parse_schedule(s):
 
 
 def step_flops(cfg, p, rows, keys, head_rows):
-    """magnets::step_flops: forward FLOPs per sequence (2 per multiply-add)."""
+    """magnets::step_flops: forward FLOPs per sequence (2 per multiply-add); the
+    last layer computes keys and values for `rows`, the rest for `head_rows`."""
     r, a, _, f = cfg.sub(p)
-    block = 2.0 * rows * (3 * r * a + a * r + 2 * r * f) + 4.0 * rows * keys * a
-    return cfg.layers * block + 2.0 * head_rows * r * cfg.codebook_size
+    kv = lambda n: 2.0 * n * (2 * r * a)
+    rest = lambda n: 2.0 * n * (r * a + a * r + 2 * r * f) + 4.0 * n * keys * a
+    L = cfg.layers
+    return L * kv(rows) + (L - 1) * rest(rows) + rest(head_rows) + 2.0 * head_rows * r * cfg.codebook_size
 
 
 @torch.no_grad()
@@ -124,26 +129,35 @@ class SubModel:
     def compile(self):
         self.forward = torch.compile(self.hidden)
 
-    def hidden(self, ids, attention):
-        """ids [B, S] -> final hidden rows after LN_f [B, S, r]."""
+    def hidden(self, ids, attention, rows):
+        """ids [B, S], rows [B, M] (positions, ascending) -> final hidden rows
+        of those positions after LN_f [B, M, r]. The last layer computes keys
+        and values for all S positions and the rest for the M rows only, as
+        magnets' decoder does (the other rows' outputs are never read)."""
         B, S = ids.shape
         r, a, nh = self.r, self.a, self.nh
         hd = self.cfg.head_dim
         eps = mt.LN_EPS
         x = F.embedding(ids, self.tok) + self.pos[:S]
-        for L in self.layers:
+        last = len(self.layers) - 1
+        for li, L in enumerate(self.layers):
             h = F.layer_norm(x, (r,), L["ln1"][0], L["ln1"][1], eps)
             if self.fused:
                 qkv = F.linear(h, *L["qkv"]).view(B, S, 3, nh, hd).permute(2, 0, 3, 1, 4)
                 q, k, v = qkv[0], qkv[1], qkv[2]
             else:
                 q, k, v = (F.linear(h, *wb).view(B, S, nh, hd).transpose(1, 2) for wb in L["qkv"])
+            M = S
+            if li == last:
+                M = rows.shape[1]
+                x = x.gather(1, rows[:, :, None].expand(B, M, r))
+                q = q.gather(2, rows[:, None, :, None].expand(B, nh, M, hd))
             if attention == "sdpa":
                 att = F.scaled_dot_product_attention(q, k, v)
             else:
                 w = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd)), dim=-1)
                 att = torch.matmul(w, v)
-            att = att.transpose(1, 2).reshape(B, S, a)
+            att = att.transpose(1, 2).reshape(B, M, a)
             x = x + F.linear(att, *L["o"])
             h2 = F.layer_norm(x, (r,), L["ln2"][0], L["ln2"][1], eps)
             x = x + F.linear(F.gelu(F.linear(h2, *L["fc1"])), *L["fc2"])
@@ -187,9 +201,8 @@ def sample_batch(subs, cfg, step_p, keeps, classes, args, attention, gen):
     for s in range(T):
         sub = subs[step_p[s]]
         t1 = (s + 1) / T
-        h = sub.forward(ids, attention)[:, 1:, :]                     # [nbr B, N, r]
         gidx = midx.repeat(nbr, 1) if cfg_on else midx
-        h = h.gather(1, gidx[:, :, None].expand(nbr * B, M, sub.r))  # masked rows only
+        h = sub.forward(ids, attention, gidx + 1)                     # [nbr B, M, r], masked rows only
         logits = sub.head_logits(h).float()                           # [nbr B, M, K]
         if cfg_on:
             lc, lu = logits[:B], logits[B:]
@@ -310,8 +323,10 @@ def main():
             ids[:, 0] = K + 1 + torch.arange(B) % C
             ids = ids.to(dev)
 
+            image_rows = torch.arange(1, S, device=dev).expand(B, N).contiguous()
+
             def run():
-                return sub.head_logits(sub.forward(ids, attention)[:, 1:, :])
+                return sub.head_logits(sub.forward(ids, attention, image_rows))
 
             for _ in range(max(args.warmup, 1 if args.compile else 0)):
                 run()

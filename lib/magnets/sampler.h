@@ -107,7 +107,8 @@ SampleResult sample(Transformer& model, const SampleConfig& cfg, const int32_t* 
 
 // Forward FLOPs per image for one step of sub-model p computing `rows`
 // positions against `keys` positions, with `head_rows` rows through the
-// output head (2 per multiply-add).
+// output head (2 per multiply-add). The last layer computes keys and values
+// for `rows` and everything else for the `head_rows` only.
 double step_flops(const TransformerConfig& c, int64_t p, int64_t rows, int64_t keys, int64_t head_rows);
 
 } // namespace magnets

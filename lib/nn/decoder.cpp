@@ -63,11 +63,13 @@ Decoder::Decoder(Transformer::Impl& m, int64_t seqs) : m_(m), cfg_(m.cfg), seqs_
 }
 
 void Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t rq, bool refresh,
-                      std::vector<float>& hidden) {
+                      std::vector<float>& hidden, const int32_t* out_rows, int64_t ro) {
     using Param = Transformer::Impl::Param;
     const TransformerConfig::Sub s = cfg_.sub(p);
     const int64_t S = cfg_.seq(), D = cfg_.width, F = cfg_.mlp_width(), r = s.resid, a = s.attn, f = s.mlp;
-    const int64_t R = seqs_ * rq;
+    if (!out_rows) ro = rq;
+    check(ro >= 0 && ro <= rq, "decoder", "more output rows than computed rows");
+    int64_t R = seqs_ * rq; // rows in flight: seqs * ro from the last layer's queries on
     Backend& B = *m_.be;
     if (refresh) {
         check(rq == S, "decoder", "a refresh computes every position");
@@ -107,7 +109,6 @@ void Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t
         const Transformer::Impl::Layer& L = m_.layers[static_cast<size_t>(l)];
         ops::layernorm_forward(x_.data(), r, h_.data(), r, mean_.data(), rstd_.data(), L.ln1_w->w.data(),
                                L.ln1_b->w.data(), R, r);
-        mm(h_.data(), r, L.q_w, L.q_b, a, q_.data());
         float* kc = kc_[static_cast<size_t>(l)].data();
         float* vc = vc_[static_cast<size_t>(l)].data();
         mm(h_.data(), r, L.k_w, L.k_b, a, in_order ? kc : k_.data()); // the cache has ld a
@@ -120,6 +121,24 @@ void Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t
                 std::memcpy(vc + (b * S + ps) * a, v_.data() + i * a, sizeof(float) * static_cast<size_t>(a));
             }
         }
+        if (l == cfg_.layers - 1 && ro < rq) {
+            // The last layer's rows feed only the output: keep the requested
+            // ones (their keys and values, above, still serve as keys).
+            // Increasing indices compact in place: a row moves only down.
+            for (int64_t b = 0; b < seqs_; ++b)
+                for (int64_t k = 0; k < ro; ++k) {
+                    const int64_t src = b * rq + out_rows[b * ro + k], dst = b * ro + k;
+                    check(out_rows[b * ro + k] >= 0 && out_rows[b * ro + k] < rq &&
+                              (k == 0 || out_rows[b * ro + k] > out_rows[b * ro + k - 1]),
+                          "decoder", "output rows must be increasing row indices");
+                    if (src == dst) continue;
+                    std::memcpy(x_.data() + dst * r, x_.data() + src * r, sizeof(float) * static_cast<size_t>(r));
+                    std::memcpy(h_.data() + dst * r, h_.data() + src * r, sizeof(float) * static_cast<size_t>(r));
+                }
+            R = seqs_ * ro;
+            rq = ro;
+        }
+        mm(h_.data(), r, L.q_w, L.q_b, a, q_.data());
         attention_rows(q_.data(), kc, vc, att_.data(), seqs_, rq, S, s.heads, cfg_.head_dim());
         mm(att_.data(), a, L.o_w, L.o_b, r, tmp_.data());
         add_into_x(tmp_.data());

@@ -29,8 +29,13 @@ public:
     // with ids ids[b * S + pos] (S = N + 1). A refresh (rq = S, every
     // position) rebuilds the cache; otherwise the cache must hold the same
     // attention width. Fresh keys/values are written into the cache. Writes
-    // the final hidden rows (after LN_f) to hidden [seqs * rq, r_p].
-    void forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t rq, bool refresh, std::vector<float>& hidden);
+    // the final hidden rows (after LN_f) to hidden [seqs * rq, r_p]; with
+    // out_rows, only those rows: ro increasing indices into [0, rq) per
+    // sequence (out_rows[b * ro + k]), hidden [seqs * ro, r_p]. The last layer
+    // then computes keys and values for all rq rows and everything else for
+    // the ro rows only, with the same bits as the full computation.
+    void forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t rq, bool refresh, std::vector<float>& hidden,
+                 const int32_t* out_rows = nullptr, int64_t ro = -1);
 
 private:
     Transformer::Impl& m_;

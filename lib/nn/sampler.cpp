@@ -154,9 +154,13 @@ double step_flops(const TransformerConfig& c, int64_t p, int64_t rows, int64_t k
     const TransformerConfig::Sub s = c.sub(p);
     const double R = static_cast<double>(rows), r = static_cast<double>(s.resid), a = static_cast<double>(s.attn),
                  f = static_cast<double>(s.mlp), S = static_cast<double>(keys);
-    const double block = 2.0 * R * (3 * r * a + a * r + 2 * r * f) + 4.0 * R * S * a;
-    return static_cast<double>(c.layers) * block + 2.0 * static_cast<double>(head_rows) * r *
-                                                       static_cast<double>(c.codebook_size);
+    // keys and values of every row in every layer; queries, attention, output
+    // projection and MLP of every row except in the last layer, where only the
+    // head's rows go on (nn::Decoder's out_rows)
+    auto kv = [&](double rows_) { return 2.0 * rows_ * (2 * r * a); };
+    auto rest = [&](double rows_) { return 2.0 * rows_ * (r * a + a * r + 2 * r * f) + 4.0 * rows_ * S * a; };
+    const double L = static_cast<double>(c.layers), H = static_cast<double>(head_rows);
+    return L * kv(R) + (L - 1) * rest(R) + rest(H) + 2.0 * H * r * static_cast<double>(c.codebook_size);
 }
 
 using Impl = Transformer::Impl;
@@ -215,8 +219,8 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
         }
         std::vector<uint16_t> view_tokens(static_cast<size_t>(nb * N), static_cast<uint16_t>(K));
         std::vector<float> conf_all(static_cast<size_t>(nb * N));
-        std::vector<int32_t> pos;
-        std::vector<float> hidden, hrows, logits;
+        std::vector<int32_t> pos, out_rows;
+        std::vector<float> hidden, logits;
         int64_t masked_now = N;
 
         for (int64_t s = 0; s < T; ++s) {
@@ -254,22 +258,22 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
                     check(cnt == rq, "sampler", "uncached rows differ between images");
                 }
             }
-            dec.forward(p, ids.data(), pos.data(), rq, refresh, hidden);
-
-            // Final hidden rows of the masked positions -> logits [seqs * masked_now, K].
-            const int64_t r = sub.resid;
-            hrows.resize(static_cast<size_t>(seqs * masked_now * r));
-            int64_t hr = 0;
+            // Only the masked positions need logits: the decoder's last layer
+            // computes the other rows' keys and values and nothing more.
+            out_rows.clear();
             for (int64_t b = 0; b < seqs; ++b) {
                 const int64_t img = b % nb;
                 for (int64_t i = 0; i < rq; ++i) {
                     const int32_t ps = pos[static_cast<size_t>(b * rq + i)];
-                    if (ps == 0 || !masked[static_cast<size_t>(img * N + ps - 1)]) continue;
-                    std::memcpy(hrows.data() + hr * r, hidden.data() + (b * rq + i) * r, sizeof(float) * static_cast<size_t>(r));
-                    ++hr;
+                    if (ps != 0 && masked[static_cast<size_t>(img * N + ps - 1)]) out_rows.push_back(static_cast<int32_t>(i));
                 }
+                check(static_cast<int64_t>(out_rows.size()) == (b + 1) * masked_now, "sampler", "masked row count mismatch");
             }
-            check(hr == seqs * masked_now, "sampler", "masked row count mismatch");
+            dec.forward(p, ids.data(), pos.data(), rq, refresh, hidden, out_rows.data(), masked_now);
+
+            // Final hidden rows of the masked positions -> logits [seqs * masked_now, K].
+            const int64_t r = sub.resid, hr = seqs * masked_now;
+            const std::vector<float>& hrows = hidden;
             logits.resize(static_cast<size_t>(hr * K));
             m.be->matmul_rowstable(ConstMat(hrows.data(), hr, r, r), ConstMat(m.head_w->w.data(), K, r, cfg.width),
                                    m.head_b->w.data(), Mat{logits.data(), hr, K, K});
