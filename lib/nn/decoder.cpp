@@ -87,7 +87,7 @@ void Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t
     // straight into the cache; other steps scatter their fresh rows there.
     bool in_order = rq == S;
     for (int64_t i = 0; in_order && i < R; ++i) in_order = pos[i] == i % S;
-#pragma omp parallel for schedule(static) if (R * r >= ops::kParallelWork)
+#pragma omp parallel for schedule(dynamic, 16) if (R * r >= ops::kParallelWork)
     for (int64_t i = 0; i < R; ++i) {
         const int64_t b = i / rq, ps = pos[i];
         const float* t = te + static_cast<int64_t>(ids[b * S + ps]) * D;
@@ -102,7 +102,7 @@ void Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t
     };
     auto add_into_x = [&](const float* y) {
         float* x = x_.data();
-#pragma omp parallel for schedule(static) if (R * r >= ops::kParallelWork)
+#pragma omp parallel for schedule(dynamic, 4096) if (R * r >= ops::kParallelWork)
         for (int64_t i = 0; i < R * r; ++i) x[i] += y[i];
     };
     for (int64_t l = 0; l < cfg_.layers; ++l) {
@@ -114,7 +114,7 @@ void Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t
         mm(h_.data(), r, L.k_w, L.k_b, a, in_order ? kc : k_.data()); // the cache has ld a
         mm(h_.data(), r, L.v_w, L.v_b, a, in_order ? vc : v_.data());
         if (!in_order) {
-#pragma omp parallel for schedule(static) if (R * a >= ops::kParallelWork)
+#pragma omp parallel for schedule(dynamic, 16) if (R * a >= ops::kParallelWork)
             for (int64_t i = 0; i < R; ++i) {
                 const int64_t b = i / rq, ps = pos[i];
                 std::memcpy(kc + (b * S + ps) * a, k_.data() + i * a, sizeof(float) * static_cast<size_t>(a));

@@ -2,7 +2,9 @@
 
 #include "magnets/error.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace magnets::nn {
 
@@ -11,11 +13,26 @@ void Adam::add(const std::string& name, Tensor* w, Tensor* g, bool decay) {
     slots_.push_back({name, w, g, Tensor(w->shape()), Tensor(w->shape()), decay});
 }
 
+// Loops over this many elements or more run on all threads.
+constexpr int64_t kParallelElems = 1 << 16;
+
 double Adam::grad_norm() const {
+    // Sums of squares over fixed chunks of each gradient, then the chunks in
+    // order: the same bits on any number of threads.
+    constexpr int64_t chunk = 8192;
     double sq = 0.0;
+    std::vector<double> part;
     for (const auto& s : slots_) {
         const float* g = s.g->data();
-        for (int64_t i = 0; i < s.g->numel(); ++i) sq += static_cast<double>(g[i]) * g[i];
+        const int64_t n = s.g->numel(), chunks = (n + chunk - 1) / chunk;
+        part.assign(static_cast<size_t>(chunks), 0.0);
+#pragma omp parallel for schedule(dynamic, 8) if (n >= kParallelElems)
+        for (int64_t c = 0; c < chunks; ++c) {
+            double acc = 0.0;
+            for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) acc += static_cast<double>(g[i]) * g[i];
+            part[static_cast<size_t>(c)] = acc;
+        }
+        for (double p : part) sq += p;
     }
     return std::sqrt(sq);
 }
@@ -38,6 +55,7 @@ double Adam::step(double lr, double norm) {
         float* v = s.v.data();
         const float wd = s.decay ? static_cast<float>(lr * cfg_.weight_decay) : 0.0f;
         const int64_t n = s.w->numel();
+#pragma omp parallel for schedule(dynamic, 4096) if (n >= kParallelElems)
         for (int64_t i = 0; i < n; ++i) {
             const float gi = g[i] * fclip;
             m[i] = b1 * m[i] + (1.0f - b1) * gi;
