@@ -329,6 +329,28 @@ TEST_CASE("GELU backward matches finite differences (double)") {
     CHECK(fd_check(u, du, loss) < 1e-5);
 }
 
+TEST_CASE("the fused GELU and bias backward gives the bits of the two ops, on any thread count") {
+    const int64_t rows = 1000, n = 80; // column blocks of 32: two full, one partial; parallel
+    std::vector<float> u(static_cast<size_t>(rows * n)), dg(u.size());
+    Philox rng(12);
+    for (size_t i = 0; i < u.size(); ++i) {
+        u[i] = rng.normal(1, i) * 2.0f;
+        dg[i] = rng.normal(2, i);
+    }
+    std::vector<float> du_ref(u.size()), db_ref(static_cast<size_t>(n), 0.5f);
+    nn::ops::gelu_backward(u.data(), dg.data(), du_ref.data(), rows * n);
+    nn::ops::bias_backward(du_ref.data(), n, db_ref.data(), rows, n);
+    for (int threads : {1, 2}) {
+        set_num_threads(threads);
+        std::vector<float> du = dg, db(static_cast<size_t>(n), 0.5f); // in place, as the model calls it
+        nn::ops::gelu_bias_backward(u.data(), du.data(), du.data(), db.data(), rows, n);
+        CAPTURE(threads);
+        CHECK(std::memcmp(du.data(), du_ref.data(), sizeof(float) * du.size()) == 0);
+        CHECK(std::memcmp(db.data(), db_ref.data(), sizeof(float) * db.size()) == 0);
+    }
+    set_num_threads(0);
+}
+
 // ---- configuration -------------------------------------------------------------------
 
 TEST_CASE("sub-model widths, FLOPs and parameter count") {

@@ -304,11 +304,10 @@ void Transformer::Impl::backward() {
         B.matmul(dxm, false, cm(L.fc2_w->w.data(), r, f, F), false, mm(du.data(), R, f, f));
         B.matmul(dxm, true, cm(A.g.data(), R, f, f), false, mm(L.fc2_w->g.data(), r, f, F), 1.0f, 1.0f);
         nn::ops::bias_backward(dx.data(), r, L.fc2_b->g.data(), R, r);
-        nn::ops::gelu_backward(A.u.data(), du.data(), du.data(), R * f);
+        nn::ops::gelu_bias_backward(A.u.data(), du.data(), du.data(), L.fc1_b->g.data(), R, f);
         const ConstMat dum = cm(du.data(), R, f, f);
         B.matmul(dum, false, cm(L.fc1_w->w.data(), f, r, D), false, mm(dh.data(), R, r, r));
         B.matmul(dum, true, cm(A.h2.data(), R, r, r), false, mm(L.fc1_w->g.data(), f, r, D), 1.0f, 1.0f);
-        nn::ops::bias_backward(du.data(), f, L.fc1_b->g.data(), R, f);
         nn::ops::layernorm_backward(A.x_mid.data(), r, dh.data(), r, A.mean2.data(), A.rstd2.data(), L.ln2_w->w.data(),
                                 dx.data(), r, L.ln2_w->g.data(), L.ln2_b->g.data(), R, r, true);
         // attention: x_mid = x_in + o(attn(LN1(x_in)))
