@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 #include <new>
+#include <vector>
 
 namespace magnets {
 
@@ -30,6 +31,20 @@ public:
     void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c, Act act = Act::none) override {
         cpu::rowstable_matmul(a, w, bias, c, act == Act::gelu);
     }
+    // ... and the decoder's operations (lib/cpu/host_decoder_ops.cpp).
+    void embed_rows(const int32_t* ids, const int32_t* pos, int64_t rq, int64_t S, const float* tok, const float* pe,
+                    int64_t D, float* x, int64_t R, int64_t r) override;
+    void layernorm_rows(const float* x, float* y, const float* g, const float* b, int64_t rows, int64_t n) override;
+    void add_into(float* x, const float* y, int64_t count) override;
+    void scatter_rows(const float* src, const int32_t* pos, int64_t rq, int64_t S, float* dst, int64_t R,
+                      int64_t n) override;
+    void gather_rows(const float* src, const int32_t* idx, int64_t seqs, int64_t rq, int64_t ro, float* dst,
+                     int64_t n) override;
+    void attention_rows(const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq,
+                        int64_t S, int64_t heads, int64_t hd) override;
+
+private:
+    std::vector<float> ln_stats_; // layernorm_rows' mean and rstd (not kept)
 };
 
 } // namespace magnets

@@ -11,6 +11,7 @@
 // All calls are asynchronous on one stream; download() and synchronize() wait.
 #include "core/backend_registry.h"
 #include "cuda/cuda_common.cuh"
+#include "cuda/cuda_ops.h"
 #include "magnets/error.h"
 #include "magnets_config.h"
 
@@ -176,6 +177,7 @@ public:
     ~CudaBackend() override {
         cudaStreamSynchronize(stream_);
         if (workspace_) pool_.put(workspace_);
+        if (ln_stats_) pool_.put(ln_stats_);
 #if MAGNETS_HAVE_CUDNN
         cudnnDestroy(dnn_);
 #endif
@@ -210,6 +212,34 @@ public:
         cuda_check(cudaStreamSynchronize(stream_), "download");
     }
     void synchronize() override { cuda_check(cudaStreamSynchronize(stream_), "synchronize"); }
+
+    // The decoder's operations (cuda_decoder_ops.cu, cuda_ops.cu).
+    bool host_memory() const override { return false; }
+    void embed_rows(const int32_t* ids, const int32_t* pos, int64_t rq, int64_t S, const float* tok, const float* pe,
+                    int64_t D, float* x, int64_t R, int64_t r) override {
+        cuda::embed_rows(*this, ids, pos, rq, S, tok, pe, D, x, R, r);
+    }
+    void layernorm_rows(const float* x, float* y, const float* g, const float* b, int64_t rows, int64_t n) override {
+        if (ln_stats_n_ < static_cast<size_t>(2 * rows)) {
+            if (ln_stats_) pool_.put(ln_stats_);
+            ln_stats_n_ = static_cast<size_t>(2 * rows);
+            ln_stats_ = pool_.get(ln_stats_n_);
+        }
+        cuda::layernorm_forward(*this, x, n, y, n, ln_stats_, ln_stats_ + rows, g, b, rows, n);
+    }
+    void add_into(float* x, const float* y, int64_t count) override { cuda::add_into(*this, x, y, count); }
+    void scatter_rows(const float* src, const int32_t* pos, int64_t rq, int64_t S, float* dst, int64_t R,
+                      int64_t n) override {
+        cuda::scatter_rows(*this, src, pos, rq, S, dst, R, n);
+    }
+    void gather_rows(const float* src, const int32_t* idx, int64_t seqs, int64_t rq, int64_t ro, float* dst,
+                     int64_t n) override {
+        cuda::gather_rows(*this, src, idx, seqs, rq, ro, dst, n);
+    }
+    void attention_rows(const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq,
+                        int64_t S, int64_t heads, int64_t hd) override {
+        cuda::attention_rows(*this, q, kc, vc, out, seqs, rq, S, heads, hd);
+    }
     cudaStream_t stream() const { return stream_; }
 
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the
@@ -383,6 +413,8 @@ private:
     cublasHandle_t blas_{};
     float* workspace_ = nullptr;
     size_t workspace_bytes_ = 0;
+    float* ln_stats_ = nullptr; // layernorm_rows' mean and rstd (not kept)
+    size_t ln_stats_n_ = 0;
 };
 
 } // namespace

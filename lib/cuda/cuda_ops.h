@@ -72,4 +72,16 @@ double sum_squares(Backend& be, const float* g, int64_t n);
 void adamw_update(Backend& be, float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
                   float step_size, float inv_sqrt_bc2, float eps, float wd);
 
+// ---- the decoder's operations (cuda_decoder_ops.cu): Backend::embed_rows and
+// the rest, with the same arguments (ids, pos, idx: int32 device arrays).
+void embed_rows(Backend& be, const int32_t* ids, const int32_t* pos, int64_t rq, int64_t S, const float* tok,
+                const float* pe, int64_t D, float* x, int64_t R, int64_t r);
+void add_into(Backend& be, float* x, const float* y, int64_t count);
+void scatter_rows(Backend& be, const float* src, const int32_t* pos, int64_t rq, int64_t S, float* dst, int64_t R,
+                  int64_t n);
+void gather_rows(Backend& be, const float* src, const int32_t* idx, int64_t seqs, int64_t rq, int64_t ro, float* dst,
+                 int64_t n);
+void attention_rows(Backend& be, const float* q, const float* kc, const float* vc, float* out, int64_t seqs,
+                    int64_t rq, int64_t S, int64_t heads, int64_t hd);
+
 } // namespace magnets::cuda

@@ -16,6 +16,7 @@
 #include "magnets/tensor.h"
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -60,6 +61,30 @@ public:
     // or cache, saving a pass over c.
     enum class Act { none, gelu };
     virtual void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c, Act act = Act::none) = 0;
+
+    // ---- the sampler's transformer forward (nn::Decoder) on this backend's memory ----
+    // Whether alloc() hands out host memory (the CPU backends) or device memory.
+    virtual bool host_memory() const { return true; }
+    // x [R, r] row i = tok[ids[(i / rq) * S + pos[i]]] + pe[pos[i]], the first r
+    // of each table row (tables have rows of D). ids [R / rq * S] and pos [R]
+    // are int32 in this backend's memory.
+    virtual void embed_rows(const int32_t* ids, const int32_t* pos, int64_t rq, int64_t S, const float* tok,
+                            const float* pe, int64_t D, float* x, int64_t R, int64_t r) = 0;
+    // y [rows, n] = LayerNorm(x [rows, n]) * g + b, eps 1e-5, both contiguous.
+    virtual void layernorm_rows(const float* x, float* y, const float* g, const float* b, int64_t rows, int64_t n) = 0;
+    // x[i] += y[i] for i < count.
+    virtual void add_into(float* x, const float* y, int64_t count) = 0;
+    // Row i of src [R, n] to row (i / rq) * S + pos[i] of dst [., n] (fresh
+    // keys and values into the cache).
+    virtual void scatter_rows(const float* src, const int32_t* pos, int64_t rq, int64_t S, float* dst, int64_t R,
+                              int64_t n) = 0;
+    // dst [seqs * ro, n] row k = src row (k / ro) * rq + idx[k] (src [seqs * rq, n]).
+    virtual void gather_rows(const float* src, const int32_t* idx, int64_t seqs, int64_t rq, int64_t ro, float* dst,
+                             int64_t n) = 0;
+    // Attention of rq query rows per sequence against all S cached keys and
+    // values: q, out [seqs * rq, heads * hd]; kc, vc [seqs * S, heads * hd].
+    virtual void attention_rows(const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq,
+                                int64_t S, int64_t heads, int64_t hd) = 0;
 
     // y [n, c_out, oh, ow] = conv(x [n, c_in, h, w], w) + bias (bias may be null).
     virtual void conv2d_forward(const Conv2dShape& s, const float* x, const float* w,

@@ -2,155 +2,142 @@
 #include "nn/decoder.h"
 
 #include "magnets/error.h"
-#include "core/fastmath.h"
-#include "nn/transformer_ops.h"
 
 #include <algorithm>
-#include <cmath>
-#include <cstring>
+#include <utility>
 
 namespace magnets::nn {
 
-void attention_rows(const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq, int64_t S,
-                    int64_t heads, int64_t hd) {
-    const int64_t a = heads * hd, sp = ops::pad16(S);
-    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-#pragma omp parallel if (seqs * heads * rq * S * hd >= ops::kParallelWork)
-    {
-        // kt: K^T [hd, sp], its padding columns zero; e: exp of the scores [rq, sp]
-        std::vector<float> kt(static_cast<size_t>(hd * sp), 0.0f), e(static_cast<size_t>(rq * sp)),
-            inv(static_cast<size_t>(rq));
-#pragma omp for schedule(dynamic, 8) // cores of a VM run at different speeds
-        for (int64_t bh = 0; bh < seqs * heads; ++bh) {
-            const int64_t b = bh / heads, h = bh % heads;
-            const float* kb = kc + b * S * a + h * hd;
-            const float* vb = vc + b * S * a + h * hd;
-            const float* qb = q + b * rq * a + h * hd;
-            float* ob = out + b * rq * a + h * hd;
-            int64_t j0 = 0;
-#if defined(MAGNETS_HAVE_FMA_BLOCK)
-            if (hd % 8 == 0)
-                for (; j0 + 8 <= S; j0 += 8)
-                    for (int64_t d = 0; d < hd; d += 8) simd::transpose8(kb + j0 * a + d, a, kt.data() + d * sp + j0, sp);
-#endif
-            for (int64_t j = j0; j < S; ++j)
-                for (int64_t d = 0; d < hd; ++d) kt[static_cast<size_t>(d * sp + j)] = kb[j * a + d];
-            // scores q k^T straight from the q rows; the 1/sqrt(hd) scale goes
-            // into the exponent, and the 1/sum onto the output rows (hd wide,
-            // where the probabilities are S wide)
-            ops::small_gemm(rq, sp, hd, qb, a, kt.data(), sp, e.data(), sp);
-            for (int64_t i = 0; i < rq; ++i) {
-                float* ei = e.data() + i * sp;
-                const float mx = ops::lane_max(ei, S);
-                for (int64_t j = 0; j < S; ++j) ei[j] = vexp((ei[j] - mx) * scale);
-                inv[static_cast<size_t>(i)] = 1.0f / ops::lane_sum<float>(ei, nullptr, S);
-            }
-            ops::small_gemm(rq, hd, S, e.data(), sp, vb, a, ob, a);
-            for (int64_t i = 0; i < rq; ++i)
-                for (int64_t d = 0; d < hd; ++d) ob[i * a + d] *= inv[static_cast<size_t>(i)];
+using Param = Transformer::Impl::Param;
+
+DecoderWeights::DecoderWeights(Transformer::Impl& m) : be_(*m.be) {
+    if (be_.host_memory()) return;
+    try {
+        for (const std::string& name : m.order) {
+            const Param& p = m.params.at(name);
+            check(p.w.is_contiguous(), "decoder", "parameter " + name + " is not contiguous");
+            float* d = be_.alloc(static_cast<size_t>(p.w.numel()));
+            dev_[&p] = d;
+            be_.upload(d, p.w.data(), static_cast<size_t>(p.w.numel()));
         }
+    } catch (...) {
+        for (auto& kv : dev_) be_.free(kv.second);
+        throw;
     }
 }
 
-Decoder::Decoder(Transformer::Impl& m, int64_t seqs) : m_(m), cfg_(m.cfg), seqs_(seqs) {
-    const int64_t S = cfg_.seq(), D = cfg_.width;
-    kc_.resize(static_cast<size_t>(cfg_.layers));
-    vc_.resize(static_cast<size_t>(cfg_.layers));
-    for (int64_t l = 0; l < cfg_.layers; ++l) {
-        kc_[static_cast<size_t>(l)].assign(static_cast<size_t>(seqs * S * D), 0.0f);
-        vc_[static_cast<size_t>(l)].assign(static_cast<size_t>(seqs * S * D), 0.0f);
+DecoderWeights::~DecoderWeights() {
+    for (auto& kv : dev_) be_.free(kv.second);
+}
+
+const float* DecoderWeights::operator()(const Param* p) const {
+    if (be_.host_memory()) return p->w.data();
+    return dev_.at(p);
+}
+
+Decoder::Decoder(Transformer::Impl& m, int64_t seqs, const DecoderWeights* weights)
+    : m_(m), cfg_(m.cfg), be_(*m.be), seqs_(seqs), x_(be_), h_(be_), q_(be_), k_(be_), v_(be_), att_(be_),
+      tmp_(be_), u_(be_), hidden_(be_), ids_(be_), pos_(be_), out_(be_) {
+    if (!weights) {
+        own_w_ = std::make_unique<DecoderWeights>(m);
+        weights = own_w_.get();
     }
+    w_ = weights;
+    const int64_t S = cfg_.seq(), D = cfg_.width;
+    for (int64_t l = 0; l < cfg_.layers; ++l) {
+        kc_.push_back(std::make_unique<BackendBuffer>(be_));
+        vc_.push_back(std::make_unique<BackendBuffer>(be_));
+        kc_.back()->grow(static_cast<size_t>(seqs * S * D));
+        vc_.back()->grow(static_cast<size_t>(seqs * S * D));
+    }
+}
+
+const int32_t* Decoder::ints(const int32_t* host, int64_t n, BackendBuffer& buf) {
+    if (be_.host_memory()) return host;
+    int32_t* d = reinterpret_cast<int32_t*>(buf.grow(static_cast<size_t>(std::max<int64_t>(n, 1))));
+    static_assert(sizeof(int32_t) == sizeof(float), "int32 arrays travel as floats");
+    be_.upload(reinterpret_cast<float*>(d), reinterpret_cast<const float*>(host), static_cast<size_t>(n));
+    return d;
 }
 
 void Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t rq, bool refresh,
                       std::vector<float>& hidden, const int32_t* out_rows, int64_t ro) {
-    using Param = Transformer::Impl::Param;
+    const float* h = forward(p, ids, pos, rq, refresh, out_rows, ro);
+    hidden.resize(static_cast<size_t>(last_rows_ * last_width_));
+    be_.download(hidden.data(), h, hidden.size());
+}
+
+const float* Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t rq, bool refresh,
+                              const int32_t* out_rows, int64_t ro) {
     const TransformerConfig::Sub s = cfg_.sub(p);
     const int64_t S = cfg_.seq(), D = cfg_.width, F = cfg_.mlp_width(), r = s.resid, a = s.attn, f = s.mlp;
     if (!out_rows) ro = rq;
     check(ro >= 0 && ro <= rq, "decoder", "more output rows than computed rows");
+    if (out_rows)
+        for (int64_t b = 0; b < seqs_; ++b)
+            for (int64_t k = 0; k < ro; ++k)
+                check(out_rows[b * ro + k] >= 0 && out_rows[b * ro + k] < rq &&
+                          (k == 0 || out_rows[b * ro + k] > out_rows[b * ro + k - 1]),
+                      "decoder", "output rows must be increasing row indices");
     int64_t R = seqs_ * rq; // rows in flight: seqs * ro from the last layer's queries on
-    Backend& B = *m_.be;
+    Backend& B = be_;
+    const DecoderWeights& W = *w_;
     if (refresh) {
         check(rq == S, "decoder", "a refresh computes every position");
         cache_p_ = p;
         cache_attn_ = a;
     }
     check(cache_attn_ == a, "decoder", "cached step with another attention width than the cache's (refresh first)");
-    for (auto* v : {&x_, &h_, &q_, &k_, &v_, &att_, &tmp_}) v->resize(static_cast<size_t>(R * D));
-    u_.resize(static_cast<size_t>(R * F));
-    mean_.resize(static_cast<size_t>(R));
-    rstd_.resize(static_cast<size_t>(R));
-    const float* te = m_.tok_emb->w.data();
-    const float* pe = m_.pos_emb->w.data();
+    const size_t RD = static_cast<size_t>(R * D);
+    float *x = x_.grow(RD), *h = h_.grow(RD), *q = q_.grow(RD), *k = k_.grow(RD), *v = v_.grow(RD);
+    float *att = att_.grow(RD), *tmp = tmp_.grow(RD), *u = u_.grow(static_cast<size_t>(R * F));
     // A refresh that lists every position in order writes keys and values
     // straight into the cache; other steps scatter their fresh rows there.
     bool in_order = rq == S;
     for (int64_t i = 0; in_order && i < R; ++i) in_order = pos[i] == i % S;
-#pragma omp parallel for schedule(dynamic, 16) if (R * r >= ops::kParallelWork)
-    for (int64_t i = 0; i < R; ++i) {
-        const int64_t b = i / rq, ps = pos[i];
-        const float* t = te + static_cast<int64_t>(ids[b * S + ps]) * D;
-        const float* q = pe + ps * D;
-        float* xi = x_.data() + i * r;
-        for (int64_t j = 0; j < r; ++j) xi[j] = t[j] + q[j];
-    }
-    auto mm = [&](const float* in, int64_t k, const Param* w, const Param* bias, int64_t n, float* out,
+    const int32_t* d_ids = ints(ids, seqs_ * S, ids_);
+    const int32_t* d_pos = ints(pos, R, pos_);
+    const int32_t* d_out = out_rows && ro < rq ? ints(out_rows, seqs_ * ro, out_) : nullptr;
+    B.embed_rows(d_ids, d_pos, rq, S, W(m_.tok_emb), W(m_.pos_emb), D, x, R, r);
+    auto mm = [&](const float* in, int64_t kd, const Param* w, const Param* bias, int64_t n, float* out,
                   Backend::Act act = Backend::Act::none) {
-        B.matmul_rowstable(ConstMat(in, R, k, k), ConstMat(w->w.data(), n, k, w->w.dim(1)), bias->w.data(),
-                           Mat{out, R, n, n}, act);
-    };
-    auto add_into_x = [&](const float* y) {
-        float* x = x_.data();
-#pragma omp parallel for schedule(dynamic, 4096) if (R * r >= ops::kParallelWork)
-        for (int64_t i = 0; i < R * r; ++i) x[i] += y[i];
+        B.matmul_rowstable(ConstMat(in, R, kd, kd), ConstMat(W(w), n, kd, w->w.dim(1)), W(bias), Mat{out, R, n, n}, act);
     };
     for (int64_t l = 0; l < cfg_.layers; ++l) {
         const Transformer::Impl::Layer& L = m_.layers[static_cast<size_t>(l)];
-        ops::layernorm_forward(x_.data(), r, h_.data(), r, mean_.data(), rstd_.data(), L.ln1_w->w.data(),
-                               L.ln1_b->w.data(), R, r);
-        float* kc = kc_[static_cast<size_t>(l)].data();
-        float* vc = vc_[static_cast<size_t>(l)].data();
-        mm(h_.data(), r, L.k_w, L.k_b, a, in_order ? kc : k_.data()); // the cache has ld a
-        mm(h_.data(), r, L.v_w, L.v_b, a, in_order ? vc : v_.data());
+        B.layernorm_rows(x, h, W(L.ln1_w), W(L.ln1_b), R, r);
+        float* kc = kc_[static_cast<size_t>(l)]->data();
+        float* vc = vc_[static_cast<size_t>(l)]->data();
+        mm(h, r, L.k_w, L.k_b, a, in_order ? kc : k); // the cache has ld a
+        mm(h, r, L.v_w, L.v_b, a, in_order ? vc : v);
         if (!in_order) {
-#pragma omp parallel for schedule(dynamic, 16) if (R * a >= ops::kParallelWork)
-            for (int64_t i = 0; i < R; ++i) {
-                const int64_t b = i / rq, ps = pos[i];
-                std::memcpy(kc + (b * S + ps) * a, k_.data() + i * a, sizeof(float) * static_cast<size_t>(a));
-                std::memcpy(vc + (b * S + ps) * a, v_.data() + i * a, sizeof(float) * static_cast<size_t>(a));
-            }
+            B.scatter_rows(k, d_pos, rq, S, kc, R, a);
+            B.scatter_rows(v, d_pos, rq, S, vc, R, a);
         }
-        if (l == cfg_.layers - 1 && ro < rq) {
+        if (l == cfg_.layers - 1 && d_out) {
             // The last layer's rows feed only the output: keep the requested
             // ones (their keys and values, above, still serve as keys).
-            // Increasing indices compact in place: a row moves only down.
-            for (int64_t b = 0; b < seqs_; ++b)
-                for (int64_t k = 0; k < ro; ++k) {
-                    const int64_t src = b * rq + out_rows[b * ro + k], dst = b * ro + k;
-                    check(out_rows[b * ro + k] >= 0 && out_rows[b * ro + k] < rq &&
-                              (k == 0 || out_rows[b * ro + k] > out_rows[b * ro + k - 1]),
-                          "decoder", "output rows must be increasing row indices");
-                    if (src == dst) continue;
-                    std::memcpy(x_.data() + dst * r, x_.data() + src * r, sizeof(float) * static_cast<size_t>(r));
-                    std::memcpy(h_.data() + dst * r, h_.data() + src * r, sizeof(float) * static_cast<size_t>(r));
-                }
+            B.gather_rows(x, d_out, seqs_, rq, ro, tmp, r);
+            std::swap(x, tmp);
+            B.gather_rows(h, d_out, seqs_, rq, ro, tmp, r);
+            std::swap(h, tmp);
             R = seqs_ * ro;
             rq = ro;
         }
-        mm(h_.data(), r, L.q_w, L.q_b, a, q_.data());
-        attention_rows(q_.data(), kc, vc, att_.data(), seqs_, rq, S, s.heads, cfg_.head_dim());
-        mm(att_.data(), a, L.o_w, L.o_b, r, tmp_.data());
-        add_into_x(tmp_.data());
-        ops::layernorm_forward(x_.data(), r, h_.data(), r, mean_.data(), rstd_.data(), L.ln2_w->w.data(),
-                               L.ln2_b->w.data(), R, r);
-        mm(h_.data(), r, L.fc1_w, L.fc1_b, f, u_.data(), Backend::Act::gelu);
-        mm(u_.data(), f, L.fc2_w, L.fc2_b, r, tmp_.data());
-        add_into_x(tmp_.data());
+        mm(h, r, L.q_w, L.q_b, a, q);
+        B.attention_rows(q, kc, vc, att, seqs_, rq, S, s.heads, cfg_.head_dim());
+        mm(att, a, L.o_w, L.o_b, r, tmp);
+        B.add_into(x, tmp, R * r);
+        B.layernorm_rows(x, h, W(L.ln2_w), W(L.ln2_b), R, r);
+        mm(h, r, L.fc1_w, L.fc1_b, f, u, Backend::Act::gelu);
+        mm(u, f, L.fc2_w, L.fc2_b, r, tmp);
+        B.add_into(x, tmp, R * r);
     }
-    hidden.resize(static_cast<size_t>(R * r));
-    ops::layernorm_forward(x_.data(), r, hidden.data(), r, mean_.data(), rstd_.data(), m_.lnf_w->w.data(),
-                           m_.lnf_b->w.data(), R, r);
+    float* out = hidden_.grow(static_cast<size_t>(R * r));
+    B.layernorm_rows(x, out, W(m_.lnf_w), W(m_.lnf_b), R, r);
+    last_rows_ = R;
+    last_width_ = r;
+    return out;
 }
 
 } // namespace magnets::nn

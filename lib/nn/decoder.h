@@ -5,45 +5,100 @@
 // keys/values of the other positions. Every matmul is row-stable
 // (Backend::matmul_rowstable) and attention runs per sequence, so a
 // sequence's result never depends on the batch it is decoded in.
+//
+// Everything runs through the model's backend on the backend's memory (its
+// decoder operations: embed_rows, layernorm_rows, attention_rows, ...): host
+// memory on the CPU backends, device memory on a GPU, where the weights are
+// uploaded once (DecoderWeights) and only the step's ids and positions go up.
 #pragma once
 #include "magnets/backend.h"
 #include "nn/transformer_impl.h"
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <vector>
 
 namespace magnets::nn {
 
-// Attention of `rq` query rows per sequence against all S cached keys/values.
-// q/out: [seqs * rq, heads * hd]; kc/vc: [seqs * S, heads * hd].
-void attention_rows(const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq, int64_t S,
-                    int64_t heads, int64_t hd);
+// A buffer of the backend's memory that grows on demand (contents are not
+// kept when it grows).
+class BackendBuffer {
+public:
+    explicit BackendBuffer(Backend& be) : be_(&be) {}
+    BackendBuffer(const BackendBuffer&) = delete;
+    BackendBuffer& operator=(const BackendBuffer&) = delete;
+    ~BackendBuffer() { if (p_) be_->free(p_); }
+    float* grow(size_t n) {
+        if (n > n_) {
+            if (p_) be_->free(p_);
+            p_ = be_->alloc(n);
+            n_ = n;
+        }
+        return p_;
+    }
+    float* data() const { return p_; }
+    int32_t* ints() const { return reinterpret_cast<int32_t*>(p_); }
+
+private:
+    Backend* be_;
+    float* p_ = nullptr;
+    size_t n_ = 0;
+};
+
+// The weights the decoder reads, in the backend's memory: the parameters
+// themselves on a CPU backend, copies uploaded once on a device.
+class DecoderWeights {
+public:
+    explicit DecoderWeights(Transformer::Impl& m);
+    DecoderWeights(const DecoderWeights&) = delete;
+    DecoderWeights& operator=(const DecoderWeights&) = delete;
+    ~DecoderWeights();
+    const float* operator()(const Transformer::Impl::Param* p) const;
+
+private:
+    Backend& be_;
+    std::map<const Transformer::Impl::Param*, float*> dev_;
+};
 
 class Decoder {
 public:
-    Decoder(Transformer::Impl& m, int64_t seqs);
+    // weights: shared between decoders (one per batch) of the same model; null
+    // makes the decoder its own.
+    Decoder(Transformer::Impl& m, int64_t seqs, const DecoderWeights* weights = nullptr);
     int64_t cache_p() const { return cache_p_; }
     int64_t cache_attn() const { return cache_attn_; }
+    const DecoderWeights& weights() const { return *w_; }
 
     // Runs sub-model p on `rq` rows per sequence: positions pos[b * rq + i]
-    // with ids ids[b * S + pos] (S = N + 1). A refresh (rq = S, every
-    // position) rebuilds the cache; otherwise the cache must hold the same
-    // attention width. Fresh keys/values are written into the cache. Writes
-    // the final hidden rows (after LN_f) to hidden [seqs * rq, r_p]; with
-    // out_rows, only those rows: ro increasing indices into [0, rq) per
-    // sequence (out_rows[b * ro + k]), hidden [seqs * ro, r_p]. The last layer
-    // then computes keys and values for all rq rows and everything else for
-    // the ro rows only, with the same bits as the full computation.
+    // with ids ids[b * S + pos] (S = N + 1; ids, pos and out_rows are host
+    // arrays). A refresh (rq = S, every position) rebuilds the cache;
+    // otherwise the cache must hold the same attention width. Fresh
+    // keys/values are written into the cache. Returns the final hidden rows
+    // (after LN_f) [seqs * rq, r_p] in the backend's memory, valid until the
+    // next call; with out_rows, only those rows: ro increasing indices into
+    // [0, rq) per sequence (out_rows[b * ro + k]), [seqs * ro, r_p]. The last
+    // layer then computes keys and values for all rq rows and everything else
+    // for the ro rows only, with the same bits as the full computation.
+    const float* forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t rq, bool refresh,
+                         const int32_t* out_rows = nullptr, int64_t ro = -1);
+    // The same, with the hidden rows copied to a host vector.
     void forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t rq, bool refresh, std::vector<float>& hidden,
                  const int32_t* out_rows = nullptr, int64_t ro = -1);
 
 private:
+    // ints on the host, or uploaded into buf on a device
+    const int32_t* ints(const int32_t* host, int64_t n, BackendBuffer& buf);
+
     Transformer::Impl& m_;
     const TransformerConfig& cfg_;
+    Backend& be_;
     int64_t seqs_;
-    int64_t cache_p_ = 0, cache_attn_ = 0;
-    std::vector<std::vector<float>> kc_, vc_; // per layer [seqs * S, a] (a of the cache's sub-model)
-    std::vector<float> x_, h_, q_, k_, v_, att_, tmp_, u_, mean_, rstd_;
+    std::unique_ptr<DecoderWeights> own_w_;
+    const DecoderWeights* w_;
+    int64_t cache_p_ = 0, cache_attn_ = 0, last_rows_ = 0, last_width_ = 0;
+    std::vector<std::unique_ptr<BackendBuffer>> kc_, vc_; // per layer [seqs * S, a] (a of the cache's sub-model)
+    BackendBuffer x_, h_, q_, k_, v_, att_, tmp_, u_, hidden_, ids_, pos_, out_;
 };
 
 } // namespace magnets::nn

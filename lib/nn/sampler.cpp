@@ -204,9 +204,14 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
     res.steps.resize(static_cast<size_t>(T));
     const double t_start = now_seconds();
 
+    // The weights in the backend's memory (uploaded once on a device), and
+    // the logits there: on a CPU backend they are read in place, from a
+    // device they come down once per step.
+    const nn::DecoderWeights weights(m);
+    nn::BackendBuffer dev_logits(*m.be);
     for (int64_t first = 0; first < n; first += batch_size) {
         const int64_t nb = std::min(batch_size, n - first), seqs = nb * branches;
-        Decoder dec(m, seqs);
+        Decoder dec(m, seqs, &weights);
         std::vector<int32_t> ids(static_cast<size_t>(seqs * S));
         std::vector<uint8_t> masked(static_cast<size_t>(nb * N), 1), was_revealed_prev(static_cast<size_t>(nb * N), 0),
             revealed_now(static_cast<size_t>(nb * N), 0);
@@ -220,7 +225,7 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
         std::vector<uint16_t> view_tokens(static_cast<size_t>(nb * N), static_cast<uint16_t>(K));
         std::vector<float> conf_all(static_cast<size_t>(nb * N));
         std::vector<int32_t> pos, out_rows;
-        std::vector<float> hidden, logits;
+        std::vector<float> logits;
         int64_t masked_now = N;
 
         for (int64_t s = 0; s < T; ++s) {
@@ -269,14 +274,15 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
                 }
                 check(static_cast<int64_t>(out_rows.size()) == (b + 1) * masked_now, "sampler", "masked row count mismatch");
             }
-            dec.forward(p, ids.data(), pos.data(), rq, refresh, hidden, out_rows.data(), masked_now);
+            const float* hrows = dec.forward(p, ids.data(), pos.data(), rq, refresh, out_rows.data(), masked_now);
 
             // Final hidden rows of the masked positions -> logits [seqs * masked_now, K].
             const int64_t r = sub.resid, hr = seqs * masked_now;
-            const std::vector<float>& hrows = hidden;
             logits.resize(static_cast<size_t>(hr * K));
-            m.be->matmul_rowstable(ConstMat(hrows.data(), hr, r, r), ConstMat(m.head_w->w.data(), K, r, cfg.width),
-                                   m.head_b->w.data(), Mat{logits.data(), hr, K, K});
+            float* lg = m.be->host_memory() ? logits.data() : dev_logits.grow(static_cast<size_t>(hr * K));
+            m.be->matmul_rowstable(ConstMat(hrows, hr, r, r), ConstMat(weights(m.head_w), K, r, cfg.width),
+                                   weights(m.head_b), Mat{lg, hr, K, K});
+            if (lg != logits.data()) m.be->download(logits.data(), lg, logits.size());
 
             // Sample, score and reveal per image.
             const double t1 = static_cast<double>(s + 1) / static_cast<double>(T);
