@@ -48,7 +48,7 @@ void usage() {
                  "  sampling: --images N --batch B --schedule 8:3,4:3,2:3,1:3 --cache on-switch|never|every:k|none\n"
                  "            --cfg SCALE (default 2.0; 0 = off) --warmup-images N --seed S\n"
                  "  forward:  --forward-only [--iters N --warmup N]   (full model, B sequences)\n"
-                 "  machine:  --threads T --backend auto|ref|onednn\n");
+                 "  machine:  --threads T --backend auto|ref|onednn|cuda\n");
 }
 
 // Random weights whose logits are not uniform.
@@ -158,12 +158,14 @@ int main(int argc, char** argv) {
             std::vector<int32_t> image_rows; // the last layer goes on with the image rows only
             for (int64_t b = 0; b < batch; ++b)
                 for (int64_t j = 1; j < S; ++j) image_rows.push_back(static_cast<int32_t>(j));
-            std::vector<float> hidden, logits(static_cast<size_t>(batch * N * K));
+            magnets::nn::BackendBuffer logits(*im.be); // in the backend's memory (a device's on a GPU)
+            logits.grow(static_cast<size_t>(batch * N * K));
             auto run = [&]() {
-                dec.forward(1, ids.data(), pos.data(), S, true, hidden, image_rows.data(), N);
-                im.be->matmul_rowstable(magnets::ConstMat(hidden.data(), batch * N, r, r),
-                                        magnets::ConstMat(im.head_w->w.data(), K, r, c.width), im.head_b->w.data(),
-                                        magnets::Mat{logits.data(), batch * N, K, K});
+                const float* hidden = dec.forward(1, ids.data(), pos.data(), S, true, image_rows.data(), N);
+                im.be->matmul_rowstable(magnets::ConstMat(hidden, batch * N, r, r),
+                                        magnets::ConstMat(dec.weights()(im.head_w), K, r, c.width),
+                                        dec.weights()(im.head_b), magnets::Mat{logits.data(), batch * N, K, K});
+                im.be->synchronize();
             };
             for (int64_t i = 0; i < warmup; ++i) run();
             std::vector<double> times;

@@ -6,7 +6,9 @@
 #   scripts/gpu_check.sh prepare     # here: build-gpu/ (static libmagnets, no
 #                                    # oneDNN/libav) -> gpu-bundle/ (~ a few MB)
 #   scripts/gpu_check.sh run         # there: consistency tests of every GPU op
-#                                    # against the CPU reference, then the
+#                                    # against the CPU reference (and the sampler
+#                                    # on the GPU against the CPU), magnets'
+#                                    # sampling throughput on the GPU, then the
 #                                    # PyTorch baselines of issue 6 (torch_baselines)
 #   scripts/gpu_check.sh baselines   # there: only the PyTorch baselines
 #
@@ -19,11 +21,14 @@
 # GPU_COMPILE=0 skips the compiled runs, GPU_BATCHES (default "64"; the issue
 # also asks for "64 256") sets the batches;
 # each run is capped at GPU_RUN_TIMEOUT seconds (default 240).
+# magnets on the GPU: bench_sampler --backend cuda at the same shape and
+# schedules (f32, our first kernels), JSON lines in $OUT/magnets-gpu.jsonl.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bundle=gpu-bundle
 tests=(test_backend test_cuda_ops)
+benches=(bench_sampler)
 
 prepare() {
     set -e
@@ -31,13 +36,14 @@ prepare() {
         meson setup build-gpu -Donednn=disabled -Dlibav=disabled -Dcuda=enabled -Dgpu_arch=90 \
             -Ddefault_library=static
     fi
-    ninja -C build-gpu "${tests[@]/#/tests/}"
+    ninja -C build-gpu "${tests[@]/#/tests/}" "${benches[@]/#/bench/}"
     rm -rf "$bundle" && mkdir -p "$bundle"
     for t in "${tests[@]}"; do cp "build-gpu/tests/$t" "$bundle/"; done
+    for b in "${benches[@]}"; do cp "build-gpu/bench/$b" "$bundle/"; done
     # Shared libraries the GPU machine lacks (stb); CUDA, HDF5 and libgomp are there.
     for lib in libstb.so.0; do
-        p="$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')"
-        [[ -n "$p" ]] && cp -L "$p" "$bundle/"
+        p="$(ldconfig -p | awk -v l="$lib" '$1 == l && !f {print $NF; f = 1}')"
+        if [[ -n "$p" ]]; then cp -L "$p" "$bundle/"; fi
     done
     du -sh "$bundle"
     echo "gpu_check.sh: bundle ready; on the GPU machine: scripts/gpu_check.sh run (carry gpu-bundle)"
@@ -59,6 +65,20 @@ run() {
     done
     echo "$passed passed, $failed failed"
     ((failed == 0))
+}
+
+# magnets' sampling on this card (the sampler's forward and KV cache on the GPU).
+magnets_gpu() {
+    local out="${OUT:-/tmp}/magnets-gpu.jsonl" cap="${GPU_RUN_TIMEOUT:-240}"
+    local shape=(--width 768 --layers 24 --heads 16 --grid-h 16 --grid-w 16 --K 1024 --C 1000)
+    for batch in ${GPU_BATCHES:-64}; do
+        for run in "1:12 none" "8:3,4:3,2:3,1:3 on-switch" "8:3,4:3,2:3,1:3 none"; do
+            set -- $run
+            echo "== magnets sampling $1 cache $2 batch $batch f32 cuda"
+            timeout "$cap" "$bundle/bench_sampler" --backend cuda "${shape[@]}" --schedule "$1" --cache "$2" \
+                --batch "$batch" --images "$batch" --warmup-images 8 | tee -a "$out" || echo "(failed or over ${cap} s)"
+        done
+    done
 }
 
 # The issue-6 PyTorch baselines on this card (python3 = the machine's PyTorch).
@@ -86,7 +106,7 @@ torch_baselines() {
 
 case "${1:-}" in
     prepare) prepare ;;
-    run) run; rc=$?; [[ "${GPU_BASELINES:-1}" != 0 ]] && torch_baselines; exit $rc ;;
+    run) run; rc=$?; magnets_gpu; [[ "${GPU_BASELINES:-1}" != 0 ]] && torch_baselines; exit $rc ;;
     baselines) torch_baselines ;;
-    *) sed -n '2,23s/^# \{0,1\}//p' "$0"; exit 2 ;;
+    *) sed -n '2,28s/^# \{0,1\}//p' "$0"; exit 2 ;;
 esac

@@ -211,15 +211,16 @@ std::string apply_global(const Args& a) {
     return backend;
 }
 
-std::shared_ptr<Backend> backend_for(const std::string& name) {
-    // The cuda backend (lib/cuda) computes on device memory; the models still
-    // keep their tensors and elementwise ops on the host, so the tools cannot
-    // hand it their buffers yet.
-    if (name == "cuda")
-        throw Error("the tools do not run on the GPU yet", {},
-                    "the CUDA backend covers the backend operations (matmul, row-stable matmul, convolutions; "
-                    "checked against the CPU reference by test_backend), not yet the tokenizer, transformer and sampler",
-                    "use --backend onednn (the default)");
+std::shared_ptr<Backend> backend_for(const std::string& name, bool gpu_ready) {
+    // The cuda backend (lib/cuda) computes on device memory. The sampler's
+    // transformer forward runs there (nn::Decoder on the backend's decoder
+    // operations); the tokenizer's and the training code's tensors and
+    // elementwise ops are still on the host, so those tools cannot use it yet.
+    if (name == "cuda" && !gpu_ready)
+        throw Error("this tool does not run on the GPU yet", {},
+                    "on the GPU so far: magnets-sample (the transformer forward and the KV cache); the tokenizer, "
+                    "training, distillation and evaluation keep their tensors on the host",
+                    "use --backend onednn (the default) here");
     return std::shared_ptr<Backend>(make_backend(name));
 }
 

@@ -166,7 +166,9 @@ int run(const Args& a) {
                              "install libavformat-dev libavcodec-dev libswscale-dev and rebuild (-Dlibav=enabled)");
 
     // The model (EMA weights unless --raw-weights) and its metadata.
-    auto be = backend_for(backend_name);
+    // The transformer samples on any backend, the GPU included; the tokenizer
+    // (PNG and MP4 output) decodes on the CPU.
+    auto be = backend_for(backend_name, true);
     const magnets::Checkpoint meta =
         magnets::read_checkpoint(model_path, magnets::transformer_format, magnets::transformer_format_version, false);
     magnets::Transformer model = magnets::Transformer::load(model_path, be, !a.flag("raw-weights"));
@@ -237,7 +239,8 @@ int run(const Args& a) {
     // The tokenizer, checked against the model.
     std::unique_ptr<magnets::Tokenizer> tok;
     if (a.has("tokenizer")) {
-        tok = std::make_unique<magnets::Tokenizer>(magnets::Tokenizer::load(a.text("tokenizer"), be));
+        tok = std::make_unique<magnets::Tokenizer>(
+            magnets::Tokenizer::load(a.text("tokenizer"), be->host_memory() ? be : backend_for("auto")));
         const magnets::TokenizerConfig& tc = tok->config();
         if (tc.codebook_size != mc.codebook_size || tc.tokens_side() != mc.grid_h || tc.tokens_side() != mc.grid_w)
             throw magnets::Error("tokenizer does not match the model", a.text("tokenizer"),
