@@ -1,9 +1,12 @@
 // lib/cuda/cuda_common.cuh (private, CUDA code only): what the .cu files of
-// lib/cuda share: the backend's stream and error checks that throw Error.
+// lib/cuda share: the backend's stream, error checks that throw Error, and
+// the kernels' warp reductions.
 #pragma once
 #include "magnets/backend.h"
 
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 namespace magnets::cuda {
 
@@ -13,5 +16,19 @@ cudaStream_t stream_of(Backend& be);
 
 // Throws Error naming `what` when e is not cudaSuccess.
 void check(cudaError_t e, const char* what);
+
+// Launch and warp helpers of the kernels.
+constexpr int kWarp = 32;
+
+inline unsigned blocks_for(int64_t n, int per) { return static_cast<unsigned>((n + per - 1) / per); }
+
+__device__ inline float warp_sum(float v) {
+    for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ inline float warp_max(float v) {
+    for (int o = kWarp / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
 
 } // namespace magnets::cuda

@@ -17,19 +17,6 @@ namespace magnets::cuda {
 
 namespace {
 
-constexpr int kWarp = 32;
-
-inline unsigned blocks_for(int64_t n, int per) { return static_cast<unsigned>((n + per - 1) / per); }
-
-__device__ inline float warp_sum(float v) {
-    for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ inline float warp_max(float v) {
-    for (int o = kWarp / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 __global__ void embed_rows_kernel(const int32_t* ids, const int32_t* pos, int64_t rq, int64_t S, const float* tok,
                                   const float* pe, int64_t D, float* x, int64_t R, int64_t r) {
     const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;

@@ -13,19 +13,6 @@ namespace magnets::cuda {
 
 namespace {
 
-constexpr int kWarp = 32;
-
-inline unsigned blocks_for(int64_t n, int per) { return static_cast<unsigned>((n + per - 1) / per); }
-
-__device__ inline float warp_sum(float v) {
-    for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ inline float warp_max(float v) {
-    for (int o = kWarp / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 // A device scratch buffer from the backend's pool for the length of a call.
 struct Scratch {
     Backend& be;
