@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cstring>
 #include <new>
-#include <vector>
 
 namespace magnets {
 
@@ -43,8 +42,6 @@ public:
     void attention_rows(const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq,
                         int64_t S, int64_t heads, int64_t hd) override;
 
-private:
-    std::vector<float> ln_stats_; // layernorm_rows' mean and rstd (not kept)
 };
 
 } // namespace magnets

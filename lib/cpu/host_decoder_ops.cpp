@@ -26,8 +26,9 @@ void HostBackend::embed_rows(const int32_t* ids, const int32_t* pos, int64_t rq,
 }
 
 void HostBackend::layernorm_rows(const float* x, float* y, const float* g, const float* b, int64_t rows, int64_t n) {
-    if (ln_stats_.size() < static_cast<size_t>(2 * rows)) ln_stats_.resize(static_cast<size_t>(2 * rows));
-    nn::ops::layernorm_forward(x, n, y, n, ln_stats_.data(), ln_stats_.data() + rows, g, b, rows, n);
+    static thread_local std::vector<float> stats; // mean and rstd, not kept
+    if (stats.size() < static_cast<size_t>(2 * rows)) stats.resize(static_cast<size_t>(2 * rows));
+    nn::ops::layernorm_forward(x, n, y, n, stats.data(), stats.data() + rows, g, b, rows, n);
 }
 
 void HostBackend::add_into(float* x, const float* y, int64_t count) {

@@ -221,7 +221,7 @@ public:
     }
     void layernorm_rows(const float* x, float* y, const float* g, const float* b, int64_t rows, int64_t n) override {
         if (ln_stats_n_ < static_cast<size_t>(2 * rows)) {
-            if (ln_stats_) pool_.put(ln_stats_);
+            if (ln_stats_) free(ln_stats_);
             ln_stats_n_ = static_cast<size_t>(2 * rows);
             ln_stats_ = pool_.get(ln_stats_n_);
         }
