@@ -22,7 +22,8 @@
 # also asks for "64 256") sets the batches;
 # each run is capped at GPU_RUN_TIMEOUT seconds (default 240).
 # magnets on the GPU: bench_sampler --backend cuda at the same shape and
-# schedules (f32, our first kernels), JSON lines in $OUT/magnets-gpu.jsonl.
+# schedules, f32 (the row-stable kernel) and bf16 (MAGNETS_CUDA_BF16=1,
+# cuBLAS tensor cores), JSON lines in $OUT/magnets-gpu.jsonl.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -72,11 +73,13 @@ magnets_gpu() {
     local out="${OUT:-/tmp}/magnets-gpu.jsonl" cap="${GPU_RUN_TIMEOUT:-240}"
     local shape=(--width 768 --layers 24 --heads 16 --grid-h 16 --grid-w 16 --K 1024 --C 1000)
     for batch in ${GPU_BATCHES:-64}; do
-        for run in "1:12 none" "8:3,4:3,2:3,1:3 on-switch" "8:3,4:3,2:3,1:3 none"; do
+        for run in "f32 1:12 none" "f32 8:3,4:3,2:3,1:3 on-switch" "f32 8:3,4:3,2:3,1:3 none" \
+                   "bf16 1:12 none" "bf16 8:3,4:3,2:3,1:3 on-switch"; do
             set -- $run
-            echo "== magnets sampling $1 cache $2 batch $batch f32 cuda"
-            timeout "$cap" "$bundle/bench_sampler" --backend cuda "${shape[@]}" --schedule "$1" --cache "$2" \
-                --batch "$batch" --images "$batch" --warmup-images 8 | tee -a "$out" || echo "(failed or over ${cap} s)"
+            echo "== magnets sampling $2 cache $3 batch $batch $1 cuda"
+            MAGNETS_CUDA_BF16=$([[ $1 == bf16 ]] && echo 1 || echo 0) timeout "$cap" "$bundle/bench_sampler" \
+                --backend cuda "${shape[@]}" --schedule "$2" --cache "$3" --batch "$batch" --images "$batch" \
+                --warmup-images 8 | sed "s/^{/{\"precision\":\"$1\",/" | tee -a "$out" || echo "(failed or over ${cap} s)"
         done
     done
 }

@@ -331,3 +331,35 @@ TEST_CASE("the sampler on the GPU: same seed, same tokens at any batch size; agr
     none.cache = parse_cache_policy("none");
     CHECK(sample(mg, every, cls.data(), n, 0, 24).tokens == sample(mg, none, cls.data(), n, 0, 24).tokens);
 }
+
+TEST_CASE("cuda bf16 products (MAGNETS_CUDA_BF16=1) match the CPU to bf16 precision") {
+    if (!gpu()) return;
+    setenv("MAGNETS_CUDA_BF16", "1", 1);
+    std::unique_ptr<Backend> be;
+    try {
+        be = make_backend("cuda");
+    } catch (...) {
+        unsetenv("MAGNETS_CUDA_BF16");
+        throw;
+    }
+    unsetenv("MAGNETS_CUDA_BF16");
+    auto cpu = make_backend("ref");
+    // Tolerance: bf16 keeps 8 significant bits, so each product carries a
+    // relative error up to about 2^-8; over K = 200 random-signed terms the
+    // normalised error stays near 1e-3. 1e-2 leaves room and still fails for a
+    // wrong layout or a missing bias.
+    const int64_t M = 300, K = 200, N = 96, lda = 210, ldw = 208;
+    auto a = rnd(size_t(M * lda), 21), w = rnd(size_t(N * ldw), 22), bias = rnd(size_t(N), 23);
+    for (bool gelu : {false, true}) {
+        std::vector<float> c(size_t(M * N));
+        cpu->matmul_rowstable(ConstMat(a.data(), M, K, lda), ConstMat(w.data(), N, K, ldw), bias.data(),
+                              Mat{c.data(), M, N, N}, gelu ? Backend::Act::gelu : Backend::Act::none);
+        Dev A(*be, a), W(*be, w), Bi(*be, bias), C(*be, std::vector<float>(c.size(), 0.0f));
+        be->matmul_rowstable(ConstMat(A.p, M, K, lda), ConstMat(W.p, N, K, ldw), Bi.p, Mat{C.p, M, N, N},
+                             gelu ? Backend::Act::gelu : Backend::Act::none);
+        const double e = nerr(C.get(c.size()), c);
+        CAPTURE(gelu);
+        MESSAGE("bf16 product, normalised error " << e);
+        CHECK(e < 1e-2);
+    }
+}

@@ -16,12 +16,14 @@
 #include "magnets_config.h"
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #if MAGNETS_HAVE_CUDNN
 #include <cudnn.h>
 #endif
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
@@ -97,6 +99,25 @@ __global__ void rowstable_kernel(int64_t M, int64_t N, int64_t K, const float* _
             c[i * ldc + j] = gelu ? 0.5f * y * (1.0f + erff(y * 0.70710678118654752f)) : y;
         }
     }
+}
+
+// ---- the bf16 products (MAGNETS_CUDA_BF16=1) -----------------------------------
+// dst [rows, cols] (contiguous) = bf16(src [rows, cols] with leading dimension ld).
+__global__ void to_bf16_kernel(const float* __restrict__ src, int64_t ld, __nv_bfloat16* __restrict__ dst,
+                               int64_t rows, int64_t cols) {
+    const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (e >= rows * cols) return;
+    dst[e] = __float2bfloat16(src[(e / cols) * ld + e % cols]);
+}
+
+// c[i, j] = act(c[i, j] + bias[j]) after the tensor-core product.
+__global__ void bias_act_kernel(float* __restrict__ c, int64_t ldc, const float* __restrict__ bias, int64_t rows,
+                                int64_t cols, bool gelu) {
+    const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (e >= rows * cols) return;
+    float& x = c[(e / cols) * ldc + e % cols];
+    const float y = bias ? x + bias[e % cols] : x;
+    x = gelu ? 0.5f * y * (1.0f + erff(y * 0.70710678118654752f)) : y;
 }
 
 // ---- device memory pool ---------------------------------------------------------
@@ -178,6 +199,8 @@ public:
         cudaStreamSynchronize(stream_);
         if (workspace_) pool_.put(workspace_);
         if (ln_stats_) pool_.put(ln_stats_);
+        if (bf16_a_) pool_.put(bf16_a_);
+        if (bf16_w_) pool_.put(bf16_w_);
 #if MAGNETS_HAVE_CUDNN
         cudnnDestroy(dnn_);
 #endif
@@ -261,6 +284,7 @@ public:
     void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c, Act act = Act::none) override {
         check_matmul_args("cuda", a, false, w, true, c);
         if (c.rows == 0 || c.cols == 0) return;
+        if (bf16_ && a.cols > 0) return matmul_bf16(a, w, bias, c, act == Act::gelu);
         const dim3 block(kThreads, kThreads);
         const dim3 grid(static_cast<unsigned>((c.cols + kTile - 1) / kTile),
                         static_cast<unsigned>((c.rows + kTile - 1) / kTile));
@@ -333,6 +357,41 @@ private:
                     "install cuDNN (libcudnn9-dev) and rebuild, or use --backend onednn for the tokenizer");
     }
 #endif
+
+    // c = act(a w^T + bias) on the tensor cores: a and w rounded to bf16 (into
+    // scratch buffers, every call: the weights may change between calls), f32
+    // accumulation (cublasGemmEx, CUBLAS_COMPUTE_32F), then bias and GELU.
+    // cuBLAS picks its kernel by shape, so rows are not independent of M.
+    void matmul_bf16(ConstMat a, ConstMat w, const float* bias, Mat c, bool gelu) {
+        const int64_t M = c.rows, N = c.cols, K = a.cols;
+        __nv_bfloat16* ab = bf16_scratch(bf16_a_, bf16_a_n_, M * K);
+        __nv_bfloat16* wb = bf16_scratch(bf16_w_, bf16_w_n_, N * K);
+        to_bf16_kernel<<<static_cast<unsigned>((M * K + 255) / 256), 256, 0, stream_>>>(a.data, a.ld, ab, M, K);
+        to_bf16_kernel<<<static_cast<unsigned>((N * K + 255) / 256), 256, 0, stream_>>>(w.data, w.ld, wb, N, K);
+        cuda_check(cudaGetLastError(), "matmul_rowstable (bf16 conversion)");
+        const float one = 1.0f, zero = 0.0f;
+        cublas_check(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+        const cublasStatus_t st =
+            cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K),
+                         &one, wb, CUDA_R_16BF, static_cast<int>(K), ab, CUDA_R_16BF, static_cast<int>(K), &zero, c.data,
+                         CUDA_R_32F, static_cast<int>(c.ld), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        cublas_check(cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+        cublas_check(st, "matmul_rowstable (cublasGemmEx, bf16)");
+        if (bias || gelu) {
+            bias_act_kernel<<<static_cast<unsigned>((M * N + 255) / 256), 256, 0, stream_>>>(c.data, c.ld, bias, M, N,
+                                                                                           gelu);
+            cuda_check(cudaGetLastError(), "matmul_rowstable (bias)");
+        }
+    }
+    __nv_bfloat16* bf16_scratch(float*& buf, size_t& have, int64_t count) {
+        const size_t floats = static_cast<size_t>((count + 1) / 2);
+        if (floats > have) {
+            if (buf) free(buf);
+            buf = pool_.get(floats);
+            have = floats;
+        }
+        return reinterpret_cast<__nv_bfloat16*>(buf);
+    }
 
     // C = beta C for the k = 0 corner case (cuBLAS rejects k = 0 on some versions).
     void scale_rows(Mat c, float beta) {
@@ -415,6 +474,14 @@ private:
     size_t workspace_bytes_ = 0;
     float* ln_stats_ = nullptr; // layernorm_rows' mean and rstd (not kept)
     size_t ln_stats_n_ = 0;
+    // MAGNETS_CUDA_BF16=1 when the backend was made: matmul_rowstable on bf16
+    // tensor cores (matmul_bf16) instead of the f32 row-stable kernel.
+    bool bf16_ = [] {
+        const char* e = std::getenv("MAGNETS_CUDA_BF16");
+        return e && std::string(e) == "1";
+    }();
+    float *bf16_a_ = nullptr, *bf16_w_ = nullptr;
+    size_t bf16_a_n_ = 0, bf16_w_n_ = 0;
 };
 
 } // namespace
