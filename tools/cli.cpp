@@ -33,6 +33,7 @@ const std::vector<OptionSpec> global_options = {
     {"v,verbose", ArgKind::flag, nullptr, "print debug messages"},
     {"threads", ArgKind::integer, "N", "CPU threads (0 = OMP_NUM_THREADS or all cores)", "0"},
     {"backend", ArgKind::text, "NAME", "compute backend: auto, ref, onednn or cuda", "auto"},
+    {"device", ArgKind::text, "DEV", "cpu or cuda: shorthand for --backend auto or --backend cuda"},
 };
 
 int64_t Args::positive(const std::string& name, bool allow_zero) const {
@@ -208,6 +209,13 @@ std::string apply_global(const Args& a) {
     std::string backend = a.text("backend");
     static const std::set<std::string> known = {"auto", "ref", "onednn", "cuda"};
     if (!known.count(backend)) throw UsageError("unknown backend '" + backend + "' (choose auto, ref, onednn or cuda)");
+    if (a.has("device")) {
+        const std::string d = a.text("device");
+        if (d != "cpu" && d != "cuda") throw UsageError("unknown device '" + d + "' (choose cpu or cuda)");
+        if (a.has("backend") && (d == "cuda") != (backend == "cuda"))
+            throw UsageError("--device " + d + " and --backend " + backend + " disagree (give one of them)");
+        if (!a.has("backend")) backend = d == "cuda" ? "cuda" : "auto";
+    }
     return backend;
 }
 
