@@ -121,6 +121,15 @@ done_case "bad shard"
 run "$sample" "${m[@]}" -o "$tmp/x.h5" --png "$tmp/p2"
 expect_rc 2; expect_err "tokenizer"
 done_case "--png without --tokenizer"
+run "$sample" "${m[@]}" -o "$tmp/x.h5" --device gpu
+expect_usage_error magnets-sample "unknown device"
+done_case "unknown --device"
+run "$sample" "${m[@]}" -o "$tmp/x.h5" --device cpu --backend cuda
+expect_usage_error magnets-sample "disagree"
+done_case "--device and --backend that disagree"
+run "$sample" "${m[@]}" -o "$tmp/dev.h5" --device cpu --schedule 8:2,4:2,2:2,1:2 --count 4
+expect_rc 0; expect_file "$tmp/dev.h5"
+done_case "--device cpu samples on the CPU"
 if ((have_h5py)); then
     /usr/bin/python3 - "$tok" "$tmp/tok64.h5" <<'PY'
 import sys, shutil, h5py, numpy as np

@@ -197,6 +197,11 @@ expect_usage_error "gpu9000"
 expect_empty_dir "$d"
 done_case "unknown --backend is a usage error"
 
+run encode --tokenizer "$tok" --device cuda -o "$d/x.h5"
+expect_runtime_error "does not run on the GPU yet"
+expect_empty_dir "$d"
+done_case "--device cuda: the tokenizer says it does not run on the GPU yet"
+
 run info
 expect_usage_error "FILE"
 done_case "info without a file is a usage error"
