@@ -23,7 +23,8 @@
 # each run is capped at GPU_RUN_TIMEOUT seconds (default 240).
 # magnets on the GPU: bench_sampler --backend cuda at the same shape and
 # schedules, f32 (the row-stable kernel) and bf16 (MAGNETS_CUDA_BF16=1,
-# cuBLAS tensor cores), JSON lines in $OUT/magnets-gpu.jsonl.
+# cuBLAS tensor cores), JSON lines in $OUT/magnets-gpu.jsonl. Last,
+# bench/gpu_report.py prints the side-by-side table and the issue's ratios.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -109,7 +110,12 @@ torch_baselines() {
 
 case "${1:-}" in
     prepare) prepare ;;
-    run) run; rc=$?; magnets_gpu; [[ "${GPU_BASELINES:-1}" != 0 ]] && torch_baselines; exit $rc ;;
+    run)
+        run; rc=$?
+        magnets_gpu
+        [[ "${GPU_BASELINES:-1}" != 0 ]] && torch_baselines
+        "${PYTHON:-python3}" bench/gpu_report.py "${OUT:-/tmp}" || true
+        exit $rc ;;
     baselines) torch_baselines ;;
     *) sed -n '2,28s/^# \{0,1\}//p' "$0"; exit 2 ;;
 esac

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""The issue-6 sampling table from one GPU run: magnets against PyTorch on the same card.
+
+Reads the JSON lines that scripts/gpu_check.sh writes ($OUT/magnets-gpu.jsonl from
+bench_sampler --backend cuda, $OUT/torch-baselines.jsonl from bench/sampler_torch.py)
+and prints images/s per implementation, precision, schedule and cache, then the
+issue's targets as ratios measured in that run:
+
+  magnets MaGNeTS with cache     >= 1.5x torch.compile's MaGNeTS
+  magnets full model (1:12)      >= 1.2x torch.compile's full model
+  magnets MaGNeTS with cache     >= 2.5x magnets' full model
+
+For each magnets ratio the faster magnets precision is used (and named). Missing
+runs are reported as missing, never guessed. Standard library only (the GPU
+machine's python3 has no extras beyond PyTorch).
+
+    python3 bench/gpu_report.py DIR            # DIR holds the two .jsonl files
+    python3 bench/gpu_report.py A.jsonl B.jsonl
+"""
+import json
+import os
+import sys
+
+
+def load(paths):
+    rows = []
+    for p in paths:
+        if os.path.isdir(p):
+            load_dir = [os.path.join(p, f) for f in ("magnets-gpu.jsonl", "torch-baselines.jsonl")]
+            rows += load([f for f in load_dir if os.path.exists(f)])
+            continue
+        if not os.path.exists(p):
+            print(f"gpu_report.py: {p}: no such file (skipped)", file=sys.stderr)
+            continue
+        with open(p) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass
+    return [r for r in rows if r.get("mode") == "sample"]
+
+
+def key(r):
+    if r.get("impl") == "magnets":
+        variant = "magnets " + r.get("precision", "f32")
+    else:
+        variant = "torch " + r.get("dtype", "?") + (" compile" if r.get("compile") else " eager")
+    return variant, r.get("batch"), r.get("schedule"), r.get("cache", "none")
+
+
+def main(argv):
+    if len(argv) < 2 or argv[1] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if len(argv) >= 2 else 2
+    rows = load(argv[1:])
+    if not rows:
+        print("gpu_report.py: no sampling results in " + " ".join(argv[1:]), file=sys.stderr)
+        return 1
+    best = {}
+    for r in rows:
+        k = key(r)
+        best[k] = max(best.get(k, 0.0), float(r["images_per_s"]))
+    gpu = next((r.get("gpu") for r in rows if r.get("gpu")), None)
+    print(f"sampling throughput on the GPU{' (' + gpu + ')' if gpu else ''}: images/s, best run of each")
+    print(f"{'variant':<22} {'batch':>5} {'schedule':<16} {'cache':<10} {'images/s':>9}")
+    for k in sorted(best, key=lambda k: (k[1] or 0, k[2] or "", k[0], k[3])):
+        print(f"{k[0]:<22} {k[1]!s:>5} {k[2]!s:<16} {k[3]:<10} {best[k]:>9.1f}")
+
+    full, nested = "1:12", "8:3,4:3,2:3,1:3"
+    print()
+    for batch in sorted({k[1] for k in best}):
+        def get(variant, sched, cache):
+            return best.get((variant, batch, sched, cache))
+
+        def ours(sched, cache):
+            cands = [(v, p) for p in ("f32", "bf16") if (v := get("magnets " + p, sched, cache))]
+            return max(cands) if cands else (None, None)
+
+        def ratio(label, num, den, target):
+            if num is None or den is None:
+                print(f"  batch {batch}: {label:<58} missing")
+                return
+            r = num / den
+            print(f"  batch {batch}: {label:<58} {r:5.2f}x  target >= {target}x: {'met' if r >= target else 'NOT met'}")
+
+        tc_nested = get("torch bf16 compile", nested, "none")
+        tc_full = get("torch bf16 compile", full, "none")
+        (ours_nested, p_n), (ours_full, p_f) = ours(nested, "on-switch"), ours(full, "none")
+        ratio(f"magnets MaGNeTS+cache ({p_n}) / torch.compile MaGNeTS", ours_nested, tc_nested, 1.5)
+        ratio(f"magnets 1:12 ({p_f}) / torch.compile 1:12", ours_full, tc_full, 1.2)
+        for p in ("f32", "bf16"):
+            ratio(f"magnets MaGNeTS+cache / magnets 1:12 ({p})", get("magnets " + p, nested, "on-switch"),
+                  get("magnets " + p, full, "none"), 2.5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
