@@ -3,6 +3,8 @@
 // and the losses. Double keeps libm (the finite-difference tests run in
 // double). Accuracy is checked against libm in tests/test_transformer.cpp.
 #pragma once
+#include "core/hostdevice.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -11,10 +13,15 @@ namespace magnets {
 
 // exp(x) for float: Cephes' minimax polynomial on [-ln2/2, ln2/2] after range
 // reduction x = n ln2 + r; about 1 ulp over the normal range. Inputs below
-// -87.3 return ~0 (never a denormal), above 88.7 are clamped.
-inline float vexp(float x) {
+// -87.3 return ~0 (never a denormal), above 88.7 are clamped. Also a device
+// function under nvcc (the GPU sampler's draw uses it).
+MAGNETS_HD inline float vexp(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+#if defined(__CUDA_ARCH__)
+    const float n = floorf(x * 1.44269504088896341f + 0.5f);
+#else
     const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+#endif
     const float r = x - n * 0.693359375f + n * 2.12194440e-4f; // ln2 split in two parts
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -24,8 +31,12 @@ inline float vexp(float x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+#if defined(__CUDA_ARCH__)
+    const float scale = __int_as_float(bits);
+#else
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
+#endif
     return p * scale;
 }
 inline double vexp(double x) { return std::exp(x); }

@@ -41,7 +41,9 @@ public:
                      int64_t n) override;
     void attention_rows(const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq,
                         int64_t S, int64_t heads, int64_t hd) override;
-
+    // ... and the sampler's draw (lib/cpu/host_sampler_ops.cpp).
+    void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows, const int32_t* streams,
+                   int32_t* token, float* conf) override;
 };
 
 } // namespace magnets

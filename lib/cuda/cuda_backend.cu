@@ -263,6 +263,10 @@ public:
                         int64_t S, int64_t heads, int64_t hd) override {
         cuda::attention_rows(*this, q, kc, vc, out, seqs, rq, S, heads, hd);
     }
+    void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows, const int32_t* streams,
+                   int32_t* token, float* conf) override {
+        cuda::draw_rows(*this, logits, n, d, rows, streams, token, conf);
+    }
     cudaStream_t stream() const { return stream_; }
 
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the

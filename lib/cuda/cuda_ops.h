@@ -84,4 +84,8 @@ void gather_rows(Backend& be, const float* src, const int32_t* idx, int64_t seqs
 void attention_rows(Backend& be, const float* q, const float* kc, const float* vc, float* out, int64_t seqs,
                     int64_t rq, int64_t S, int64_t heads, int64_t hd);
 
+// ---- the sampler's draw (cuda_sampler_ops.cu): Backend::draw_rows.
+void draw_rows(Backend& be, const float* logits, int64_t n, const Backend::DrawSpec& d, const int32_t* rows,
+               const int32_t* streams, int32_t* token, float* conf);
+
 } // namespace magnets::cuda

@@ -86,6 +86,26 @@ public:
     virtual void attention_rows(const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq,
                                 int64_t S, int64_t heads, int64_t hd) = 0;
 
+    // ---- the sampler's draw (one decoding step, METHOD section 6) ----
+    struct DrawSpec {
+        int64_t K = 0;        // codes: logits rows are K wide
+        bool cfg = false;     // classifier-free guidance: row i's unconditional logits are row n + i
+        double guidance = 0;  // l = lc + guidance * (lc - lu) with cfg, else lc
+        double tau = 1;       // token temperature: the draw is from softmax(l / tau)
+        double choice = 0;    // confidence = log p(token) + choice * Gumbel noise
+        int64_t top_k = 0;    // keep the top_k largest l / tau (0: all)
+        uint64_t seed = 0;    // Philox key
+    };
+    // For each of n masked positions (rows of logits): draw a code and score
+    // it. rows [n, 2] int32: (image, counter); streams [images, 4] int32: the
+    // image's token stream and choice stream (each uint64 as low, high word).
+    // The draw uses Philox(seed).uniform_double(token stream, counter), the
+    // noise gumbel(choice stream, counter). token [n] int32, conf [n] float.
+    // All arrays in this backend's memory; rows are independent, so a row's
+    // result never depends on n or on the other rows.
+    virtual void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows,
+                           const int32_t* streams, int32_t* token, float* conf) = 0;
+
     // y [n, c_out, oh, ow] = conv(x [n, c_in, h, w], w) + bias (bias may be null).
     virtual void conv2d_forward(const Conv2dShape& s, const float* x, const float* w,
                                 const float* bias, float* y) = 0;

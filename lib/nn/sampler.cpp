@@ -183,7 +183,6 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
     const int64_t N = cfg.tokens(), S = cfg.seq(), K = cfg.codebook_size, T = sc.steps();
     const bool cfg_on = sc.cfg_scale > 0;
     const int64_t branches = cfg_on ? 2 : 1;
-    const Philox rng(sc.seed);
 
     // The sub-model of every step.
     std::vector<int64_t> step_p;
@@ -208,7 +207,9 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
     // the logits there: on a CPU backend they are read in place, from a
     // device they come down once per step.
     const nn::DecoderWeights weights(m);
-    nn::BackendBuffer dev_logits(*m.be);
+    nn::BackendBuffer dev_logits(*m.be), dev_meta(*m.be), dev_draw(*m.be), dev_streams(*m.be);
+    check(static_cast<double>(T) * static_cast<double>(N) < 2147483648.0, "sampler",
+          "steps x tokens must stay below 2^31 (the draws' counters are int32)");
     for (int64_t first = 0; first < n; first += batch_size) {
         const int64_t nb = std::min(batch_size, n - first), seqs = nb * branches;
         Decoder dec(m, seqs, &weights);
@@ -225,7 +226,21 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
         std::vector<uint16_t> view_tokens(static_cast<size_t>(nb * N), static_cast<uint16_t>(K));
         std::vector<float> conf_all(static_cast<size_t>(nb * N));
         std::vector<int32_t> pos, out_rows;
-        std::vector<float> logits;
+        // Per image, its token and choice streams (uint64 as two int32 words
+        // each) for draw_rows; on a device, uploaded once per batch.
+        std::vector<int32_t> streams(static_cast<size_t>(4 * nb));
+        for (int64_t img = 0; img < nb; ++img) {
+            const uint64_t g = static_cast<uint64_t>(first_index + first + img);
+            const uint64_t st[2] = {stream_id("sample-token", g), stream_id("sample-choice", g)};
+            for (int w = 0; w < 2; ++w) {
+                streams[static_cast<size_t>(4 * img + 2 * w)] = static_cast<int32_t>(static_cast<uint32_t>(st[w]));
+                streams[static_cast<size_t>(4 * img + 2 * w + 1)] = static_cast<int32_t>(static_cast<uint32_t>(st[w] >> 32));
+            }
+        }
+        if (!m.be->host_memory())
+            m.be->upload(dev_streams.grow(streams.size()), reinterpret_cast<const float*>(streams.data()), streams.size());
+        std::vector<int32_t> row_meta, row_pos, drawn;
+        std::vector<float> conf_rows;
         int64_t masked_now = N;
 
         for (int64_t s = 0; s < T; ++s) {
@@ -277,78 +292,76 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
             const float* hrows = dec.forward(p, ids.data(), pos.data(), rq, refresh, out_rows.data(), masked_now);
 
             // Final hidden rows of the masked positions -> logits [seqs * masked_now, K].
-            const int64_t r = sub.resid, hr = seqs * masked_now;
-            logits.resize(static_cast<size_t>(hr * K));
-            float* lg = m.be->host_memory() ? logits.data() : dev_logits.grow(static_cast<size_t>(hr * K));
+            const int64_t r = sub.resid, hr = seqs * masked_now, nd = nb * masked_now;
+            float* lg = dev_logits.grow(static_cast<size_t>(hr * K));
             m.be->matmul_rowstable(ConstMat(hrows, hr, r, r), ConstMat(weights(m.head_w), K, r, cfg.width),
                                    weights(m.head_b), Mat{lg, hr, K, K});
-            if (lg != logits.data()) m.be->download(logits.data(), lg, logits.size());
 
-            // Sample, score and reveal per image.
+            // Draw and score every masked position (Backend::draw_rows: on the
+            // device where the logits are; only a code and a confidence per
+            // position come back). Row img * masked_now + mi is image img's
+            // mi-th masked position j, drawn with counter s * N + j.
             const double t1 = static_cast<double>(s + 1) / static_cast<double>(T);
-            const double tau = sc.temperature + (sc.temperature_end - sc.temperature) *
-                                                    (T > 1 ? static_cast<double>(s) / static_cast<double>(T - 1) : 0.0);
-            const double guidance = cfg_on ? (sc.cfg_ramp ? sc.cfg_scale * t1 : sc.cfg_scale) : 0.0;
-            const double choice = sc.choice_temperature * (1.0 - t1);
+            Backend::DrawSpec spec;
+            spec.K = K;
+            spec.cfg = cfg_on;
+            spec.guidance = cfg_on ? (sc.cfg_ramp ? sc.cfg_scale * t1 : sc.cfg_scale) : 0.0;
+            spec.tau = sc.temperature + (sc.temperature_end - sc.temperature) *
+                                            (T > 1 ? static_cast<double>(s) / static_cast<double>(T - 1) : 0.0);
+            spec.choice = sc.choice_temperature * (1.0 - t1);
+            spec.top_k = sc.top_k;
+            spec.seed = sc.seed;
+            row_meta.resize(static_cast<size_t>(2 * nd));
+            row_pos.resize(static_cast<size_t>(nd));
+            for (int64_t img = 0, i = 0; img < nb; ++img)
+                for (int64_t j = 0; j < N; ++j)
+                    if (masked[static_cast<size_t>(img * N + j)]) {
+                        row_meta[static_cast<size_t>(2 * i)] = static_cast<int32_t>(img);
+                        row_meta[static_cast<size_t>(2 * i + 1)] = static_cast<int32_t>(s * N + j);
+                        row_pos[static_cast<size_t>(i++)] = static_cast<int32_t>(j);
+                    }
+            drawn.resize(static_cast<size_t>(nd));
+            conf_rows.resize(static_cast<size_t>(nd));
+            if (m.be->host_memory()) {
+                m.be->draw_rows(lg, nd, spec, row_meta.data(), streams.data(), drawn.data(), conf_rows.data());
+            } else {
+                static_assert(sizeof(int32_t) == sizeof(float), "int32 arrays travel as floats");
+                float* d_meta = dev_meta.grow(static_cast<size_t>(std::max<int64_t>(2 * nd, 1)));
+                float* d_out = dev_draw.grow(static_cast<size_t>(std::max<int64_t>(2 * nd, 1)));
+                m.be->upload(d_meta, reinterpret_cast<const float*>(row_meta.data()), row_meta.size());
+                m.be->draw_rows(lg, nd, spec, reinterpret_cast<const int32_t*>(d_meta),
+                                reinterpret_cast<const int32_t*>(dev_streams.data()),
+                                reinterpret_cast<int32_t*>(d_out), d_out + nd);
+                m.be->download(reinterpret_cast<float*>(drawn.data()), d_out, static_cast<size_t>(nd));
+                m.be->download(conf_rows.data(), d_out + nd, static_cast<size_t>(nd));
+            }
+
+            // Rank and reveal per image: the most confident first, ties by position.
             const int64_t keep = masked_after[static_cast<size_t>(s)];
             std::fill(revealed_now.begin(), revealed_now.end(), 0);
             std::fill(conf_all.begin(), conf_all.end(), std::numeric_limits<float>::quiet_NaN());
-            // Images are independent (their draws come from counter-based streams
-            // keyed by image, step and position), so they run in parallel; each
-            // writes only its own entries of masked, ids, view_tokens, ...
-#pragma omp parallel for schedule(dynamic, 1) if (nb * masked_now * K >= (int64_t{1} << 16))
+            // Images are independent; each writes only its own entries of
+            // masked, ids, view_tokens, ...
+#pragma omp parallel for schedule(dynamic, 4) if (nd >= 4096)
             for (int64_t img = 0; img < nb; ++img) {
-                const int64_t g = first_index + first + img;
-                const uint64_t tok_stream = stream_id("sample-token", static_cast<uint64_t>(g));
-                const uint64_t gum_stream = stream_id("sample-choice", static_cast<uint64_t>(g));
-                std::vector<float> lp(static_cast<size_t>(K)), ex(static_cast<size_t>(K));
-                std::vector<std::pair<float, int64_t>> order;
-                order.reserve(static_cast<size_t>(masked_now));
-                int64_t mi = 0;
-                std::vector<int32_t> drawn(static_cast<size_t>(N), -1);
-                for (int64_t j = 0; j < N; ++j) {
-                    if (!masked[static_cast<size_t>(img * N + j)]) continue;
-                    const float* lc = logits.data() + (img * masked_now + mi) * K;
-                    const float* lu = cfg_on ? logits.data() + ((nb + img) * masked_now + mi) * K : nullptr;
-                    ++mi;
-                    for (int64_t k = 0; k < K; ++k) {
-                        const double l = cfg_on ? lc[k] + guidance * (static_cast<double>(lc[k]) - lu[k]) : lc[k];
-                        lp[static_cast<size_t>(k)] = static_cast<float>(l / tau);
-                    }
-                    if (sc.top_k > 0 && sc.top_k < K) { // keep the k largest (ties: all equal to the k-th)
-                        std::vector<float> sorted(lp.begin(), lp.end());
-                        std::nth_element(sorted.begin(), sorted.begin() + (sc.top_k - 1), sorted.end(), std::greater<float>());
-                        const float kth = sorted[static_cast<size_t>(sc.top_k - 1)];
-                        for (auto& v : lp) if (v < kth) v = -std::numeric_limits<float>::infinity();
-                    }
-                    const float mx = nn::ops::lane_max(lp.data(), K);
-                    for (int64_t k = 0; k < K; ++k) ex[static_cast<size_t>(k)] = nn::vexp(lp[static_cast<size_t>(k)] - mx);
-                    double total = 0;
-                    for (int64_t k = 0; k < K; ++k) total += ex[static_cast<size_t>(k)];
-                    const double u = rng.uniform_double(tok_stream, static_cast<uint64_t>(s * N + j)) * total;
-                    double acc = 0;
-                    int64_t pick = K - 1;
-                    for (int64_t k = 0; k < K; ++k) {
-                        acc += ex[static_cast<size_t>(k)];
-                        if (acc > u) { pick = k; break; }
-                    }
-                    while (!std::isfinite(lp[static_cast<size_t>(pick)])) --pick; // never a top-k-excluded code
-                    const double logp = static_cast<double>(lp[static_cast<size_t>(pick)] - mx) - std::log(total);
-                    const double conf = logp + choice * rng.gumbel(gum_stream, static_cast<uint64_t>(s * N + j));
-                    drawn[static_cast<size_t>(j)] = static_cast<int32_t>(pick);
-                    conf_all[static_cast<size_t>(img * N + j)] = static_cast<float>(conf);
-                    order.push_back({static_cast<float>(-conf), j});
+                std::vector<std::pair<float, int64_t>> order(static_cast<size_t>(masked_now));
+                for (int64_t mi = 0; mi < masked_now; ++mi) {
+                    const size_t i = static_cast<size_t>(img * masked_now + mi);
+                    const int64_t j = row_pos[i];
+                    conf_all[static_cast<size_t>(img * N + j)] = conf_rows[i];
+                    order[static_cast<size_t>(mi)] = {-conf_rows[i], mi};
                 }
                 std::sort(order.begin(), order.end()); // most confident first, then by position
                 const int64_t reveal = masked_now - keep;
                 for (int64_t q = 0; q < reveal; ++q) {
-                    const int64_t j = order[static_cast<size_t>(q)].second;
+                    const size_t i = static_cast<size_t>(img * masked_now + order[static_cast<size_t>(q)].second);
+                    const int64_t j = row_pos[i];
+                    const int32_t code = drawn[i];
                     const size_t k = static_cast<size_t>(img * N + j);
                     masked[k] = 0;
                     revealed_now[k] = 1;
-                    view_tokens[k] = static_cast<uint16_t>(drawn[static_cast<size_t>(j)]);
-                    for (int64_t br = 0; br < branches; ++br)
-                        ids[static_cast<size_t>((br * nb + img) * S + 1 + j)] = drawn[static_cast<size_t>(j)];
+                    view_tokens[k] = static_cast<uint16_t>(code);
+                    for (int64_t br = 0; br < branches; ++br) ids[static_cast<size_t>((br * nb + img) * S + 1 + j)] = code;
                 }
             }
             was_revealed_prev = revealed_now;

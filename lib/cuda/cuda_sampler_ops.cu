@@ -1,0 +1,171 @@
+// lib/cuda/cuda_sampler_ops.cu: the sampler's draw on the GPU
+// (Backend::draw_rows; the CPU version is lib/cpu/host_sampler_ops.cpp), so
+// the logits of a decoding step stay on the device and only a code and a
+// confidence per masked position come back to the host.
+//
+// One block per masked position. The random numbers come from the same
+// inline Philox as the CPU's (core/philox.h) and exp from the same
+// polynomial (core/fastmath.h). What differs from the CPU is the order of
+// the double sums (segment sums here, one running sum there), which moves
+// the cut points of the draw by about an ulp of the total; tests/test_cuda_ops.cpp
+// measures the agreement.
+#include "core/fastmath.h"
+#include "core/philox.h"
+#include "cuda/cuda_common.cuh"
+#include "cuda/cuda_ops.h"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+namespace magnets::cuda {
+
+namespace {
+
+constexpr int kDrawThreads = 256;
+
+struct DrawArgs {
+    int64_t K = 0, n = 0, top_k = 0;
+    int cfg = 0;
+    double guidance = 0, tau = 1, choice = 0;
+    uint64_t seed = 0;
+};
+
+// Order-preserving map of floats (not NaN) to unsigned keys, and back.
+__device__ inline uint32_t order_key(float f) {
+    const uint32_t b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ inline float key_value(uint32_t k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// The scaled logit of code k, as the CPU computes it (double, then float).
+__device__ inline float row_logit(const float* lc, const float* lu, int64_t k, const DrawArgs& a) {
+    const double l = a.cfg ? static_cast<double>(lc[k]) + a.guidance * (static_cast<double>(lc[k]) - lu[k])
+                           : static_cast<double>(lc[k]);
+    return static_cast<float>(l / a.tau);
+}
+
+__device__ inline int block_sum_int(int v, int* red) {
+    for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int w = static_cast<int>(threadIdx.x) / kWarp;
+    __syncthreads();
+    if (threadIdx.x % kWarp == 0) red[w] = v;
+    __syncthreads();
+    int s = 0;
+    for (int i = 0; i < kDrawThreads / kWarp; ++i) s += red[i];
+    return s;
+}
+__device__ inline float block_max_float(float v, float* red) {
+    v = warp_max(v);
+    const int w = static_cast<int>(threadIdx.x) / kWarp;
+    __syncthreads();
+    if (threadIdx.x % kWarp == 0) red[w] = v;
+    __syncthreads();
+    float m = red[0];
+    for (int i = 1; i < kDrawThreads / kWarp; ++i) m = fmaxf(m, red[i]);
+    return m;
+}
+
+__global__ void __launch_bounds__(kDrawThreads) draw_rows_kernel(const float* logits, DrawArgs a, const int32_t* rows,
+                                                                  const int32_t* streams, int32_t* token, float* conf) {
+    extern __shared__ float ex[]; // K: scaled logits, then their exp
+    __shared__ double seg[kDrawThreads];
+    __shared__ float red_f[kDrawThreads / kWarp];
+    __shared__ int red_i[kDrawThreads / kWarp];
+    const int64_t i = blockIdx.x, K = a.K;
+    const int t = static_cast<int>(threadIdx.x);
+    const float* lc = logits + i * K;
+    const float* lu = a.cfg ? logits + (a.n + i) * K : nullptr;
+    for (int64_t k = t; k < K; k += kDrawThreads) ex[k] = row_logit(lc, lu, k, a);
+    __syncthreads();
+
+    // top-k: the k-th largest value is the largest key T with at least top_k
+    // keys >= T, found bit by bit (exact, as the CPU's nth_element).
+    float kth = -INFINITY;
+    if (a.top_k > 0 && a.top_k < K) {
+        uint32_t T = 0;
+        for (int bit = 31; bit >= 0; --bit) {
+            const uint32_t cand = T | (1u << bit);
+            int c = 0;
+            for (int64_t k = t; k < K; k += kDrawThreads) c += order_key(ex[k]) >= cand ? 1 : 0;
+            if (block_sum_int(c, red_i) >= a.top_k) T = cand;
+        }
+        kth = key_value(T);
+    }
+    float mx = -INFINITY;
+    for (int64_t k = t; k < K; k += kDrawThreads) {
+        float v = ex[k];
+        if (v < kth) ex[k] = v = -INFINITY;
+        mx = fmaxf(mx, v);
+    }
+    mx = block_max_float(mx, red_f); // ends with a barrier: every ex[k] is final
+
+    // exp, summed per contiguous segment of codes (one segment per thread)
+    const int64_t per = (K + kDrawThreads - 1) / kDrawThreads, k0 = t * per, k1 = k0 + per < K ? k0 + per : K;
+    double s = 0;
+    for (int64_t k = k0; k < k1; ++k) {
+        const float e = vexp(ex[k] - mx);
+        ex[k] = e;
+        s += e;
+    }
+    seg[t] = s;
+    __syncthreads();
+    if (t != 0) return;
+
+    const int64_t img = rows[2 * i];
+    const uint64_t ctr = static_cast<uint32_t>(rows[2 * i + 1]);
+    const int32_t* st = streams + 4 * img;
+    const uint64_t tok_stream = static_cast<uint64_t>(static_cast<uint32_t>(st[0])) |
+                                static_cast<uint64_t>(static_cast<uint32_t>(st[1])) << 32;
+    const uint64_t gum_stream = static_cast<uint64_t>(static_cast<uint32_t>(st[2])) |
+                                static_cast<uint64_t>(static_cast<uint32_t>(st[3])) << 32;
+    double total = 0;
+    for (int q = 0; q < kDrawThreads; ++q) total += seg[q];
+    const double u = philox::uniform_double(a.seed, tok_stream, ctr) * total;
+    double acc = 0;
+    int64_t pick = K - 1;
+    bool found = false;
+    for (int q = 0; q < kDrawThreads && !found; ++q) {
+        if (acc + seg[q] <= u) {
+            acc += seg[q];
+            continue;
+        }
+        const int64_t e1 = (q + 1) * per < K ? (q + 1) * per : K;
+        for (int64_t k = q * per; k < e1; ++k) { // the cut is in this segment
+            acc += ex[k];
+            if (acc > u) { pick = k; found = true; break; }
+        }
+    }
+    float lp = row_logit(lc, lu, pick, a);
+    if (lp < kth) lp = -INFINITY;
+    while (!isfinite(lp)) { // never a top-k-excluded code
+        --pick;
+        lp = row_logit(lc, lu, pick, a);
+        if (lp < kth) lp = -INFINITY;
+    }
+    const double logp = static_cast<double>(lp - mx) - ::log(total);
+    token[i] = static_cast<int32_t>(pick);
+    conf[i] = static_cast<float>(logp + a.choice * philox::gumbel(a.seed, gum_stream, ctr));
+}
+
+} // namespace
+
+void draw_rows(Backend& be, const float* logits, int64_t n, const Backend::DrawSpec& d, const int32_t* rows,
+               const int32_t* streams, int32_t* token, float* conf) {
+    if (n == 0) return;
+    DrawArgs a;
+    a.K = d.K; a.n = n; a.top_k = d.top_k; a.cfg = d.cfg ? 1 : 0;
+    a.guidance = d.guidance; a.tau = d.tau; a.choice = d.choice; a.seed = d.seed;
+    const size_t shared = sizeof(float) * static_cast<size_t>(d.K);
+    if (shared > 48 * 1024)
+        check(cudaFuncSetAttribute(draw_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(shared)),
+              "draw_rows (codebook too large for one block's shared memory)");
+    draw_rows_kernel<<<static_cast<unsigned>(n), kDrawThreads, shared, stream_of(be)>>>(logits, a, rows, streams, token,
+                                                                                        conf);
+    check(cudaGetLastError(), "draw_rows");
+}
+
+} // namespace magnets::cuda
