@@ -240,7 +240,8 @@ TEST_CASE("cuda decoder operations match the CPU backend") {
     if (!be) return;
     auto cpu = make_backend("ref");
     for (auto [S, heads, hd, rq] : {std::array<int64_t, 4>{65, 8, 32, 65}, std::array<int64_t, 4>{65, 8, 32, 17},
-                                    std::array<int64_t, 4>{257, 16, 48, 100}}) {
+                                    std::array<int64_t, 4>{257, 16, 48, 100}, std::array<int64_t, 4>{70, 2, 24, 30},
+                                    std::array<int64_t, 4>{130, 4, 64, 130}, std::array<int64_t, 4>{33, 2, 16, 5}}) {
         CAPTURE(S);
         CAPTURE(rq);
         const int64_t seqs = 3, a = heads * hd, D = a + 16, r = a, R = seqs * rq, V = 40;
@@ -409,5 +410,42 @@ TEST_CASE("cuda bf16 products (MAGNETS_CUDA_BF16=1) match the CPU to bf16 precis
         CAPTURE(gelu);
         MESSAGE("bf16 product, normalised error " << e);
         CHECK(e < 1e-2);
+    }
+}
+
+TEST_CASE("cuda bf16 attention (MAGNETS_CUDA_BF16=1, tensor cores) matches the CPU to bf16 precision") {
+    if (!gpu()) return;
+    setenv("MAGNETS_CUDA_BF16", "1", 1);
+    std::unique_ptr<Backend> be;
+    try {
+        be = make_backend("cuda");
+    } catch (...) {
+        unsetenv("MAGNETS_CUDA_BF16");
+        throw;
+    }
+    unsetenv("MAGNETS_CUDA_BF16");
+    auto cpu = make_backend("ref");
+    // Tolerance: q, k, v and the probabilities are rounded to bf16 (relative
+    // 2^-9 each); scores of size up to ~hd/4 with errors of a few 1e-3 move
+    // the softmax weights by under 1%, and the output is an average of
+    // bf16 values: normalised error near 5e-3; 2e-2 still fails for a wrong
+    // layout, a lost tile or a bad rescale (errors of order 1).
+    // Shapes: the sampler's (S = 65, 257), a partial query tile (rq = 17,
+    // 100), every supported head width, S not a multiple of the key tile.
+    for (auto [S, heads, hd, rq] : {std::array<int64_t, 4>{65, 8, 32, 65}, std::array<int64_t, 4>{65, 4, 16, 17},
+                                    std::array<int64_t, 4>{257, 16, 48, 257}, std::array<int64_t, 4>{257, 4, 64, 100},
+                                    std::array<int64_t, 4>{130, 2, 128, 130}}) {
+        CAPTURE(S);
+        CAPTURE(hd);
+        CAPTURE(rq);
+        const int64_t seqs = 3, a = heads * hd, R = seqs * rq;
+        auto q = rnd(size_t(R * a), 31), kc = rnd(size_t(seqs * S * a), 32, 2.0f), vc = rnd(size_t(seqs * S * a), 33);
+        std::vector<float> att(size_t(R * a));
+        cpu->attention_rows(q.data(), kc.data(), vc.data(), att.data(), seqs, rq, S, heads, hd);
+        Dev Q(*be, q), Kc(*be, kc), Vc(*be, vc), Att(*be, std::vector<float>(att.size(), NAN));
+        be->attention_rows(Q.p, Kc.p, Vc.p, Att.p, seqs, rq, S, heads, hd);
+        const double e = nerr(Att.get(att.size()), att);
+        MESSAGE("bf16 attention S=" << S << " hd=" << hd << " rq=" << rq << ": normalised error " << e);
+        CHECK(e < 2e-2);
     }
 }

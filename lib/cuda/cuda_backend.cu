@@ -261,6 +261,7 @@ public:
     }
     void attention_rows(const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq,
                         int64_t S, int64_t heads, int64_t hd) override {
+        if (bf16_ && cuda::attention_rows_bf16(*this, q, kc, vc, out, seqs, rq, S, heads, hd)) return;
         cuda::attention_rows(*this, q, kc, vc, out, seqs, rq, S, heads, hd);
     }
     void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows, const int32_t* streams,
@@ -479,7 +480,8 @@ private:
     float* ln_stats_ = nullptr; // layernorm_rows' mean and rstd (not kept)
     size_t ln_stats_n_ = 0;
     // MAGNETS_CUDA_BF16=1 when the backend was made: matmul_rowstable on bf16
-    // tensor cores (matmul_bf16) instead of the f32 row-stable kernel.
+    // tensor cores (matmul_bf16) instead of the f32 row-stable kernel, and
+    // attention_rows on them too (cuda_attention.cu).
     bool bf16_ = [] {
         const char* e = std::getenv("MAGNETS_CUDA_BF16");
         return e && std::string(e) == "1";

@@ -84,6 +84,13 @@ void gather_rows(Backend& be, const float* src, const int32_t* idx, int64_t seqs
 void attention_rows(Backend& be, const float* q, const float* kc, const float* vc, float* out, int64_t seqs,
                     int64_t rq, int64_t S, int64_t heads, int64_t hd);
 
+// The same on the tensor cores (cuda_attention.cu, the bf16 mode): queries,
+// keys, values and probabilities rounded to bf16, f32 accumulation and
+// softmax. Returns false (and does nothing) where it does not apply: head
+// width not 16, 32, 48, 64 or 128, or a GPU older than compute capability 8.0.
+bool attention_rows_bf16(Backend& be, const float* q, const float* kc, const float* vc, float* out, int64_t seqs,
+                         int64_t rq, int64_t S, int64_t heads, int64_t hd);
+
 // ---- the sampler's draw (cuda_sampler_ops.cu): Backend::draw_rows.
 void draw_rows(Backend& be, const float* logits, int64_t n, const Backend::DrawSpec& d, const int32_t* rows,
                const int32_t* streams, int32_t* token, float* conf);
