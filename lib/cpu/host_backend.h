@@ -41,6 +41,24 @@ public:
                      int64_t n) override;
     void attention_rows(const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq,
                         int64_t S, int64_t heads, int64_t hd) override;
+    // ... the transformer's training operations (lib/cpu/host_train_ops.cpp) ...
+    void layernorm_forward(const float* x, int64_t ldx, float* y, int64_t ldy, float* mean, float* rstd,
+                           const float* g, const float* b, int64_t rows, int64_t n) override;
+    void layernorm_backward(const float* x, int64_t ldx, const float* dy, int64_t lddy, const float* mean,
+                            const float* rstd, const float* g, float* dx, int64_t lddx, float* dg, float* db,
+                            int64_t rows, int64_t n, bool accumulate) override;
+    void add_bias(float* y, int64_t ld, const float* b, int64_t rows, int64_t n) override;
+    void bias_backward(const float* dy, int64_t ld, float* db, int64_t rows, int64_t n) override;
+    void bias_gelu_forward(float* u, const float* b, float* g, int64_t rows, int64_t n) override;
+    void gelu_bias_backward(const float* u, const float* dg, float* du, float* db, int64_t rows, int64_t n) override;
+    void attention_forward(const float* q, const float* k, const float* v, int64_t ld, float* out, float* probs,
+                           int64_t batch, int64_t seq, int64_t heads, int64_t hd) override;
+    void attention_backward(const float* q, const float* k, const float* v, const float* probs, const float* dout,
+                            int64_t ld, float* dq, float* dk, float* dv, int64_t batch, int64_t seq, int64_t heads,
+                            int64_t hd) override;
+    LossSums masked_loss(const float* logits, int64_t ld, const float* teacher, int64_t ld_teacher,
+                         const int32_t* targets, const uint8_t* mask, int64_t rows, int64_t n_classes, double eps,
+                         double alpha, double weight, float* dlogits, int64_t ld_d) override;
     // ... and the sampler's draw (lib/cpu/host_sampler_ops.cpp).
     void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows, const int32_t* streams,
                    int32_t* token, float* conf) override;

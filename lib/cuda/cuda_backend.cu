@@ -264,6 +264,51 @@ public:
         if (bf16_ && cuda::attention_rows_bf16(*this, q, kc, vc, out, seqs, rq, S, heads, hd)) return;
         cuda::attention_rows(*this, q, kc, vc, out, seqs, rq, S, heads, hd);
     }
+    // The transformer's training operations (cuda_ops.cu).
+    void layernorm_forward(const float* x, int64_t ldx, float* y, int64_t ldy, float* mean, float* rstd,
+                           const float* g, const float* b, int64_t rows, int64_t n) override {
+        cuda::layernorm_forward(*this, x, ldx, y, ldy, mean, rstd, g, b, rows, n);
+    }
+    void layernorm_backward(const float* x, int64_t ldx, const float* dy, int64_t lddy, const float* mean,
+                            const float* rstd, const float* g, float* dx, int64_t lddx, float* dg, float* db,
+                            int64_t rows, int64_t n, bool accumulate) override {
+        cuda::layernorm_backward(*this, x, ldx, dy, lddy, mean, rstd, g, dx, lddx, dg, db, rows, n, accumulate);
+    }
+    void add_bias(float* y, int64_t ld, const float* b, int64_t rows, int64_t n) override {
+        cuda::add_bias(*this, y, ld, b, rows, n);
+    }
+    void bias_backward(const float* dy, int64_t ld, float* db, int64_t rows, int64_t n) override {
+        cuda::bias_backward(*this, dy, ld, db, rows, n);
+    }
+    void bias_gelu_forward(float* u, const float* b, float* g, int64_t rows, int64_t n) override {
+        cuda::add_bias(*this, u, n, b, rows, n);
+        cuda::gelu_forward(*this, u, g, rows * n);
+    }
+    void gelu_bias_backward(const float* u, const float* dg, float* du, float* db, int64_t rows, int64_t n) override {
+        cuda::gelu_backward(*this, u, dg, du, rows * n);
+        cuda::bias_backward(*this, du, n, db, rows, n);
+    }
+    void attention_forward(const float* q, const float* k, const float* v, int64_t ld, float* out, float* probs,
+                           int64_t batch, int64_t seq, int64_t heads, int64_t hd) override {
+        cuda::attention_forward(*this, q, k, v, ld, out, probs, batch, seq, heads, hd);
+    }
+    void attention_backward(const float* q, const float* k, const float* v, const float* probs, const float* dout,
+                            int64_t ld, float* dq, float* dk, float* dv, int64_t batch, int64_t seq, int64_t heads,
+                            int64_t hd) override {
+        cuda::attention_backward(*this, q, k, v, probs, dout, ld, dq, dk, dv, batch, seq, heads, hd);
+    }
+    LossSums masked_loss(const float* logits, int64_t ld, const float* teacher, int64_t ld_teacher,
+                         const int32_t* targets, const uint8_t* mask, int64_t rows, int64_t n_classes, double eps,
+                         double alpha, double weight, float* dlogits, int64_t ld_d) override {
+        const cuda::LossSums s = cuda::masked_loss(*this, logits, ld, teacher, ld_teacher, targets, mask, rows,
+                                                   n_classes, eps, alpha, weight, dlogits, ld_d);
+        LossSums out;
+        out.loss = s.loss;
+        out.ce = s.ce;
+        out.correct = s.correct;
+        out.masked = s.masked;
+        return out;
+    }
     void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows, const int32_t* streams,
                    int32_t* token, float* conf) override {
         cuda::draw_rows(*this, logits, n, d, rows, streams, token, conf);

@@ -106,6 +106,47 @@ public:
     virtual void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows,
                            const int32_t* streams, int32_t* token, float* conf) = 0;
 
+    // ---- the nested transformer's training operations (Transformer::Impl) ----
+    // Same arguments and meaning as the templates of lib/nn/transformer_ops.h,
+    // which the CPU backends run (lib/cpu/host_train_ops.cpp); lib/cuda has
+    // the GPU versions. Matrices are row-major with leading dimensions.
+    // y = LayerNorm(x) * g + b per row of width n, eps 1e-5; saves mean, rstd per row.
+    virtual void layernorm_forward(const float* x, int64_t ldx, float* y, int64_t ldy, float* mean, float* rstd,
+                                   const float* g, const float* b, int64_t rows, int64_t n) = 0;
+    // dx (+)= layer-norm backward of dy (accumulate: add to dx); dg, db += column sums.
+    virtual void layernorm_backward(const float* x, int64_t ldx, const float* dy, int64_t lddy, const float* mean,
+                                    const float* rstd, const float* g, float* dx, int64_t lddx, float* dg, float* db,
+                                    int64_t rows, int64_t n, bool accumulate) = 0;
+    // y[i, :n] += b.
+    virtual void add_bias(float* y, int64_t ld, const float* b, int64_t rows, int64_t n) = 0;
+    // db += column sums of dy.
+    virtual void bias_backward(const float* dy, int64_t ld, float* db, int64_t rows, int64_t n) = 0;
+    // u [rows, n] += b per row, then g = GELU(u) (exact, erf).
+    virtual void bias_gelu_forward(float* u, const float* b, float* g, int64_t rows, int64_t n) = 0;
+    // du = dg * GELU'(u) (du may alias dg); db += column sums of du.
+    virtual void gelu_bias_backward(const float* u, const float* dg, float* du, float* db, int64_t rows,
+                                    int64_t n) = 0;
+    // Bidirectional attention: q, k, v, out [batch * seq, heads * hd] with
+    // leading dimension ld; probs [batch, heads, seq, seq] saved for backward.
+    virtual void attention_forward(const float* q, const float* k, const float* v, int64_t ld, float* out,
+                                   float* probs, int64_t batch, int64_t seq, int64_t heads, int64_t hd) = 0;
+    // dq, dk, dv (overwritten) from dout, given the forward's q, k, v and probs.
+    virtual void attention_backward(const float* q, const float* k, const float* v, const float* probs,
+                                    const float* dout, int64_t ld, float* dq, float* dk, float* dv, int64_t batch,
+                                    int64_t seq, int64_t heads, int64_t hd) = 0;
+    // Per row with mask != 0: alpha * CE with label smoothing eps against
+    // targets + (1 - alpha) * H(softmax(teacher), softmax(logits)); the mean
+    // over masked rows is the loss, dlogits (may be null) its gradient times
+    // weight. targets int32 and mask uint8 arrays in this backend's memory;
+    // the sums come back to the host.
+    struct LossSums {
+        double loss = 0, ce = 0;
+        int64_t correct = 0, masked = 0;
+    };
+    virtual LossSums masked_loss(const float* logits, int64_t ld, const float* teacher, int64_t ld_teacher,
+                                 const int32_t* targets, const uint8_t* mask, int64_t rows, int64_t n_classes,
+                                 double eps, double alpha, double weight, float* dlogits, int64_t ld_d) = 0;
+
     // y [n, c_out, oh, ow] = conv(x [n, c_in, h, w], w) + bias (bias may be null).
     virtual void conv2d_forward(const Conv2dShape& s, const float* x, const float* w,
                                 const float* bias, float* y) = 0;

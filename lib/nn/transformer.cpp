@@ -229,35 +229,35 @@ void Transformer::Impl::forward(int64_t p, const int32_t* ids, int64_t b, const 
         Acts& A = acts[static_cast<size_t>(l)];
         const Layer& L = layers[static_cast<size_t>(l)];
         float* x_next = l + 1 < cfg.layers ? acts[static_cast<size_t>(l + 1)].x_in.data() : x_out.data();
-        nn::ops::layernorm_forward(A.x_in.data(), r, A.h1.data(), r, A.mean1.data(), A.rstd1.data(), L.ln1_w->w.data(),
+        B.layernorm_forward(A.x_in.data(), r, A.h1.data(), r, A.mean1.data(), A.rstd1.data(), L.ln1_w->w.data(),
                                L.ln1_b->w.data(), R, r);
         const ConstMat h1 = cm(A.h1.data(), R, r, r);
         B.matmul(h1, false, cm(L.q_w->w.data(), a, r, D), true, mm(A.q.data(), R, a, a));
         B.matmul(h1, false, cm(L.k_w->w.data(), a, r, D), true, mm(A.k.data(), R, a, a));
         B.matmul(h1, false, cm(L.v_w->w.data(), a, r, D), true, mm(A.v.data(), R, a, a));
-        nn::ops::add_bias(A.q.data(), a, L.q_b->w.data(), R, a);
-        nn::ops::add_bias(A.k.data(), a, L.k_b->w.data(), R, a);
-        nn::ops::add_bias(A.v.data(), a, L.v_b->w.data(), R, a);
-        nn::ops::attention_forward(A.q.data(), A.k.data(), A.v.data(), a, A.att.data(), A.probs.data(), b, S, s.heads, hd);
+        B.add_bias(A.q.data(), a, L.q_b->w.data(), R, a);
+        B.add_bias(A.k.data(), a, L.k_b->w.data(), R, a);
+        B.add_bias(A.v.data(), a, L.v_b->w.data(), R, a);
+        B.attention_forward(A.q.data(), A.k.data(), A.v.data(), a, A.att.data(), A.probs.data(), b, S, s.heads, hd);
         std::memcpy(A.x_mid.data(), A.x_in.data(), sizeof(float) * static_cast<size_t>(R * r));
         B.matmul(cm(A.att.data(), R, a, a), false, cm(L.o_w->w.data(), r, a, D), true, mm(A.x_mid.data(), R, r, r),
                  1.0f, 1.0f);
-        nn::ops::add_bias(A.x_mid.data(), r, L.o_b->w.data(), R, r);
-        nn::ops::layernorm_forward(A.x_mid.data(), r, A.h2.data(), r, A.mean2.data(), A.rstd2.data(), L.ln2_w->w.data(),
+        B.add_bias(A.x_mid.data(), r, L.o_b->w.data(), R, r);
+        B.layernorm_forward(A.x_mid.data(), r, A.h2.data(), r, A.mean2.data(), A.rstd2.data(), L.ln2_w->w.data(),
                                L.ln2_b->w.data(), R, r);
         B.matmul(cm(A.h2.data(), R, r, r), false, cm(L.fc1_w->w.data(), f, r, D), true, mm(A.u.data(), R, f, f));
-        nn::ops::bias_gelu_forward(A.u.data(), L.fc1_b->w.data(), A.g.data(), R, f);
+        B.bias_gelu_forward(A.u.data(), L.fc1_b->w.data(), A.g.data(), R, f);
         std::memcpy(x_next, A.x_mid.data(), sizeof(float) * static_cast<size_t>(R * r));
         B.matmul(cm(A.g.data(), R, f, f), false, cm(L.fc2_w->w.data(), r, f, F), true, mm(x_next, R, r, r), 1.0f, 1.0f);
-        nn::ops::add_bias(x_next, r, L.fc2_b->w.data(), R, r);
+        B.add_bias(x_next, r, L.fc2_b->w.data(), R, r);
     }
-    nn::ops::layernorm_forward(x_out.data(), r, hf.data(), r, meanf.data(), rstdf.data(), lnf_w->w.data(), lnf_b->w.data(),
+    B.layernorm_forward(x_out.data(), r, hf.data(), r, meanf.data(), rstdf.data(), lnf_w->w.data(), lnf_b->w.data(),
                            R, r);
     head_selected = rows != nullptr;
     if (!head_selected) {
         head_rows.clear();
         B.matmul(cm(hf.data(), R, r, r), false, cm(head_w->w.data(), K, r, D), true, mm(logits.data(), R, K, K));
-        nn::ops::add_bias(logits.data(), K, head_b->w.data(), R, K);
+        B.add_bias(logits.data(), K, head_b->w.data(), R, K);
         return;
     }
     head_rows.assign(rows, rows + n_rows);
@@ -266,7 +266,7 @@ void Transformer::Impl::forward(int64_t p, const int32_t* ids, int64_t b, const 
         std::memcpy(hsel.data() + i * r, hf.data() + rows[i] * r, sizeof(float) * static_cast<size_t>(r));
     if (n_rows == 0) return;
     B.matmul(cm(hsel.data(), n_rows, r, r), false, cm(head_w->w.data(), K, r, D), true, mm(logits.data(), n_rows, K, K));
-    nn::ops::add_bias(logits.data(), K, head_b->w.data(), n_rows, K);
+    B.add_bias(logits.data(), K, head_b->w.data(), n_rows, K);
 }
 
 void Transformer::Impl::backward() {
@@ -279,7 +279,7 @@ void Transformer::Impl::backward() {
         const ConstMat dlg = cm(dlogits.data(), R, K, K);
         B.matmul(dlg, false, cm(head_w->w.data(), K, r, D), false, mm(dh.data(), R, r, r));
         B.matmul(dlg, true, cm(hf.data(), R, r, r), false, mm(head_w->g.data(), K, r, D), 1.0f, 1.0f);
-        nn::ops::bias_backward(dlogits.data(), K, head_b->g.data(), R, K);
+        B.bias_backward(dlogits.data(), K, head_b->g.data(), R, K);
     } else {
         const int64_t n = static_cast<int64_t>(head_rows.size());
         std::fill(dh.begin(), dh.begin() + R * r, 0.0f);
@@ -288,13 +288,13 @@ void Transformer::Impl::backward() {
             resize(dhsel, n * r);
             B.matmul(dlg, false, cm(head_w->w.data(), K, r, D), false, mm(dhsel.data(), n, r, r));
             B.matmul(dlg, true, cm(hsel.data(), n, r, r), false, mm(head_w->g.data(), K, r, D), 1.0f, 1.0f);
-            nn::ops::bias_backward(dlogits.data(), K, head_b->g.data(), n, K);
+            B.bias_backward(dlogits.data(), K, head_b->g.data(), n, K);
             for (int64_t i = 0; i < n; ++i)
                 std::memcpy(dh.data() + head_rows[static_cast<size_t>(i)] * r, dhsel.data() + i * r,
                             sizeof(float) * static_cast<size_t>(r));
         }
     }
-    nn::ops::layernorm_backward(x_out.data(), r, dh.data(), r, meanf.data(), rstdf.data(), lnf_w->w.data(), dx.data(), r,
+    B.layernorm_backward(x_out.data(), r, dh.data(), r, meanf.data(), rstdf.data(), lnf_w->w.data(), dx.data(), r,
                             lnf_w->g.data(), lnf_b->g.data(), R, r, false);
     for (int64_t l = cfg.layers - 1; l >= 0; --l) {
         Acts& A = acts[static_cast<size_t>(l)];
@@ -303,18 +303,18 @@ void Transformer::Impl::backward() {
         // MLP: x_next = x_mid + fc2(gelu(fc1(LN2(x_mid))))
         B.matmul(dxm, false, cm(L.fc2_w->w.data(), r, f, F), false, mm(du.data(), R, f, f));
         B.matmul(dxm, true, cm(A.g.data(), R, f, f), false, mm(L.fc2_w->g.data(), r, f, F), 1.0f, 1.0f);
-        nn::ops::bias_backward(dx.data(), r, L.fc2_b->g.data(), R, r);
-        nn::ops::gelu_bias_backward(A.u.data(), du.data(), du.data(), L.fc1_b->g.data(), R, f);
+        B.bias_backward(dx.data(), r, L.fc2_b->g.data(), R, r);
+        B.gelu_bias_backward(A.u.data(), du.data(), du.data(), L.fc1_b->g.data(), R, f);
         const ConstMat dum = cm(du.data(), R, f, f);
         B.matmul(dum, false, cm(L.fc1_w->w.data(), f, r, D), false, mm(dh.data(), R, r, r));
         B.matmul(dum, true, cm(A.h2.data(), R, r, r), false, mm(L.fc1_w->g.data(), f, r, D), 1.0f, 1.0f);
-        nn::ops::layernorm_backward(A.x_mid.data(), r, dh.data(), r, A.mean2.data(), A.rstd2.data(), L.ln2_w->w.data(),
+        B.layernorm_backward(A.x_mid.data(), r, dh.data(), r, A.mean2.data(), A.rstd2.data(), L.ln2_w->w.data(),
                                 dx.data(), r, L.ln2_w->g.data(), L.ln2_b->g.data(), R, r, true);
         // attention: x_mid = x_in + o(attn(LN1(x_in)))
         B.matmul(dxm, false, cm(L.o_w->w.data(), r, a, D), false, mm(datt.data(), R, a, a));
         B.matmul(dxm, true, cm(A.att.data(), R, a, a), false, mm(L.o_w->g.data(), r, a, D), 1.0f, 1.0f);
-        nn::ops::bias_backward(dx.data(), r, L.o_b->g.data(), R, r);
-        nn::ops::attention_backward(A.q.data(), A.k.data(), A.v.data(), A.probs.data(), datt.data(), a, dq.data(), dk.data(),
+        B.bias_backward(dx.data(), r, L.o_b->g.data(), R, r);
+        B.attention_backward(A.q.data(), A.k.data(), A.v.data(), A.probs.data(), datt.data(), a, dq.data(), dk.data(),
                                 dv.data(), batch, S, s.heads, hd);
         const ConstMat h1 = cm(A.h1.data(), R, r, r);
         const std::pair<const float*, Param*> qkv[3] = {{dq.data(), L.q_w}, {dk.data(), L.k_w}, {dv.data(), L.v_w}};
@@ -324,9 +324,9 @@ void Transformer::Impl::backward() {
             B.matmul(dy, false, cm(qkv[i].second->w.data(), a, r, D), false, mm(dh.data(), R, r, r), 1.0f,
                      i == 0 ? 0.0f : 1.0f);
             B.matmul(dy, true, h1, false, mm(qkv[i].second->g.data(), a, r, D), 1.0f, 1.0f);
-            nn::ops::bias_backward(qkv[i].first, a, biases[i]->g.data(), R, a);
+            B.bias_backward(qkv[i].first, a, biases[i]->g.data(), R, a);
         }
-        nn::ops::layernorm_backward(A.x_in.data(), r, dh.data(), r, A.mean1.data(), A.rstd1.data(), L.ln1_w->w.data(),
+        B.layernorm_backward(A.x_in.data(), r, dh.data(), r, A.mean1.data(), A.rstd1.data(), L.ln1_w->w.data(),
                                 dx.data(), r, L.ln1_w->g.data(), L.ln1_b->g.data(), R, r, true);
     }
     // embeddings (fixed order: deterministic)
@@ -365,9 +365,8 @@ SubModelStats Transformer::Impl::forward_backward(int64_t p, const int32_t* ids,
     const int64_t M = static_cast<int64_t>(rows.size());
     forward(p, ids, b, rows.data(), M);
     const std::vector<uint8_t> m(static_cast<size_t>(M), 1);
-    const nn::ops::LossSums L = nn::ops::masked_loss(logits.data(), K, teacher_logits, K, t.data(), m.data(), M, K, smoothing,
-                                             alpha, weight, backward_pass ? dlogits.data() : static_cast<float*>(nullptr),
-                                             K);
+    const Backend::LossSums L = be->masked_loss(logits.data(), K, teacher_logits, K, t.data(), m.data(), M, K, smoothing,
+                                                alpha, weight, backward_pass ? dlogits.data() : static_cast<float*>(nullptr), K);
     if (backward_pass) backward();
     SubModelStats st;
     st.p = p;

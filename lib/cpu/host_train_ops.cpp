@@ -1,0 +1,63 @@
+// The nested transformer's training operations on the CPU backends (see
+// Backend in magnets/backend.h; the caller is lib/nn/transformer.cpp): the
+// f32 instances of the templates in lib/nn/transformer_ops.h, which the
+// finite-difference tests also run in double.
+#include "cpu/host_backend.h"
+
+#include "nn/transformer_ops.h"
+
+namespace magnets {
+
+void HostBackend::layernorm_forward(const float* x, int64_t ldx, float* y, int64_t ldy, float* mean, float* rstd,
+                                    const float* g, const float* b, int64_t rows, int64_t n) {
+    nn::ops::layernorm_forward(x, ldx, y, ldy, mean, rstd, g, b, rows, n);
+}
+
+void HostBackend::layernorm_backward(const float* x, int64_t ldx, const float* dy, int64_t lddy, const float* mean,
+                                     const float* rstd, const float* g, float* dx, int64_t lddx, float* dg, float* db,
+                                     int64_t rows, int64_t n, bool accumulate) {
+    nn::ops::layernorm_backward(x, ldx, dy, lddy, mean, rstd, g, dx, lddx, dg, db, rows, n, accumulate);
+}
+
+void HostBackend::add_bias(float* y, int64_t ld, const float* b, int64_t rows, int64_t n) {
+    nn::ops::add_bias(y, ld, b, rows, n);
+}
+
+void HostBackend::bias_backward(const float* dy, int64_t ld, float* db, int64_t rows, int64_t n) {
+    nn::ops::bias_backward(dy, ld, db, rows, n);
+}
+
+void HostBackend::bias_gelu_forward(float* u, const float* b, float* g, int64_t rows, int64_t n) {
+    nn::ops::bias_gelu_forward(u, b, g, rows, n);
+}
+
+void HostBackend::gelu_bias_backward(const float* u, const float* dg, float* du, float* db, int64_t rows, int64_t n) {
+    nn::ops::gelu_bias_backward(u, dg, du, db, rows, n);
+}
+
+void HostBackend::attention_forward(const float* q, const float* k, const float* v, int64_t ld, float* out,
+                                    float* probs, int64_t batch, int64_t seq, int64_t heads, int64_t hd) {
+    nn::ops::attention_forward(q, k, v, ld, out, probs, batch, seq, heads, hd);
+}
+
+void HostBackend::attention_backward(const float* q, const float* k, const float* v, const float* probs,
+                                     const float* dout, int64_t ld, float* dq, float* dk, float* dv, int64_t batch,
+                                     int64_t seq, int64_t heads, int64_t hd) {
+    nn::ops::attention_backward(q, k, v, probs, dout, ld, dq, dk, dv, batch, seq, heads, hd);
+}
+
+Backend::LossSums HostBackend::masked_loss(const float* logits, int64_t ld, const float* teacher, int64_t ld_teacher,
+                                           const int32_t* targets, const uint8_t* mask, int64_t rows,
+                                           int64_t n_classes, double eps, double alpha, double weight, float* dlogits,
+                                           int64_t ld_d) {
+    const nn::ops::LossSums s = nn::ops::masked_loss(logits, ld, teacher, ld_teacher, targets, mask, rows, n_classes,
+                                                     eps, alpha, weight, dlogits, ld_d);
+    LossSums out;
+    out.loss = s.loss;
+    out.ce = s.ce;
+    out.correct = s.correct;
+    out.masked = s.masked;
+    return out;
+}
+
+} // namespace magnets
