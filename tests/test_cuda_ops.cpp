@@ -130,6 +130,45 @@ TEST_CASE("cuda bias and GELU match the CPU") {
     CHECK(nerr(DU.get(du.size()), du) < kTol);
 }
 
+TEST_CASE("the training operations through the Backend interface: cuda against the CPU backend") {
+    auto be = gpu();
+    if (!be) return;
+    auto cpu = make_backend("ref");
+    // The fused host operations (bias + GELU, GELU backward + bias gradient)
+    // are two kernels each on the GPU: same results to f32 round-off.
+    const int64_t rows = 300, n = 64;
+    auto u0 = rnd(size_t(rows * n), 41, 3.0f), b = rnd(size_t(n), 42), dg = rnd(size_t(rows * n), 43);
+    std::vector<float> u = u0, g(u.size()), du(u.size()), db(size_t(n), 0.5f);
+    cpu->bias_gelu_forward(u.data(), b.data(), g.data(), rows, n);
+    cpu->gelu_bias_backward(u.data(), dg.data(), du.data(), db.data(), rows, n);
+    Dev U(*be, u0), Bd(*be, b), G(*be, g), DG(*be, dg), DU(*be, du), DB(*be, std::vector<float>(size_t(n), 0.5f));
+    be->bias_gelu_forward(U.p, Bd.p, G.p, rows, n);
+    be->gelu_bias_backward(U.p, DG.p, DU.p, DB.p, rows, n);
+    CHECK(nerr(U.get(u.size()), u) < kTol);
+    CHECK(nerr(G.get(g.size()), g) < kTol);
+    CHECK(nerr(DU.get(du.size()), du) < kTol);
+    CHECK(nerr(DB.get(db.size()), db) < kTol);
+    // the loss through the interface
+    const int64_t K = 37;
+    auto logits = rnd(size_t(rows * K), 44, 3.0f);
+    std::vector<int32_t> targets(static_cast<size_t>(rows));
+    std::vector<uint8_t> mask(static_cast<size_t>(rows));
+    for (int64_t i = 0; i < rows; ++i) {
+        targets[size_t(i)] = static_cast<int32_t>((i * 7) % K);
+        mask[size_t(i)] = i % 3 != 0;
+    }
+    std::vector<float> dl(logits.size());
+    const Backend::LossSums c = cpu->masked_loss(logits.data(), K, nullptr, K, targets.data(), mask.data(), rows, K, 0.1,
+                                                 1.0, 1.0, dl.data(), K);
+    Dev L(*be, logits), T(*be, targets), Mk(*be, mask), DL(*be, dl);
+    const Backend::LossSums gsum = be->masked_loss(L.p, K, nullptr, K, T.as<int32_t>(), Mk.as<uint8_t>(), rows, K, 0.1,
+                                                   1.0, 1.0, DL.p, K);
+    CHECK(gsum.masked == c.masked);
+    CHECK(gsum.correct == c.correct);
+    CHECK(std::fabs(gsum.loss - c.loss) < 1e-5 * std::fabs(c.loss));
+    CHECK(nerr(DL.get(dl.size()), dl) < kTol);
+}
+
 TEST_CASE("cuda attention forward and backward match the CPU") {
     auto be = gpu();
     if (!be) return;
