@@ -141,9 +141,10 @@ TEST_CASE("nested transformer matches PyTorch: logits, losses, gradients, AdamW 
                 ac.eps = attr_double(fx.attrs, "eps"); ac.weight_decay = attr_double(fx.attrs, "weight_decay");
                 ac.clip_norm = attr_double(fx.attrs, "clip_norm");
                 const double lr = attr_double(fx.attrs, "lr");
-                nn::Adam adam(ac);
+                nn::Adam adam(ac, *im.be);
+                im.params_to_device(); // on a GPU: the optimizer updates the device copies
                 for (const std::string& n : m.param_names())
-                    adam.add(n, &im.params[n].w, &im.params[n].g, im.params[n].decay);
+                    adam.add(n, im.params[n].W(), im.params[n].G(), im.params[n].w.shape(), im.params[n].decay);
                 for (int step = 1; step <= 3; ++step) {
                     CAPTURE(step);
                     const std::string g = mode + "/adamw/step" + std::to_string(step);

@@ -59,6 +59,16 @@ public:
     LossSums masked_loss(const float* logits, int64_t ld, const float* teacher, int64_t ld_teacher,
                          const int32_t* targets, const uint8_t* mask, int64_t rows, int64_t n_classes, double eps,
                          double alpha, double weight, float* dlogits, int64_t ld_d) override;
+    void embedding_backward(const float* dx, const int32_t* ids_host, int64_t R, int64_t S, int64_t r, int64_t D,
+                            float* tok_grad, float* pos_grad) override;
+    void copy(float* dst, const float* src, size_t n) override {
+        if (n) std::memcpy(dst, src, n * sizeof(float));
+    }
+    void zero(float* p, size_t n) override { std::fill(p, p + n, 0.0f); }
+    double add_sum_squares(double acc, const float* g, int64_t n) override;
+    void adamw_update(float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
+                      float step_size, float inv_sqrt_bc2, float eps, float wd) override;
+    void ema_update(float* e, const float* w, float d, int64_t n) override;
     // ... and the sampler's draw (lib/cpu/host_sampler_ops.cpp).
     void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows, const int32_t* streams,
                    int32_t* token, float* conf) override;

@@ -6,6 +6,10 @@
 
 #include "nn/transformer_ops.h"
 
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
 namespace magnets {
 
 void HostBackend::layernorm_forward(const float* x, int64_t ldx, float* y, int64_t ldy, float* mean, float* rstd,
@@ -58,6 +62,55 @@ Backend::LossSums HostBackend::masked_loss(const float* logits, int64_t ld, cons
     out.correct = s.correct;
     out.masked = s.masked;
     return out;
+}
+
+void HostBackend::embedding_backward(const float* dx, const int32_t* ids, int64_t R, int64_t S, int64_t r, int64_t D,
+                                     float* tok_grad, float* pos_grad) {
+    for (int64_t i = 0; i < R; ++i) { // fixed order: deterministic
+        const float* d = dx + i * r;
+        float* t = tok_grad + static_cast<int64_t>(ids[i]) * D;
+        float* q = pos_grad + (i % S) * D;
+        for (int64_t j = 0; j < r; ++j) {
+            t[j] += d[j];
+            q[j] += d[j];
+        }
+    }
+}
+
+// Loops over this many elements or more run on all threads.
+constexpr int64_t kParallelElems = 1 << 16;
+
+double HostBackend::add_sum_squares(double acc, const float* g, int64_t n) {
+    // Sums of squares over fixed chunks, then the chunks in order: the same
+    // bits on any number of threads.
+    constexpr int64_t chunk = 8192;
+    const int64_t chunks = (n + chunk - 1) / chunk;
+    std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+#pragma omp parallel for schedule(dynamic, 8) if (n >= kParallelElems)
+    for (int64_t c = 0; c < chunks; ++c) {
+        double s = 0.0;
+        for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) s += static_cast<double>(g[i]) * g[i];
+        part[static_cast<size_t>(c)] = s;
+    }
+    for (double p : part) acc += p;
+    return acc;
+}
+
+void HostBackend::adamw_update(float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
+                               float step_size, float inv_sqrt_bc2, float eps, float wd) {
+#pragma omp parallel for schedule(dynamic, 4096) if (n >= kParallelElems)
+    for (int64_t i = 0; i < n; ++i) {
+        const float gi = g[i] * clip;
+        m[i] = b1 * m[i] + (1.0f - b1) * gi;
+        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+        w[i] -= wd * w[i];
+        w[i] -= step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
+    }
+}
+
+void HostBackend::ema_update(float* e, const float* w, float d, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= nn::ops::kParallelWork)
+    for (int64_t i = 0; i < n; ++i) e[i] = d * e[i] + (1.0f - d) * w[i];
 }
 
 } // namespace magnets

@@ -27,6 +27,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace magnets {
 
@@ -309,6 +310,34 @@ public:
         out.masked = s.masked;
         return out;
     }
+    void embedding_backward(const float* dx, const int32_t* ids_host, int64_t R, int64_t S, int64_t r, int64_t D,
+                            float* tok_grad, float* pos_grad) override {
+        // Rows grouped by id (built here from the host's ids), so each table
+        // row is summed by one thread in row order.
+        int64_t V = 0;
+        for (int64_t i = 0; i < R; ++i) V = std::max<int64_t>(V, ids_host[i] + 1);
+        std::vector<int32_t> index(static_cast<size_t>(R + V + 1));
+        cuda::embedding_index(ids_host, R, V, index.data(), index.data() + R);
+        float* d = pool_.get(index.size());
+        upload(d, reinterpret_cast<const float*>(index.data()), index.size());
+        const int32_t* di = reinterpret_cast<const int32_t*>(d);
+        cuda::embedding_backward(*this, dx, di, di + R, tok_grad, pos_grad, R, S, V, r, D);
+        free(d);
+    }
+    void copy(float* dst, const float* src, size_t n) override {
+        if (n) cuda_check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_), "copy");
+    }
+    void zero(float* p, size_t n) override {
+        if (n) cuda_check(cudaMemsetAsync(p, 0, n * sizeof(float), stream_), "zero");
+    }
+    double add_sum_squares(double acc, const float* g, int64_t n) override {
+        return acc + cuda::sum_squares(*this, g, n);
+    }
+    void adamw_update(float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
+                      float step_size, float inv_sqrt_bc2, float eps, float wd) override {
+        cuda::adamw_update(*this, w, g, m, v, n, clip, b1, b2, step_size, inv_sqrt_bc2, eps, wd);
+    }
+    void ema_update(float* e, const float* w, float d, int64_t n) override { cuda::ema_update(*this, e, w, d, n); }
     void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows, const int32_t* streams,
                    int32_t* token, float* conf) override {
         cuda::draw_rows(*this, logits, n, d, rows, streams, token, conf);

@@ -585,6 +585,19 @@ double sum_squares(Backend& be, const float* g, int64_t n) {
     return s;
 }
 
+namespace {
+__global__ void ema_kernel(float* e, const float* w, float d, int64_t n) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) e[i] = d * e[i] + (1.0f - d) * w[i];
+}
+} // namespace
+
+void ema_update(Backend& be, float* e, const float* w, float d, int64_t n) {
+    if (n == 0) return;
+    ema_kernel<<<blocks_for(n, 256), 256, 0, stream_of(be)>>>(e, w, d, n);
+    check(cudaGetLastError(), "ema_update");
+}
+
 void adamw_update(Backend& be, float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
                   float step_size, float inv_sqrt_bc2, float eps, float wd) {
     if (n == 0) return;

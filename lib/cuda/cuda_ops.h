@@ -72,6 +72,9 @@ double sum_squares(Backend& be, const float* g, int64_t n);
 void adamw_update(Backend& be, float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
                   float step_size, float inv_sqrt_bc2, float eps, float wd);
 
+// e = d * e + (1 - d) * w (the EMA weights).
+void ema_update(Backend& be, float* e, const float* w, float d, int64_t n);
+
 // ---- the decoder's operations (cuda_decoder_ops.cu): Backend::embed_rows and
 // the rest, with the same arguments (ids, pos, idx: int32 device arrays).
 void embed_rows(Backend& be, const int32_t* ids, const int32_t* pos, int64_t rq, int64_t S, const float* tok,

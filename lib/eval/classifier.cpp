@@ -197,8 +197,12 @@ void Classifier::train(const ImageSet& data, const ClassifierTrainConfig& tc, co
         check(y >= 0 && y < m.cfg.num_classes, "cannot train classifier",
               "label " + std::to_string(y) + " outside 0.." + std::to_string(m.cfg.num_classes - 1),
               "every training image needs a class (an image folder: one sub-folder per class)");
-    nn::Adam adam;
-    for (auto& [n, p] : m.params()) adam.add(n, p.first, p.second, false);
+    nn::Adam adam({}, *m.be); // a CPU backend: host memory
+    for (auto& [n, p] : m.params()) {
+        check(p.first->is_contiguous() && p.second->is_contiguous(), "cannot train classifier",
+              "parameter " + n + " is not contiguous");
+        adam.add(n, p.first->data(), p.second->data(), p.first->shape(), false);
+    }
     const int64_t B = tc.batch_size, steps = tc.epochs * ((data.count() + B - 1) / B);
     nn::DataOrder order(tc.seed, data.count());
     std::vector<int64_t> idx(static_cast<size_t>(B));

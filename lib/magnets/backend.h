@@ -146,6 +146,25 @@ public:
     virtual LossSums masked_loss(const float* logits, int64_t ld, const float* teacher, int64_t ld_teacher,
                                  const int32_t* targets, const uint8_t* mask, int64_t rows, int64_t n_classes,
                                  double eps, double alpha, double weight, float* dlogits, int64_t ld_d) = 0;
+    // tok_grad[ids[i], :r] += dx[i, :r] and pos_grad[i % S, :r] += dx[i, :r]
+    // for rows i < R of dx [R, r]; the tables have rows of D. ids is a host
+    // array (the caller's copy of the batch).
+    virtual void embedding_backward(const float* dx, const int32_t* ids_host, int64_t R, int64_t S, int64_t r,
+                                    int64_t D, float* tok_grad, float* pos_grad) = 0;
+    // Buffers: dst[0, n) = src[0, n); p[0, n) = 0.
+    virtual void copy(float* dst, const float* src, size_t n) = 0;
+    virtual void zero(float* p, size_t n) = 0;
+    // The optimizer (nn::Adam) and the EMA weights. add_sum_squares returns
+    // acc plus the sum of g[i]^2 in double (the CPU adds fixed chunks in
+    // order, so the bits do not depend on the thread count).
+    virtual double add_sum_squares(double acc, const float* g, int64_t n) = 0;
+    // One AdamW step of n parameters: g' = g * clip; m = b1 m + (1 - b1) g';
+    // v = b2 v + (1 - b2) g'^2; w -= wd * w; w -= step_size * m / (sqrt(v) *
+    // inv_sqrt_bc2 + eps).
+    virtual void adamw_update(float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
+                              float step_size, float inv_sqrt_bc2, float eps, float wd) = 0;
+    // e = d * e + (1 - d) * w.
+    virtual void ema_update(float* e, const float* w, float d, int64_t n) = 0;
 
     // y [n, c_out, oh, ow] = conv(x [n, c_in, h, w], w) + bias (bias may be null).
     virtual void conv2d_forward(const Conv2dShape& s, const float* x, const float* w,

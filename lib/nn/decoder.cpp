@@ -11,6 +11,7 @@ namespace magnets::nn {
 using Param = Transformer::Impl::Param;
 
 DecoderWeights::DecoderWeights(Transformer::Impl& m) : be_(*m.be) {
+    m.params_to_host(); // a model trained on the device: its current weights
     if (be_.host_memory()) return;
     try {
         for (const std::string& name : m.order) {

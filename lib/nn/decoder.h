@@ -12,6 +12,7 @@
 // uploaded once (DecoderWeights) and only the step's ids and positions go up.
 #pragma once
 #include "magnets/backend.h"
+#include "nn/backend_buffer.h"
 #include "nn/transformer_impl.h"
 
 #include <cstdint>
@@ -20,31 +21,6 @@
 #include <vector>
 
 namespace magnets::nn {
-
-// A buffer of the backend's memory that grows on demand (contents are not
-// kept when it grows).
-class BackendBuffer {
-public:
-    explicit BackendBuffer(Backend& be) : be_(&be) {}
-    BackendBuffer(const BackendBuffer&) = delete;
-    BackendBuffer& operator=(const BackendBuffer&) = delete;
-    ~BackendBuffer() { if (p_) be_->free(p_); }
-    float* grow(size_t n) {
-        if (n > n_) {
-            if (p_) be_->free(p_);
-            p_ = be_->alloc(n);
-            n_ = n;
-        }
-        return p_;
-    }
-    float* data() const { return p_; }
-    int32_t* ints() const { return reinterpret_cast<int32_t*>(p_); }
-
-private:
-    Backend* be_;
-    float* p_ = nullptr;
-    size_t n_ = 0;
-};
 
 // The weights the decoder reads, in the backend's memory: the parameters
 // themselves on a CPU backend, copies uploaded once on a device.

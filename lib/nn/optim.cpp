@@ -8,32 +8,22 @@
 
 namespace magnets::nn {
 
-void Adam::add(const std::string& name, Tensor* w, Tensor* g, bool decay) {
-    check(w->shape() == g->shape(), "optimizer", "gradient shape differs for " + name);
-    slots_.push_back({name, w, g, Tensor(w->shape()), Tensor(w->shape()), decay});
+void Adam::add(const std::string& name, float* w, float* g, const std::vector<int64_t>& shape, bool decay) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    Slot s{name, w, g, shape, n, BackendBuffer(*be_), BackendBuffer(*be_), decay};
+    for (BackendBuffer* b : {&s.m, &s.v}) {
+        b->grow(static_cast<size_t>(std::max<int64_t>(n, 1)));
+        be_->zero(b->data(), static_cast<size_t>(n));
+    }
+    slots_.push_back(std::move(s));
 }
 
-// Loops over this many elements or more run on all threads.
-constexpr int64_t kParallelElems = 1 << 16;
-
 double Adam::grad_norm() const {
-    // Sums of squares over fixed chunks of each gradient, then the chunks in
-    // order: the same bits on any number of threads.
-    constexpr int64_t chunk = 8192;
+    // Slot by slot in order (the CPU backends sum fixed chunks in order: the
+    // same bits on any number of threads).
     double sq = 0.0;
-    std::vector<double> part;
-    for (const auto& s : slots_) {
-        const float* g = s.g->data();
-        const int64_t n = s.g->numel(), chunks = (n + chunk - 1) / chunk;
-        part.assign(static_cast<size_t>(chunks), 0.0);
-#pragma omp parallel for schedule(dynamic, 8) if (n >= kParallelElems)
-        for (int64_t c = 0; c < chunks; ++c) {
-            double acc = 0.0;
-            for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) acc += static_cast<double>(g[i]) * g[i];
-            part[static_cast<size_t>(c)] = acc;
-        }
-        for (double p : part) sq += p;
-    }
+    for (const auto& s : slots_) sq = be_->add_sum_squares(sq, s.g, s.n);
     return std::sqrt(sq);
 }
 
@@ -49,41 +39,33 @@ double Adam::step(double lr, double norm) {
     const float eps = static_cast<float>(cfg_.eps);
     const float fclip = static_cast<float>(clip);
     for (auto& s : slots_) {
-        float* w = s.w->data();
-        const float* g = s.g->data();
-        float* m = s.m.data();
-        float* v = s.v.data();
         const float wd = s.decay ? static_cast<float>(lr * cfg_.weight_decay) : 0.0f;
-        const int64_t n = s.w->numel();
-#pragma omp parallel for schedule(dynamic, 4096) if (n >= kParallelElems)
-        for (int64_t i = 0; i < n; ++i) {
-            const float gi = g[i] * fclip;
-            m[i] = b1 * m[i] + (1.0f - b1) * gi;
-            v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-            w[i] -= wd * w[i];
-            w[i] -= step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
-        }
+        be_->adamw_update(s.w, s.g, s.m.data(), s.v.data(), s.n, fclip, b1, b2, step_size, inv_sqrt_bc2, eps, wd);
     }
     return norm;
 }
 
 void Adam::save(Checkpoint& ck) const {
     for (const auto& s : slots_) {
-        ck.state["adam_m/" + s.name] = s.m;
-        ck.state["adam_v/" + s.name] = s.v;
+        Tensor m(s.shape), v(s.shape);
+        be_->download(m.data(), s.m.data(), static_cast<size_t>(s.n));
+        be_->download(v.data(), s.v.data(), static_cast<size_t>(s.n));
+        ck.state["adam_m/" + s.name] = m;
+        ck.state["adam_v/" + s.name] = v;
     }
     ck.state_attrs["adam_t"] = t_;
 }
 
 void Adam::load(const Checkpoint& ck, const std::string& path) {
     for (auto& s : slots_) {
-        for (auto [prefix, dst] : {std::pair<const char*, Tensor*>{"adam_m/", &s.m}, {"adam_v/", &s.v}}) {
+        for (auto [prefix, dst] : {std::pair<const char*, BackendBuffer*>{"adam_m/", &s.m}, {"adam_v/", &s.v}}) {
             auto it = ck.state.find(prefix + s.name);
             if (it == ck.state.end())
                 throw Error("cannot resume", path, std::string("training state lacks ") + prefix + s.name,
                             "the checkpoint holds weights only; train again without --resume");
-            check(it->second.shape() == dst->shape(), "cannot resume", "optimizer state shape differs for " + s.name);
-            *dst = it->second.clone();
+            check(it->second.shape() == s.shape, "cannot resume", "optimizer state shape differs for " + s.name);
+            const Tensor src = it->second.is_contiguous() ? it->second : it->second.clone();
+            be_->upload(dst->data(), src.data(), static_cast<size_t>(s.n));
         }
     }
     t_ = attr_int(ck.state_attrs, "adam_t", path);

@@ -2,8 +2,10 @@
 // rate schedule (linear warmup, cosine decay). State round-trips through a
 // Checkpoint's train_state so resume is exact.
 #pragma once
+#include "magnets/backend.h"
 #include "magnets/formats.h"
 #include "magnets/tensor.h"
+#include "nn/backend_buffer.h"
 
 #include <string>
 #include <vector>
@@ -15,11 +17,16 @@ struct AdamConfig {
     double clip_norm = 0.0; // global gradient-norm clip; 0 = off
 };
 
+// The update runs on the backend's memory (Backend::adamw_update): the
+// parameters, their gradients and the moments all live there (host memory
+// on the CPU backends, the device's on a GPU).
 class Adam {
 public:
-    explicit Adam(AdamConfig cfg = {}) : cfg_(cfg) {}
-    // w and g must outlive the optimizer; decay = apply weight decay to this parameter.
-    void add(const std::string& name, Tensor* w, Tensor* g, bool decay = true);
+    Adam(AdamConfig cfg, Backend& be) : cfg_(cfg), be_(&be) {}
+    // w and g: the parameter and its gradient (prod(shape) floats each) in the
+    // backend's memory; they must outlive the optimizer. decay = apply weight
+    // decay to this parameter.
+    void add(const std::string& name, float* w, float* g, const std::vector<int64_t>& shape, bool decay = true);
     // One update with learning rate lr; returns the global gradient norm before clipping.
     double step(double lr) { return step(lr, grad_norm()); }
     // Same, with the norm already computed (callers check it for NaN first).
@@ -33,8 +40,17 @@ public:
     void load(const Checkpoint& ck, const std::string& path);
 
 private:
-    struct Slot { std::string name; Tensor* w; Tensor* g; Tensor m, v; bool decay; };
+    struct Slot {
+        std::string name;
+        float* w;
+        float* g;
+        std::vector<int64_t> shape;
+        int64_t n;
+        BackendBuffer m, v;
+        bool decay;
+    };
     AdamConfig cfg_;
+    Backend* be_;
     std::vector<Slot> slots_;
     int64_t t_ = 0;
 };

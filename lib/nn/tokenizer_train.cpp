@@ -92,7 +92,10 @@ static void load_weights(Tokenizer& tok, const Checkpoint& ck, const std::string
             throw Error("cannot load tokenizer", path,
                         "weight '" + n + "' has shape " + it->second.shape_str() + ", expected " + p.first->shape_str(),
                         "the file is damaged; retrain the tokenizer");
-        *p.first = it->second.clone();
+        // into the existing storage: the optimizer holds pointers to it
+        const Tensor src = it->second.clone();
+        check(p.first->is_contiguous(), "cannot load tokenizer", "parameter " + n + " is not contiguous");
+        std::memcpy(p.first->data(), src.data(), sizeof(float) * static_cast<size_t>(src.numel()));
         const float* v = p.first->data();
         for (int64_t i = 0; i < p.first->numel(); ++i)
             if (!std::isfinite(v[i]))
@@ -160,10 +163,12 @@ int64_t train_tokenizer(Tokenizer& tok, const ImageSet& data, const TokenizerTra
     check(tc.steps > 0 && tc.batch_size > 0, "cannot train tokenizer", "steps and batch size must be positive");
     check(!opt.output.empty(), "cannot train tokenizer", "no output path");
 
-    nn::Adam adam;
+    nn::Adam adam({}, *m.be); // the tokenizer runs on a CPU backend: host memory
     for (auto& [n, p] : m.params()) {
         if (n == "quant.codebook" && cfg.quantizer == Quantizer::ema) continue;
-        adam.add(n, p.first, p.second, false);
+        check(p.first->is_contiguous() && p.second->is_contiguous(), "cannot train tokenizer",
+              "parameter " + n + " is not contiguous");
+        adam.add(n, p.first->data(), p.second->data(), p.first->shape(), false);
     }
     Philox rng(tc.seed);
     std::vector<int64_t> window(static_cast<size_t>(K), 0), log_window(static_cast<size_t>(K), 0);

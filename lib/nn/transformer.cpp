@@ -168,26 +168,72 @@ Transformer::Impl::Param& Transformer::Impl::add(const std::string& name, std::v
     return p;
 }
 
-static void resize(std::vector<float>& v, int64_t n) {
-    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+// ---- where the parameters live (device backends) ------------------------------------
+
+void Transformer::Impl::params_to_device() {
+    if (!on_device() || device_current) return;
+    for (const std::string& n : order) {
+        Param& p = params[n];
+        const size_t count = static_cast<size_t>(p.w.numel());
+        if (!p.dw.data()) {
+            p.dw.bind(*be);
+            p.dg.bind(*be);
+            p.dg.grow(count);
+            be->zero(p.dg.data(), count);
+        }
+        be->upload(p.dw.grow(count), p.w.data(), count);
+    }
+    device_current = true;
+}
+
+void Transformer::Impl::params_to_host() {
+    if (!on_device() || !device_current) return;
+    for (const std::string& n : order) {
+        Param& p = params[n];
+        be->download(p.w.data(), p.dw.data(), static_cast<size_t>(p.w.numel()));
+    }
+    device_current = false;
+}
+
+void Transformer::Impl::grad_to_host(Param& p) {
+    if (on_device() && p.dg.data()) be->download(p.g.data(), p.dg.data(), static_cast<size_t>(p.g.numel()));
+}
+
+void Transformer::Impl::zero_grads() {
+    for (auto& [name, prm] : params) {
+        prm.g.zero();
+        if (prm.dg.data()) be->zero(prm.dg.data(), static_cast<size_t>(prm.g.numel()));
+    }
 }
 
 void Transformer::Impl::ensure_buffers(int64_t b) {
     const int64_t S = cfg.seq(), D = cfg.width, F = cfg.mlp_width(), R = b * S, K = cfg.codebook_size;
+    auto need = [&](nn::BackendBuffer& buf, int64_t n) {
+        buf.bind(*be);
+        buf.grow(static_cast<size_t>(std::max<int64_t>(n, 1)));
+    };
     acts.resize(static_cast<size_t>(cfg.layers));
     for (auto& A : acts) {
-        for (auto* v : {&A.x_in, &A.h1, &A.q, &A.k, &A.v, &A.att, &A.x_mid, &A.h2}) resize(*v, R * D);
-        for (auto* v : {&A.mean1, &A.rstd1, &A.mean2, &A.rstd2}) resize(*v, R);
-        resize(A.probs, b * cfg.heads * S * S);
-        resize(A.u, R * F);
-        resize(A.g, R * F);
+        for (auto* v : {&A.x_in, &A.h1, &A.q, &A.k, &A.v, &A.att, &A.x_mid, &A.h2}) need(*v, R * D);
+        for (auto* v : {&A.mean1, &A.rstd1, &A.mean2, &A.rstd2}) need(*v, R);
+        need(A.probs, b * cfg.heads * S * S);
+        need(A.u, R * F);
+        need(A.g, R * F);
     }
-    for (auto* v : {&x_out, &hf, &dx, &dh, &dq, &dk, &dv, &datt}) resize(*v, R * D);
-    resize(meanf, R);
-    resize(rstdf, R);
-    resize(du, R * F);
-    resize(logits, R * K);
-    resize(dlogits, R * K);
+    for (auto* v : {&x_out, &hf, &dx, &dh, &dq, &dk, &dv, &datt}) need(*v, R * D);
+    need(meanf, R);
+    need(rstdf, R);
+    need(du, R * F);
+    need(logits, R * K);
+    need(dlogits, R * K);
+    if (static_cast<int64_t>(pos_host.size()) < R) {
+        pos_host.resize(static_cast<size_t>(R));
+        for (int64_t i = 0; i < R; ++i) pos_host[static_cast<size_t>(i)] = static_cast<int32_t>(i % S);
+        if (on_device()) {
+            need(d_pos, R);
+            be->upload(d_pos.data(), reinterpret_cast<const float*>(pos_host.data()), static_cast<size_t>(R));
+        }
+    }
 }
 
 // ---- forward / backward ------------------------------------------------------------
@@ -195,78 +241,96 @@ void Transformer::Impl::ensure_buffers(int64_t b) {
 namespace {
 inline ConstMat cm(const float* d, int64_t rows, int64_t cols, int64_t ld) { return ConstMat(d, rows, cols, ld); }
 inline Mat mm(float* d, int64_t rows, int64_t cols, int64_t ld) { return Mat{d, rows, cols, ld}; }
+
+// A host array of n 4-byte values in the backend's memory: itself on a CPU
+// backend, uploaded into buf on a device.
+template <typename T>
+const T* on_backend(Backend& be, const T* host, int64_t n, nn::BackendBuffer& buf) {
+    static_assert(sizeof(T) == sizeof(float), "4-byte values travel as floats");
+    if (be.host_memory()) return host;
+    buf.bind(be);
+    float* d = buf.grow(static_cast<size_t>(std::max<int64_t>(n, 1)));
+    be.upload(d, reinterpret_cast<const float*>(host), static_cast<size_t>(n));
+    return reinterpret_cast<const T*>(d);
+}
+// Bytes: uploaded in whole floats.
+const uint8_t* bytes_on_backend(Backend& be, const uint8_t* host, int64_t n, nn::BackendBuffer& buf,
+                                std::vector<float>& staging) {
+    if (be.host_memory()) return host;
+    const size_t floats = static_cast<size_t>((n + 3) / 4);
+    staging.assign(std::max<size_t>(floats, 1), 0.0f);
+    std::memcpy(staging.data(), host, static_cast<size_t>(n));
+    buf.bind(be);
+    float* d = buf.grow(staging.size());
+    be.upload(d, staging.data(), staging.size());
+    return reinterpret_cast<const uint8_t*>(d);
+}
 } // namespace
 
 void Transformer::Impl::forward(int64_t p, const int32_t* ids, int64_t b, const int64_t* rows, int64_t n_rows) {
     const TransformerConfig::Sub s = cfg.sub(p);
     const int64_t S = cfg.seq(), D = cfg.width, F = cfg.mlp_width(), K = cfg.codebook_size, V = cfg.vocab();
     const int64_t R = b * S, r = s.resid, a = s.attn, f = s.mlp, hd = cfg.head_dim();
-    ensure_buffers(b);
     for (int64_t i = 0; i < R; ++i)
         if (ids[i] < 0 || ids[i] >= V)
             throw Error("token id out of range", {},
                         "id " + std::to_string(ids[i]) + " at position " + std::to_string(i % S) + " of sequence " +
                             std::to_string(i / S) + " (vocabulary " + std::to_string(V) + ")",
                         "the tokens do not fit this model; check the token file's codebook size and classes");
+    ensure_buffers(b);
+    params_to_device();
     ids_saved.assign(ids, ids + R);
     batch = b;
     sub_p = p;
     Backend& B = *be;
 
-    {   // embeddings
-        float* x = acts[0].x_in.data();
-        const float* te = tok_emb->w.data();
-        const float* pe = pos_emb->w.data();
-#pragma omp parallel for schedule(static) if (R * r >= nn::ops::kParallelWork)
-        for (int64_t i = 0; i < R; ++i) {
-            const float* t = te + static_cast<int64_t>(ids[i]) * D;
-            const float* q = pe + (i % S) * D;
-            float* xi = x + i * r;
-            for (int64_t j = 0; j < r; ++j) xi[j] = t[j] + q[j];
-        }
-    }
+    // embeddings: x[i] = tok_emb[ids[i]] + pos_emb[i % S]
+    const int32_t* dids = on_backend(B, ids, R, d_ids);
+    const int32_t* dpos = on_device() ? d_pos.ints() : pos_host.data();
+    B.embed_rows(dids, dpos, S, S, tok_emb->W(), pos_emb->W(), D, acts[0].x_in.data(), R, r);
     for (int64_t l = 0; l < cfg.layers; ++l) {
         Acts& A = acts[static_cast<size_t>(l)];
         const Layer& L = layers[static_cast<size_t>(l)];
         float* x_next = l + 1 < cfg.layers ? acts[static_cast<size_t>(l + 1)].x_in.data() : x_out.data();
-        B.layernorm_forward(A.x_in.data(), r, A.h1.data(), r, A.mean1.data(), A.rstd1.data(), L.ln1_w->w.data(),
-                               L.ln1_b->w.data(), R, r);
+        B.layernorm_forward(A.x_in.data(), r, A.h1.data(), r, A.mean1.data(), A.rstd1.data(), L.ln1_w->W(),
+                            L.ln1_b->W(), R, r);
         const ConstMat h1 = cm(A.h1.data(), R, r, r);
-        B.matmul(h1, false, cm(L.q_w->w.data(), a, r, D), true, mm(A.q.data(), R, a, a));
-        B.matmul(h1, false, cm(L.k_w->w.data(), a, r, D), true, mm(A.k.data(), R, a, a));
-        B.matmul(h1, false, cm(L.v_w->w.data(), a, r, D), true, mm(A.v.data(), R, a, a));
-        B.add_bias(A.q.data(), a, L.q_b->w.data(), R, a);
-        B.add_bias(A.k.data(), a, L.k_b->w.data(), R, a);
-        B.add_bias(A.v.data(), a, L.v_b->w.data(), R, a);
+        B.matmul(h1, false, cm(L.q_w->W(), a, r, D), true, mm(A.q.data(), R, a, a));
+        B.matmul(h1, false, cm(L.k_w->W(), a, r, D), true, mm(A.k.data(), R, a, a));
+        B.matmul(h1, false, cm(L.v_w->W(), a, r, D), true, mm(A.v.data(), R, a, a));
+        B.add_bias(A.q.data(), a, L.q_b->W(), R, a);
+        B.add_bias(A.k.data(), a, L.k_b->W(), R, a);
+        B.add_bias(A.v.data(), a, L.v_b->W(), R, a);
         B.attention_forward(A.q.data(), A.k.data(), A.v.data(), a, A.att.data(), A.probs.data(), b, S, s.heads, hd);
-        std::memcpy(A.x_mid.data(), A.x_in.data(), sizeof(float) * static_cast<size_t>(R * r));
-        B.matmul(cm(A.att.data(), R, a, a), false, cm(L.o_w->w.data(), r, a, D), true, mm(A.x_mid.data(), R, r, r),
-                 1.0f, 1.0f);
-        B.add_bias(A.x_mid.data(), r, L.o_b->w.data(), R, r);
-        B.layernorm_forward(A.x_mid.data(), r, A.h2.data(), r, A.mean2.data(), A.rstd2.data(), L.ln2_w->w.data(),
-                               L.ln2_b->w.data(), R, r);
-        B.matmul(cm(A.h2.data(), R, r, r), false, cm(L.fc1_w->w.data(), f, r, D), true, mm(A.u.data(), R, f, f));
-        B.bias_gelu_forward(A.u.data(), L.fc1_b->w.data(), A.g.data(), R, f);
-        std::memcpy(x_next, A.x_mid.data(), sizeof(float) * static_cast<size_t>(R * r));
-        B.matmul(cm(A.g.data(), R, f, f), false, cm(L.fc2_w->w.data(), r, f, F), true, mm(x_next, R, r, r), 1.0f, 1.0f);
-        B.add_bias(x_next, r, L.fc2_b->w.data(), R, r);
+        B.copy(A.x_mid.data(), A.x_in.data(), static_cast<size_t>(R * r));
+        B.matmul(cm(A.att.data(), R, a, a), false, cm(L.o_w->W(), r, a, D), true, mm(A.x_mid.data(), R, r, r), 1.0f,
+                 1.0f);
+        B.add_bias(A.x_mid.data(), r, L.o_b->W(), R, r);
+        B.layernorm_forward(A.x_mid.data(), r, A.h2.data(), r, A.mean2.data(), A.rstd2.data(), L.ln2_w->W(),
+                            L.ln2_b->W(), R, r);
+        B.matmul(cm(A.h2.data(), R, r, r), false, cm(L.fc1_w->W(), f, r, D), true, mm(A.u.data(), R, f, f));
+        B.bias_gelu_forward(A.u.data(), L.fc1_b->W(), A.g.data(), R, f);
+        B.copy(x_next, A.x_mid.data(), static_cast<size_t>(R * r));
+        B.matmul(cm(A.g.data(), R, f, f), false, cm(L.fc2_w->W(), r, f, F), true, mm(x_next, R, r, r), 1.0f, 1.0f);
+        B.add_bias(x_next, r, L.fc2_b->W(), R, r);
     }
-    B.layernorm_forward(x_out.data(), r, hf.data(), r, meanf.data(), rstdf.data(), lnf_w->w.data(), lnf_b->w.data(),
-                           R, r);
+    B.layernorm_forward(x_out.data(), r, hf.data(), r, meanf.data(), rstdf.data(), lnf_w->W(), lnf_b->W(), R, r);
     head_selected = rows != nullptr;
     if (!head_selected) {
         head_rows.clear();
-        B.matmul(cm(hf.data(), R, r, r), false, cm(head_w->w.data(), K, r, D), true, mm(logits.data(), R, K, K));
-        B.add_bias(logits.data(), K, head_b->w.data(), R, K);
+        B.matmul(cm(hf.data(), R, r, r), false, cm(head_w->W(), K, r, D), true, mm(logits.data(), R, K, K));
+        B.add_bias(logits.data(), K, head_b->W(), R, K);
         return;
     }
     head_rows.assign(rows, rows + n_rows);
-    resize(hsel, n_rows * r);
-    for (int64_t i = 0; i < n_rows; ++i)
-        std::memcpy(hsel.data() + i * r, hf.data() + rows[i] * r, sizeof(float) * static_cast<size_t>(r));
+    rows32.resize(static_cast<size_t>(n_rows));
+    for (int64_t i = 0; i < n_rows; ++i) rows32[static_cast<size_t>(i)] = static_cast<int32_t>(rows[i]);
+    hsel.bind(B);
+    hsel.grow(static_cast<size_t>(std::max<int64_t>(n_rows * r, 1)));
     if (n_rows == 0) return;
-    B.matmul(cm(hsel.data(), n_rows, r, r), false, cm(head_w->w.data(), K, r, D), true, mm(logits.data(), n_rows, K, K));
-    B.add_bias(logits.data(), K, head_b->w.data(), n_rows, K);
+    B.gather_rows(hf.data(), on_backend(B, rows32.data(), n_rows, d_rows), 1, R, n_rows, hsel.data(), r);
+    B.matmul(cm(hsel.data(), n_rows, r, r), false, cm(head_w->W(), K, r, D), true, mm(logits.data(), n_rows, K, K));
+    B.add_bias(logits.data(), K, head_b->W(), n_rows, K);
 }
 
 void Transformer::Impl::backward() {
@@ -277,70 +341,61 @@ void Transformer::Impl::backward() {
     // head and final layer norm
     if (!head_selected) {
         const ConstMat dlg = cm(dlogits.data(), R, K, K);
-        B.matmul(dlg, false, cm(head_w->w.data(), K, r, D), false, mm(dh.data(), R, r, r));
-        B.matmul(dlg, true, cm(hf.data(), R, r, r), false, mm(head_w->g.data(), K, r, D), 1.0f, 1.0f);
-        B.bias_backward(dlogits.data(), K, head_b->g.data(), R, K);
+        B.matmul(dlg, false, cm(head_w->W(), K, r, D), false, mm(dh.data(), R, r, r));
+        B.matmul(dlg, true, cm(hf.data(), R, r, r), false, mm(head_w->G(), K, r, D), 1.0f, 1.0f);
+        B.bias_backward(dlogits.data(), K, head_b->G(), R, K);
     } else {
         const int64_t n = static_cast<int64_t>(head_rows.size());
-        std::fill(dh.begin(), dh.begin() + R * r, 0.0f);
+        B.zero(dh.data(), static_cast<size_t>(R * r));
         if (n > 0) {
             const ConstMat dlg = cm(dlogits.data(), n, K, K);
-            resize(dhsel, n * r);
-            B.matmul(dlg, false, cm(head_w->w.data(), K, r, D), false, mm(dhsel.data(), n, r, r));
-            B.matmul(dlg, true, cm(hsel.data(), n, r, r), false, mm(head_w->g.data(), K, r, D), 1.0f, 1.0f);
-            B.bias_backward(dlogits.data(), K, head_b->g.data(), n, K);
-            for (int64_t i = 0; i < n; ++i)
-                std::memcpy(dh.data() + head_rows[static_cast<size_t>(i)] * r, dhsel.data() + i * r,
-                            sizeof(float) * static_cast<size_t>(r));
+            dhsel.bind(B);
+            dhsel.grow(static_cast<size_t>(n * r));
+            B.matmul(dlg, false, cm(head_w->W(), K, r, D), false, mm(dhsel.data(), n, r, r));
+            B.matmul(dlg, true, cm(hsel.data(), n, r, r), false, mm(head_w->G(), K, r, D), 1.0f, 1.0f);
+            B.bias_backward(dlogits.data(), K, head_b->G(), n, K);
+            // the head rows (in the backend's memory since forward) back into dh
+            const int32_t* drows = on_device() ? d_rows.ints() : rows32.data();
+            B.scatter_rows(dhsel.data(), drows, n, S, dh.data(), n, r);
         }
     }
-    B.layernorm_backward(x_out.data(), r, dh.data(), r, meanf.data(), rstdf.data(), lnf_w->w.data(), dx.data(), r,
-                            lnf_w->g.data(), lnf_b->g.data(), R, r, false);
+    B.layernorm_backward(x_out.data(), r, dh.data(), r, meanf.data(), rstdf.data(), lnf_w->W(), dx.data(), r,
+                         lnf_w->G(), lnf_b->G(), R, r, false);
     for (int64_t l = cfg.layers - 1; l >= 0; --l) {
         Acts& A = acts[static_cast<size_t>(l)];
         const Layer& L = layers[static_cast<size_t>(l)];
         const ConstMat dxm = cm(dx.data(), R, r, r);
         // MLP: x_next = x_mid + fc2(gelu(fc1(LN2(x_mid))))
-        B.matmul(dxm, false, cm(L.fc2_w->w.data(), r, f, F), false, mm(du.data(), R, f, f));
-        B.matmul(dxm, true, cm(A.g.data(), R, f, f), false, mm(L.fc2_w->g.data(), r, f, F), 1.0f, 1.0f);
-        B.bias_backward(dx.data(), r, L.fc2_b->g.data(), R, r);
-        B.gelu_bias_backward(A.u.data(), du.data(), du.data(), L.fc1_b->g.data(), R, f);
+        B.matmul(dxm, false, cm(L.fc2_w->W(), r, f, F), false, mm(du.data(), R, f, f));
+        B.matmul(dxm, true, cm(A.g.data(), R, f, f), false, mm(L.fc2_w->G(), r, f, F), 1.0f, 1.0f);
+        B.bias_backward(dx.data(), r, L.fc2_b->G(), R, r);
+        B.gelu_bias_backward(A.u.data(), du.data(), du.data(), L.fc1_b->G(), R, f);
         const ConstMat dum = cm(du.data(), R, f, f);
-        B.matmul(dum, false, cm(L.fc1_w->w.data(), f, r, D), false, mm(dh.data(), R, r, r));
-        B.matmul(dum, true, cm(A.h2.data(), R, r, r), false, mm(L.fc1_w->g.data(), f, r, D), 1.0f, 1.0f);
-        B.layernorm_backward(A.x_mid.data(), r, dh.data(), r, A.mean2.data(), A.rstd2.data(), L.ln2_w->w.data(),
-                                dx.data(), r, L.ln2_w->g.data(), L.ln2_b->g.data(), R, r, true);
+        B.matmul(dum, false, cm(L.fc1_w->W(), f, r, D), false, mm(dh.data(), R, r, r));
+        B.matmul(dum, true, cm(A.h2.data(), R, r, r), false, mm(L.fc1_w->G(), f, r, D), 1.0f, 1.0f);
+        B.layernorm_backward(A.x_mid.data(), r, dh.data(), r, A.mean2.data(), A.rstd2.data(), L.ln2_w->W(), dx.data(),
+                             r, L.ln2_w->G(), L.ln2_b->G(), R, r, true);
         // attention: x_mid = x_in + o(attn(LN1(x_in)))
-        B.matmul(dxm, false, cm(L.o_w->w.data(), r, a, D), false, mm(datt.data(), R, a, a));
-        B.matmul(dxm, true, cm(A.att.data(), R, a, a), false, mm(L.o_w->g.data(), r, a, D), 1.0f, 1.0f);
-        B.bias_backward(dx.data(), r, L.o_b->g.data(), R, r);
+        B.matmul(dxm, false, cm(L.o_w->W(), r, a, D), false, mm(datt.data(), R, a, a));
+        B.matmul(dxm, true, cm(A.att.data(), R, a, a), false, mm(L.o_w->G(), r, a, D), 1.0f, 1.0f);
+        B.bias_backward(dx.data(), r, L.o_b->G(), R, r);
         B.attention_backward(A.q.data(), A.k.data(), A.v.data(), A.probs.data(), datt.data(), a, dq.data(), dk.data(),
-                                dv.data(), batch, S, s.heads, hd);
+                             dv.data(), batch, S, s.heads, hd);
         const ConstMat h1 = cm(A.h1.data(), R, r, r);
         const std::pair<const float*, Param*> qkv[3] = {{dq.data(), L.q_w}, {dk.data(), L.k_w}, {dv.data(), L.v_w}};
         Param* biases[3] = {L.q_b, L.k_b, L.v_b};
         for (int i = 0; i < 3; ++i) {
             const ConstMat dy = cm(qkv[i].first, R, a, a);
-            B.matmul(dy, false, cm(qkv[i].second->w.data(), a, r, D), false, mm(dh.data(), R, r, r), 1.0f,
+            B.matmul(dy, false, cm(qkv[i].second->W(), a, r, D), false, mm(dh.data(), R, r, r), 1.0f,
                      i == 0 ? 0.0f : 1.0f);
-            B.matmul(dy, true, h1, false, mm(qkv[i].second->g.data(), a, r, D), 1.0f, 1.0f);
-            B.bias_backward(qkv[i].first, a, biases[i]->g.data(), R, a);
+            B.matmul(dy, true, h1, false, mm(qkv[i].second->G(), a, r, D), 1.0f, 1.0f);
+            B.bias_backward(qkv[i].first, a, biases[i]->G(), R, a);
         }
-        B.layernorm_backward(A.x_in.data(), r, dh.data(), r, A.mean1.data(), A.rstd1.data(), L.ln1_w->w.data(),
-                                dx.data(), r, L.ln1_w->g.data(), L.ln1_b->g.data(), R, r, true);
+        B.layernorm_backward(A.x_in.data(), r, dh.data(), r, A.mean1.data(), A.rstd1.data(), L.ln1_w->W(), dx.data(),
+                             r, L.ln1_w->G(), L.ln1_b->G(), R, r, true);
     }
     // embeddings (fixed order: deterministic)
-    float* gt = tok_emb->g.data();
-    float* gp = pos_emb->g.data();
-    for (int64_t i = 0; i < R; ++i) {
-        const float* d = dx.data() + i * r;
-        float* t = gt + static_cast<int64_t>(ids_saved[static_cast<size_t>(i)]) * D;
-        float* q = gp + (i % S) * D;
-        for (int64_t j = 0; j < r; ++j) {
-            t[j] += d[j];
-            q[j] += d[j];
-        }
-    }
+    B.embedding_backward(dx.data(), ids_saved.data(), R, S, r, D, tok_emb->G(), pos_emb->G());
 }
 
 SubModelStats Transformer::Impl::forward_backward(int64_t p, const int32_t* ids, const int32_t* targets,
@@ -365,8 +420,11 @@ SubModelStats Transformer::Impl::forward_backward(int64_t p, const int32_t* ids,
     const int64_t M = static_cast<int64_t>(rows.size());
     forward(p, ids, b, rows.data(), M);
     const std::vector<uint8_t> m(static_cast<size_t>(M), 1);
-    const Backend::LossSums L = be->masked_loss(logits.data(), K, teacher_logits, K, t.data(), m.data(), M, K, smoothing,
-                                                alpha, weight, backward_pass ? dlogits.data() : static_cast<float*>(nullptr), K);
+    std::vector<float> staging;
+    const Backend::LossSums L = be->masked_loss(
+        logits.data(), K, teacher_logits, K, on_backend(*be, t.data(), M, d_targets),
+        bytes_on_backend(*be, m.data(), M, d_mask, staging), M, K, smoothing, alpha, weight,
+        backward_pass ? dlogits.data() : static_cast<float*>(nullptr), K);
     if (backward_pass) backward();
     SubModelStats st;
     st.p = p;
@@ -384,8 +442,7 @@ std::vector<SubModelStats> Transformer::Impl::joint_forward_backward(const int32
     const size_t n = cfg.factors.size();
     check(weights.empty() || weights.size() == n, "joint training",
           "loss weights: " + std::to_string(weights.size()) + " given for " + std::to_string(n) + " sub-models");
-    if (backward_pass)
-        for (auto& [name, prm] : params) prm.g.zero();
+    if (backward_pass) zero_grads();
     std::vector<SubModelStats> out(n);
     double sum = 0;
     bool have_teacher = false;
@@ -400,8 +457,9 @@ std::vector<SubModelStats> Transformer::Impl::joint_forward_backward(const int32
         sum += w * out[k].loss;
         if (obj != Objective::ground_truth && k > 0) { // logits at the masked rows, the same for every sub-model
             const int64_t n_logits = static_cast<int64_t>(head_rows.size()) * cfg.codebook_size;
-            resize(teacher, n_logits);
-            std::memcpy(teacher.data(), logits.data(), sizeof(float) * static_cast<size_t>(n_logits));
+            teacher.bind(*be);
+            teacher.grow(static_cast<size_t>(std::max<int64_t>(n_logits, 1)));
+            be->copy(teacher.data(), logits.data(), static_cast<size_t>(n_logits));
             have_teacher = true;
         }
     }
@@ -424,24 +482,26 @@ std::vector<std::string> Transformer::param_names() const { return impl_->order;
 Tensor& Transformer::param(const std::string& name) {
     auto it = impl_->params.find(name);
     check(it != impl_->params.end(), "no parameter named " + name);
+    impl_->params_to_host(); // the caller may read or write it
     return it->second.w;
 }
 Tensor& Transformer::grad(const std::string& name) {
     auto it = impl_->params.find(name);
     check(it != impl_->params.end(), "no parameter named " + name);
+    impl_->grad_to_host(it->second);
     return it->second.g;
 }
-void Transformer::zero_grads() {
-    for (auto& [n, p] : impl_->params) p.g.zero();
-}
+void Transformer::zero_grads() { impl_->zero_grads(); }
 
 std::string Transformer::hash() const {
+    impl_->params_to_host();
     std::map<std::string, Tensor> w;
     for (auto& [n, p] : impl_->params) w[n] = p.w;
     return weights_hash(w);
 }
 
 void Transformer::init(uint64_t seed) {
+    impl_->params_to_host();
     Philox rng(seed);
     for (const std::string& name : impl_->order) {
         Impl::Param& p = impl_->params[name];
@@ -463,8 +523,8 @@ void Transformer::forward(int64_t p, const int32_t* ids, int64_t b, float* out) 
         const int64_t n = std::min(chunk, b - first);
         impl_->forward(p, ids + first * S, n);
         for (int64_t i = 0; i < n; ++i)
-            std::memcpy(out + ((first + i) * N) * K, impl_->logits.data() + (i * S + 1) * K,
-                        sizeof(float) * static_cast<size_t>(N * K));
+            impl_->be->download(out + ((first + i) * N) * K, impl_->logits.data() + (i * S + 1) * K,
+                                static_cast<size_t>(N * K));
     }
 }
 
@@ -487,7 +547,10 @@ static void load_into(Transformer& m, const std::map<std::string, Tensor>& src, 
                 throw Error("cannot load transformer", path,
                             std::string(group) + " '" + n + "' holds a non-finite value at index " + std::to_string(i),
                             "the run that wrote it diverged or the file is damaged; use an earlier checkpoint");
-        dst = it->second.clone();
+        // into the existing storage: an optimizer may hold pointers to it
+        const Tensor src_c = it->second.clone();
+        check(dst.is_contiguous(), "cannot load transformer", "parameter " + n + " is not contiguous");
+        std::memcpy(dst.data(), src_c.data(), sizeof(float) * static_cast<size_t>(src_c.numel()));
     }
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 #include "magnets/transformer.h"
 #include "magnets/tensor.h"
+#include "nn/backend_buffer.h"
 
 #include <map>
 #include <string>
@@ -15,9 +16,16 @@ struct Transformer::Impl {
     TransformerConfig cfg;
     std::shared_ptr<Backend> be;
 
+    // A parameter and its gradient. On a device backend both also live in
+    // device memory (dw, dg), where training reads and updates them; W() and
+    // G() are the copies the backend computes on.
     struct Param {
         Tensor w, g;
         bool decay = false; // AdamW weight decay (matrices and embeddings)
+        nn::BackendBuffer dw, dg;
+        float* W() { return dw.data() ? dw.data() : w.data(); }
+        const float* W() const { return dw.data() ? dw.data() : w.data(); }
+        float* G() { return dg.data() ? dg.data() : g.data(); }
     };
     std::map<std::string, Param> params; // by name
     std::vector<std::string> order;      // stable order (construction order)
@@ -30,15 +38,35 @@ struct Transformer::Impl {
           *head_b = nullptr;
     std::vector<Layer> layers;
 
+    // Where the parameters are current on a device backend: after compute
+    // or an optimizer step on the device, the device copies (host Tensors
+    // stale); after host code read or wrote the Tensors (Transformer::param,
+    // init, loading), the host. Always the host on CPU backends.
+    bool on_device() const { return !be->host_memory(); }
+    bool device_current = false;
+    // Device: upload every parameter unless the device copies are current
+    // (allocating them, and zeroed gradients, the first time). Host: nothing.
+    void params_to_device();
+    // Device: download every parameter if the device copies are newer; the
+    // host Tensors become current (the next compute uploads them). Host: nothing.
+    void params_to_host();
+    // Device: download one gradient into its Tensor. Host: nothing.
+    void grad_to_host(Param& p);
+    void zero_grads();
+
     // Saved activations of the last forward (sized for the full model, used
-    // densely at the running sub-model's widths).
+    // densely at the running sub-model's widths), in the backend's memory.
     struct Acts {
-        std::vector<float> x_in, h1, mean1, rstd1, q, k, v, probs, att, x_mid, h2, mean2, rstd2, u, g;
+        nn::BackendBuffer x_in, h1, mean1, rstd1, q, k, v, probs, att, x_mid, h2, mean2, rstd2, u, g;
     };
     std::vector<Acts> acts;
-    std::vector<float> x_out, hf, meanf, rstdf, logits; // final residual, LN_f output, logits [head rows, K]
-    std::vector<float> dx, dh, dq, dk, dv, datt, du, dlogits; // backward scratch
-    std::vector<float> hsel, dhsel;                           // LN_f rows the head ran on (selected forward)
+    nn::BackendBuffer x_out, hf, meanf, rstdf, logits; // final residual, LN_f output, logits [head rows, K]
+    nn::BackendBuffer dx, dh, dq, dk, dv, datt, du, dlogits; // backward scratch
+    nn::BackendBuffer hsel, dhsel;                           // LN_f rows the head ran on (selected forward)
+    // The batch's ids, positions (i % S), head rows and loss targets in the
+    // backend's memory (on a device; the host arrays are used in place otherwise).
+    nn::BackendBuffer d_ids, d_pos, d_rows, d_targets, d_mask;
+    std::vector<int32_t> pos_host, rows32;
     std::vector<int32_t> ids_saved;
     std::vector<int64_t> head_rows; // rows (b * S + s) the head ran on; empty = all rows
     bool head_selected = false;
@@ -73,7 +101,8 @@ struct Transformer::Impl {
                                                       const uint8_t* mask, int64_t batch, Objective obj,
                                                       double alpha, const std::vector<double>& weights,
                                                       double smoothing, double* total, bool backward_pass = true);
-    std::vector<float> teacher; // logits of the previous (larger) sub-model
+    nn::BackendBuffer teacher; // logits of the previous (larger) sub-model
+    int64_t teacher_rows = 0;
 };
 
 } // namespace magnets

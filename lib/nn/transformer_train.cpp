@@ -290,13 +290,28 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
     nn::AdamConfig ac;
     ac.beta1 = tc.beta1; ac.beta2 = tc.beta2; ac.eps = 1e-8; ac.weight_decay = tc.weight_decay;
     ac.clip_norm = tc.clip_norm;
-    nn::Adam adam(ac);
+    // Parameters, gradients, moments and EMA weights live in the backend's
+    // memory (on a GPU: the device's; they come down only for checkpoints).
+    m.params_to_host();
+    m.params_to_device();
+    nn::Adam adam(ac, *m.be);
     for (const std::string& n : m.order) {
         auto& p = m.params[n];
-        adam.add(n, &p.w, &p.g, p.decay);
+        adam.add(n, p.W(), p.G(), p.w.shape(), p.decay);
     }
     std::map<std::string, Tensor> ema;
     for (const std::string& n : m.order) ema[n] = m.params[n].w.clone();
+    std::map<std::string, nn::BackendBuffer> ema_dev; // device backends
+    auto ema_ptr = [&](const std::string& n) { return m.on_device() ? ema_dev[n].data() : ema[n].data(); };
+    auto ema_to_device = [&]() {
+        if (!m.on_device()) return;
+        for (const std::string& n : m.order) {
+            nn::BackendBuffer& d = ema_dev[n];
+            d.bind(*m.be);
+            m.be->upload(d.grow(static_cast<size_t>(ema[n].numel())), ema[n].data(), static_cast<size_t>(ema[n].numel()));
+        }
+    };
+    ema_to_device();
 
     Philox rng(tc.seed);
     int64_t step = 0, last_saved = -1;
@@ -326,12 +341,14 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
                             train.tokenizer_hash + ")",
                         "resume with the same token file");
         transformer_load_weights(model, ck.weights, opt.output, "weight");
+        m.params_to_device(); // the same device buffers: the optimizer's pointers stay valid
         for (const std::string& n : m.order) {
             auto it = ck.ema.find(n);
             check(it != ck.ema.end() && it->second.shape() == ema[n].shape(), "cannot resume",
                   "the checkpoint lacks EMA weight " + n);
             ema[n] = it->second.clone();
         }
+        ema_to_device();
         adam.load(ck, opt.output);
         step = attr_int(ck.state_attrs, "step", opt.output);
         last_saved = step;
@@ -347,6 +364,9 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
         std::string names;
         for (const auto& c : train.class_names) names += (names.empty() ? "" : "\n") + c;
         ck.attrs["class_names"] = names; // newline-separated, for samplers and their PNGs
+        if (m.on_device())
+            for (const std::string& n : m.order)
+                m.be->download(ema[n].data(), ema_dev[n].data(), static_cast<size_t>(ema[n].numel()));
         ck.ema = ema;
         adam.save(ck);
         ck.state_attrs["step"] = done;
@@ -421,13 +441,8 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
         adam.step(lr, norm);
         const float d = static_cast<float>(std::min(tc.ema_decay, (1.0 + static_cast<double>(step)) /
                                                                        (10.0 + static_cast<double>(step))));
-        for (const std::string& n : m.order) {
-            float* e = ema[n].data();
-            const float* w = m.params[n].w.data();
-            const int64_t cnt = ema[n].numel();
-#pragma omp parallel for schedule(static) if (cnt >= nn::ops::kParallelWork)
-            for (int64_t i = 0; i < cnt; ++i) e[i] = d * e[i] + (1.0f - d) * w[i];
-        }
+        m.params_to_device(); // after a checkpoint read them back
+        for (const std::string& n : m.order) m.be->ema_update(ema_ptr(n), m.params[n].W(), d, ema[n].numel());
         ++step;
         tokens_since_log += B * N;
 
