@@ -220,14 +220,15 @@ std::string apply_global(const Args& a) {
 }
 
 std::shared_ptr<Backend> backend_for(const std::string& name, bool gpu_ready) {
-    // The cuda backend (lib/cuda) computes on device memory. The sampler's
-    // transformer forward runs there (nn::Decoder on the backend's decoder
-    // operations); the tokenizer's and the training code's tensors and
-    // elementwise ops are still on the host, so those tools cannot use it yet.
+    // The cuda backend (lib/cuda) computes on device memory. The transformer
+    // runs there: sampling (nn::Decoder on the backend's decoder operations)
+    // and training (Transformer::Impl on its training operations); the
+    // tokenizer's and the evaluation networks' tensors and elementwise ops are
+    // still on the host, so those tools cannot use it yet.
     if (name == "cuda" && !gpu_ready)
         throw Error("this tool does not run on the GPU yet", {},
-                    "on the GPU so far: magnets-sample (the transformer forward and the KV cache); the tokenizer, "
-                    "training, distillation and evaluation keep their tensors on the host",
+                    "on the GPU so far: magnets-sample, magnets-train and magnets-distill (the transformer); the "
+                    "tokenizer and the evaluation networks keep their tensors on the host",
                     "use --backend onednn (the default) here");
     return std::shared_ptr<Backend>(make_backend(name));
 }
