@@ -9,6 +9,7 @@ issue's targets as ratios measured in that run:
   magnets MaGNeTS with cache     >= 1.5x torch.compile's MaGNeTS
   magnets full model (1:12)      >= 1.2x torch.compile's full model
   magnets MaGNeTS with cache     >= 2.5x magnets' full model
+  magnets training step          >= 1.0x PyTorch eager bf16 (tokens/s)
 
 For each magnets ratio the faster magnets precision is used (and named). Missing
 runs are reported as missing, never guessed. Standard library only (the GPU
@@ -40,7 +41,7 @@ def load(paths):
                         rows.append(json.loads(line))
                     except json.JSONDecodeError:
                         pass
-    return [r for r in rows if r.get("mode") == "sample"]
+    return rows
 
 
 def key(r):
@@ -55,11 +56,15 @@ def main(argv):
     if len(argv) < 2 or argv[1] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if len(argv) >= 2 else 2
-    rows = load(argv[1:])
-    if not rows:
+    every = load(argv[1:])
+    rows = [r for r in every if r.get("mode") == "sample"]
+    train = [r for r in every if r.get("mode") == "train"]
+    if not rows and not train:
         print("gpu_report.py: no sampling results in " + " ".join(argv[1:]), file=sys.stderr)
         return 1
     best = {}
+    if not rows:
+        print("gpu_report.py: no sampling results")
     for r in rows:
         k = key(r)
         best[k] = max(best.get(k, 0.0), float(r["images_per_s"]))
@@ -94,6 +99,17 @@ def main(argv):
         for p in ("f32", "bf16"):
             ratio(f"magnets MaGNeTS+cache / magnets 1:12 ({p})", get("magnets " + p, nested, "on-switch"),
                   get("magnets " + p, full, "none"), 2.5)
+
+    # training throughput (tokens/s, every sub-model per step)
+    ours = max((float(r["tokens_per_s"]) for r in train if r.get("impl") == "magnets"), default=None)
+    torch_eager = max((float(r["tokens_per_s"]) for r in train
+                       if r.get("impl") == "pytorch" and not r.get("compile")), default=None)
+    print()
+    print(f"training tokens/s: magnets {ours if ours is not None else 'missing'}, "
+          f"PyTorch eager bf16 {torch_eager if torch_eager is not None else 'missing'}")
+    if ours is not None and torch_eager is not None:
+        r = ours / torch_eager
+        print(f"  magnets training / PyTorch eager bf16: {r:5.2f}x  target >= 1.0x: {'met' if r >= 1.0 else 'NOT met'}")
     return 0
 
 

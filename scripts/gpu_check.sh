@@ -23,14 +23,15 @@
 # each run is capped at GPU_RUN_TIMEOUT seconds (default 240).
 # magnets on the GPU: bench_sampler --backend cuda at the same shape and
 # schedules, f32 (the row-stable kernel) and bf16 (MAGNETS_CUDA_BF16=1,
-# cuBLAS tensor cores), JSON lines in $OUT/magnets-gpu.jsonl. Last,
+# cuBLAS tensor cores and the tensor-core attention), and bench_transformer
+# --backend cuda (the joint training step, f32), JSON lines in $OUT/magnets-gpu.jsonl. Last,
 # bench/gpu_report.py prints the side-by-side table and the issue's ratios.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bundle=gpu-bundle
 tests=(test_backend test_cuda_ops)
-benches=(bench_sampler)
+benches=(bench_sampler bench_transformer)
 
 prepare() {
     set -e
@@ -83,6 +84,10 @@ magnets_gpu() {
                 --warmup-images 8 | sed "s/^{/{\"precision\":\"$1\",/" | tee -a "$out" || echo "(failed or over ${cap} s)"
         done
     done
+    # training: the joint step of every sub-model (cuBLAS f32) at the same shape, batch 64
+    echo "== magnets training step, batch 64, f32, cuda"
+    timeout "$cap" "$bundle/bench_transformer" --backend cuda "${shape[@]}" --batch 64 --steps 5 --warmup 2 \
+        | sed 's/^{/{"mode":"train","precision":"f32",/' | tee -a "$out" || echo "(failed or over ${cap} s)"
 }
 
 # The issue-6 PyTorch baselines on this card (python3 = the machine's PyTorch).
@@ -105,7 +110,7 @@ torch_baselines() {
     done
     echo "== torch training step, batch 64, bf16 autocast, eager"
     timeout "$cap" "$py" bench/transformer_torch.py --device cuda --dtype bf16 "${shape[@]}" --batch 64 \
-        --steps 10 --warmup 3 | tee -a "$out" || echo "(failed or over ${cap} s)"
+        --steps 10 --warmup 3 | sed 's/^{/{"mode": "train", /' | tee -a "$out" || echo "(failed or over ${cap} s)"
 }
 
 case "${1:-}" in
