@@ -102,6 +102,9 @@ def main(argv):
 
     # training throughput (tokens/s, every sub-model per step)
     ours = max((float(r["tokens_per_s"]) for r in train if r.get("impl") == "magnets"), default=None)
+    for r in train:
+        if r.get("impl") == "magnets":
+            print(f"magnets training ({r.get('precision', 'f32')}): {float(r['tokens_per_s']):.0f} tokens/s")
     torch_eager = max((float(r["tokens_per_s"]) for r in train
                        if r.get("impl") == "pytorch" and not r.get("compile")), default=None)
     print()

@@ -24,7 +24,8 @@
 # magnets on the GPU: bench_sampler --backend cuda at the same shape and
 # schedules, f32 (the row-stable kernel) and bf16 (MAGNETS_CUDA_BF16=1,
 # cuBLAS tensor cores and the tensor-core attention), and bench_transformer
-# --backend cuda (the joint training step, f32), JSON lines in $OUT/magnets-gpu.jsonl. Last,
+# --backend cuda (the joint training step, bf16 and f32 products), JSON lines
+# in $OUT/magnets-gpu.jsonl. Last,
 # bench/gpu_report.py prints the side-by-side table and the issue's ratios.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -84,10 +85,14 @@ magnets_gpu() {
                 --warmup-images 8 | sed "s/^{/{\"precision\":\"$1\",/" | tee -a "$out" || echo "(failed or over ${cap} s)"
         done
     done
-    # training: the joint step of every sub-model (cuBLAS f32) at the same shape, batch 64
-    echo "== magnets training step, batch 64, f32, cuda"
-    timeout "$cap" "$bundle/bench_transformer" --backend cuda "${shape[@]}" --batch 64 --steps 5 --warmup 2 \
-        | sed 's/^{/{"mode":"train","precision":"f32",/' | tee -a "$out" || echo "(failed or over ${cap} s)"
+    # training: the joint step of every sub-model at the same shape, batch 64:
+    # cuBLAS f32, and bf16 operands with f32 accumulation (MAGNETS_CUDA_BF16=1)
+    for p in bf16 f32; do
+        echo "== magnets training step, batch 64, $p, cuda"
+        MAGNETS_CUDA_BF16=$([[ $p == bf16 ]] && echo 1 || echo 0) timeout "$cap" "$bundle/bench_transformer" \
+            --backend cuda "${shape[@]}" --batch 64 --steps 5 --warmup 2 \
+            | sed "s/^{/{\"mode\":\"train\",\"precision\":\"$p\",/" | tee -a "$out" || echo "(failed or over ${cap} s)"
+    done
 }
 
 # The issue-6 PyTorch baselines on this card (python3 = the machine's PyTorch).

@@ -452,6 +452,26 @@ TEST_CASE("cuda bf16 products (MAGNETS_CUDA_BF16=1) match the CPU to bf16 precis
         MESSAGE("bf16 product, normalised error " << e);
         CHECK(e < 1e-2);
     }
+    // matmul (training's products): every transpose combination, prefix
+    // slices (leading dimensions wider than the columns), alpha and beta.
+    for (bool ta : {false, true})
+        for (bool tb : {false, true}) {
+            CAPTURE(ta);
+            CAPTURE(tb);
+            const int64_t m = 70, n = 40, k = 130;
+            const int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+            const int64_t lda = ac + 5, ldb = bc + 3, ldc = n + 2;
+            auto A = rnd(size_t(ar * lda), 51), Bm = rnd(size_t(br * ldb), 52), C0 = rnd(size_t(m * ldc), 53);
+            std::vector<float> c = C0;
+            cpu->matmul(ConstMat(A.data(), ar, ac, lda), ta, ConstMat(Bm.data(), br, bc, ldb), tb,
+                        Mat{c.data(), m, n, ldc}, 0.75f, 0.5f);
+            Dev DA(*be, A), DB(*be, Bm), DC(*be, C0);
+            be->matmul(ConstMat(DA.p, ar, ac, lda), ta, ConstMat(DB.p, br, bc, ldb), tb, Mat{DC.p, m, n, ldc}, 0.75f,
+                       0.5f);
+            const double e = nerr(DC.get(c.size()), c);
+            MESSAGE("bf16 matmul (trans " << ta << tb << "), normalised error " << e);
+            CHECK(e < 1e-2);
+        }
 }
 
 TEST_CASE("cuda bf16 attention (MAGNETS_CUDA_BF16=1, tensor cores) matches the CPU to bf16 precision") {

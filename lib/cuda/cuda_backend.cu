@@ -353,6 +353,7 @@ public:
             scale_rows(c, beta);
             return;
         }
+        if (bf16_) return matmul_bf16_general(a, trans_a, b, trans_b, c, d, alpha, beta);
         cublas_check(cublasSgemm(blas_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                                  static_cast<int>(d.n), static_cast<int>(d.m), static_cast<int>(d.k), &alpha, b.data,
                                  static_cast<int>(b.ld), a.data, static_cast<int>(a.ld), &beta, c.data,
@@ -462,6 +463,27 @@ private:
             cuda_check(cudaGetLastError(), "matmul_rowstable (bias)");
         }
     }
+    // The bf16 mode's matmul (training): both operands rounded to bf16 into
+    // contiguous scratch copies (their stored shapes), cublasGemmEx with f32
+    // accumulation into the f32 C with alpha and beta, as autocast does.
+    void matmul_bf16_general(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, const MatmulDims& d,
+                             float alpha, float beta) {
+        __nv_bfloat16* ab = bf16_scratch(bf16_a_, bf16_a_n_, a.rows * a.cols);
+        __nv_bfloat16* bb = bf16_scratch(bf16_w_, bf16_w_n_, b.rows * b.cols);
+        to_bf16_kernel<<<static_cast<unsigned>((a.rows * a.cols + 255) / 256), 256, 0, stream_>>>(a.data, a.ld, ab,
+                                                                                                  a.rows, a.cols);
+        to_bf16_kernel<<<static_cast<unsigned>((b.rows * b.cols + 255) / 256), 256, 0, stream_>>>(b.data, b.ld, bb,
+                                                                                                  b.rows, b.cols);
+        cuda_check(cudaGetLastError(), "matmul (bf16 conversion)");
+        cublas_check(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+        const cublasStatus_t st = cublasGemmEx(
+            blas_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(d.n),
+            static_cast<int>(d.m), static_cast<int>(d.k), &alpha, bb, CUDA_R_16BF, static_cast<int>(b.cols), ab,
+            CUDA_R_16BF, static_cast<int>(a.cols), &beta, c.data, CUDA_R_32F, static_cast<int>(c.ld),
+            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        cublas_check(cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+        cublas_check(st, "matmul (cublasGemmEx, bf16)");
+    }
     __nv_bfloat16* bf16_scratch(float*& buf, size_t& have, int64_t count) {
         const size_t floats = static_cast<size_t>((count + 1) / 2);
         if (floats > have) {
@@ -554,8 +576,9 @@ private:
     float* ln_stats_ = nullptr; // layernorm_rows' mean and rstd (not kept)
     size_t ln_stats_n_ = 0;
     // MAGNETS_CUDA_BF16=1 when the backend was made: matmul_rowstable on bf16
-    // tensor cores (matmul_bf16) instead of the f32 row-stable kernel, and
-    // attention_rows on them too (cuda_attention.cu).
+    // tensor cores (matmul_bf16) instead of the f32 row-stable kernel,
+    // attention_rows on them too (cuda_attention.cu), and matmul (training)
+    // with bf16 operands and f32 accumulation (matmul_bf16_general).
     bool bf16_ = [] {
         const char* e = std::getenv("MAGNETS_CUDA_BF16");
         return e && std::string(e) == "1";
