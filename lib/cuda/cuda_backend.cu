@@ -202,6 +202,7 @@ public:
         if (ln_stats_) pool_.put(ln_stats_);
         if (bf16_a_) pool_.put(bf16_a_);
         if (bf16_w_) pool_.put(bf16_w_);
+        if (scratch_) pool_.put(scratch_);
 #if MAGNETS_HAVE_CUDNN
         cudnnDestroy(dnn_);
 #endif
@@ -343,6 +344,16 @@ public:
         cuda::draw_rows(*this, logits, n, d, rows, streams, token, conf);
     }
     cudaStream_t stream() const { return stream_; }
+    cublasHandle_t blas() const { return blas_; }
+    bool bf16() const { return bf16_; }
+    float* scratch(size_t floats) {
+        if (floats > scratch_n_) {
+            if (scratch_) free(scratch_);
+            scratch_ = pool_.get(floats);
+            scratch_n_ = floats;
+        }
+        return scratch_;
+    }
 
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the
     // operands, keep the leading dimensions.
@@ -583,6 +594,8 @@ private:
         const char* e = std::getenv("MAGNETS_CUDA_BF16");
         return e && std::string(e) == "1";
     }();
+    float* scratch_ = nullptr; // scratch_of (attention backward)
+    size_t scratch_n_ = 0;
     float *bf16_a_ = nullptr, *bf16_w_ = nullptr;
     size_t bf16_a_n_ = 0, bf16_w_n_ = 0;
 };
@@ -593,13 +606,21 @@ std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<CudaBacke
 
 namespace cuda {
 
-cudaStream_t stream_of(Backend& be) {
+namespace {
+CudaBackend& cuda_backend(Backend& be) {
     auto* c = dynamic_cast<CudaBackend*>(&be);
     if (!c)
         throw Error("not a GPU backend", {}, std::string("the ") + be.name() + " backend's buffers are host memory",
                     "make the backend with make_backend(\"cuda\")");
-    return c->stream();
+    return *c;
 }
+} // namespace
+
+cudaStream_t stream_of(Backend& be) { return cuda_backend(be).stream(); }
+cublasHandle_t blas_of(Backend& be) { return cuda_backend(be).blas(); }
+bool bf16_mode(Backend& be) { return cuda_backend(be).bf16(); }
+float* scratch_of(Backend& be, size_t floats) { return cuda_backend(be).scratch(floats); }
+void cublas_check_status(cublasStatus_t s, const char* what) { cublas_check(s, what); }
 
 void check(cudaError_t e, const char* what) {
     if (e != cudaSuccess)

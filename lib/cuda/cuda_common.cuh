@@ -4,6 +4,7 @@
 #pragma once
 #include "magnets/backend.h"
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -14,8 +15,17 @@ namespace magnets::cuda {
 // other backend (a host backend's buffers cannot be used on the device).
 cudaStream_t stream_of(Backend& be);
 
-// Throws Error naming `what` when e is not cudaSuccess.
+// The backend's cuBLAS handle (on its stream), whether it was made in the
+// bf16 mode (MAGNETS_CUDA_BF16=1), and a scratch buffer of at least `floats`
+// that it keeps between calls (valid until the next scratch_of call; no
+// allocation, so no stream synchronisation, once it is large enough).
+cublasHandle_t blas_of(Backend& be);
+bool bf16_mode(Backend& be);
+float* scratch_of(Backend& be, size_t floats);
+
+// Throws Error naming `what` when e is not cudaSuccess (or s not CUBLAS_STATUS_SUCCESS).
 void check(cudaError_t e, const char* what);
+void cublas_check_status(cublasStatus_t s, const char* what);
 
 // Launch and warp helpers of the kernels.
 constexpr int kWarp = 32;

@@ -1,7 +1,8 @@
 // lib/cuda/cuda_ops.cu: the transformer's non-matmul operations on the GPU
-// (see cuda_ops.h). First versions, written for clarity and determinism: one
-// warp per row for row-wise ops, fixed-order two-stage column sums, attention
-// with one warp per query row. Fused flash-style attention and bf16 come next.
+// (see cuda_ops.h), written for clarity and determinism: one warp per row for
+// row-wise ops, fixed-order two-stage column sums; attention's products on
+// cuBLAS strided-batched GEMMs (TF32 tensor cores in the bf16 mode) around
+// row-wise softmax kernels. A fused flash-style training attention comes next.
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_ops.h"
 #include "magnets/error.h"
@@ -132,103 +133,67 @@ __global__ void gelu_backward_kernel(const float* u, const float* dg, float* du,
 }
 
 // ---- attention ----------------------------------------------------------------------------
-// One warp per (sequence, head, query row). Scores live in shared memory, one
-// row of `seq` floats per warp.
-constexpr int kRowsPerBlock = 4;
+// The products on cuBLAS (strided-batched over the sequences, one call per
+// head and product), the softmax and its backward as one warp per row of the
+// probabilities [batch, heads, seq, seq] (which the backward needs anyway).
+// In the bf16 mode the products run on TF32 tensor cores.
 
-// out[c] = sum_j w[j] * m[j * ld + c] for c < hd, lanes over c, j in order.
-__device__ inline void warp_row_times(const float* w, int64_t n, const float* m, int64_t ld, int64_t hd, float* out,
-                                      int lane) {
-    for (int64_t c = lane; c < hd; c += kWarp) {
-        float acc = 0;
-        for (int64_t j = 0; j < n; ++j) acc = fmaf(w[j], m[j * ld + c], acc);
-        out[c] = acc;
-    }
-}
-
-__global__ void attention_forward_kernel(const float* q, const float* k, const float* v, int64_t ld, float* out,
-                                         float* probs, int64_t batch, int64_t seq, int64_t heads, int64_t hd,
-                                         float scale) {
-    extern __shared__ float sh[];
+// probs row (in place): softmax of the scaled scores the product wrote.
+__global__ void softmax_rows_kernel(float* p, int64_t rows, int64_t seq) {
     const int w = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-    const int64_t task = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + w; // ((b * heads + h) * seq + i)
-    if (task >= batch * heads * seq) return;
-    const int64_t i = task % seq, bh = task / seq, h = bh % heads, b = bh / heads;
-    const int64_t off = b * seq * ld + h * hd;
-    float* s = sh + w * seq;
-    const float* qi = q + off + i * ld;
+    const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + w;
+    if (row >= rows) return;
+    float* r = p + row * seq;
     float mx = -INFINITY;
-    for (int64_t j = lane; j < seq; j += kWarp) {
-        const float* kj = k + off + j * ld;
-        float d = 0;
-        for (int64_t c = 0; c < hd; ++c) d = fmaf(qi[c] * scale, kj[c], d);
-        s[j] = d;
-        mx = fmaxf(mx, d);
-    }
+    for (int64_t j = lane; j < seq; j += kWarp) mx = fmaxf(mx, r[j]);
     mx = warp_max(mx);
     float sum = 0;
     for (int64_t j = lane; j < seq; j += kWarp) {
-        s[j] = expf(s[j] - mx);
-        sum += s[j];
+        const float e = expf(r[j] - mx);
+        r[j] = e;
+        sum += e;
     }
     const float inv = 1.0f / warp_sum(sum);
-    float* P = probs + bh * seq * seq + i * seq;
-    for (int64_t j = lane; j < seq; j += kWarp) {
-        s[j] *= inv;
-        P[j] = s[j];
-    }
-    __syncwarp();
-    warp_row_times(s, seq, v + off, ld, hd, out + off + i * ld, lane);
+    for (int64_t j = lane; j < seq; j += kWarp) r[j] *= inv;
 }
 
-// Row pass: dS_i = P_i * (dP_i - <P_i, dP_i>) * scale with dP_ij = dout_i . v_j
-// (kept in ds), and dQ_i = dS_i K.
-__global__ void attention_backward_rows_kernel(const float* k, const float* v, const float* probs, const float* dout,
-                                               int64_t ld, float* dq, float* ds, int64_t batch, int64_t seq,
-                                               int64_t heads, int64_t hd, float scale) {
+// dS = P * (dP - <P, dP>) * scale per row; d holds dP (rows of one head:
+// row (b, i) of d is row ((b * heads + h) * seq + i) of probs).
+__global__ void softmax_backward_rows_kernel(const float* probs, float* d, int64_t batch, int64_t seq, int64_t heads,
+                                             int64_t h, float scale) {
     const int w = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-    const int64_t task = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + w;
-    if (task >= batch * heads * seq) return;
-    const int64_t i = task % seq, bh = task / seq, h = bh % heads, b = bh / heads;
-    const int64_t off = b * seq * ld + h * hd;
-    const float* P = probs + bh * seq * seq + i * seq;
-    float* D = ds + bh * seq * seq + i * seq;
-    const float* doi = dout + off + i * ld;
+    const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + w; // b * seq + i
+    if (row >= batch * seq) return;
+    const int64_t b = row / seq, i = row % seq;
+    const float* P = probs + ((b * heads + h) * seq + i) * seq;
+    float* D = d + row * seq;
     float dot = 0;
-    for (int64_t j = lane; j < seq; j += kWarp) {
-        const float* vj = v + off + j * ld;
-        float d = 0;
-        for (int64_t c = 0; c < hd; ++c) d = fmaf(doi[c], vj[c], d);
-        D[j] = d;
-        dot += P[j] * d;
-    }
+    for (int64_t j = lane; j < seq; j += kWarp) dot += P[j] * D[j];
     dot = warp_sum(dot);
     for (int64_t j = lane; j < seq; j += kWarp) D[j] = P[j] * (D[j] - dot) * scale;
-    __syncwarp();
-    warp_row_times(D, seq, k + off, ld, hd, dq + off + i * ld, lane);
 }
 
-// Column pass: dK_j = sum_i dS_ij q_i, dV_j = sum_i P_ij dout_i.
-__global__ void attention_backward_cols_kernel(const float* q, const float* probs, const float* dout, const float* ds,
-                                               int64_t ld, float* dk, float* dv, int64_t batch, int64_t seq,
-                                               int64_t heads, int64_t hd) {
-    const int w = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-    const int64_t task = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + w;
-    if (task >= batch * heads * seq) return;
-    const int64_t j = task % seq, bh = task / seq, h = bh % heads, b = bh / heads;
-    const int64_t off = b * seq * ld + h * hd;
-    const float* P = probs + bh * seq * seq;
-    const float* D = ds + bh * seq * seq;
-    for (int64_t c = lane; c < hd; c += kWarp) {
-        float ak = 0, av = 0;
-        for (int64_t i = 0; i < seq; ++i) {
-            ak = fmaf(D[i * seq + j], q[off + i * ld + c], ak);
-            av = fmaf(P[i * seq + j], dout[off + i * ld + c], av);
-        }
-        dk[off + j * ld + c] = ak;
-        dv[off + j * ld + c] = av;
-    }
+namespace {
+constexpr int kSoftmaxWarps = 8;
+
+// Row-major C[b] (m x n, ldc) = alpha op(A[b]) op(B[b]) for b < batch, A, B, C
+// row-major with leading dimensions and per-batch strides (the column-major
+// call computes C^T = op(B)^T op(A)^T).
+void gemm_batched(Backend& be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A,
+                  int64_t lda, int64_t sa, const float* B, int64_t ldb, int64_t sb, float* C, int64_t ldc, int64_t sc,
+                  int64_t batch, const char* what) {
+    cublasHandle_t h = blas_of(be);
+    const float beta = 0.0f;
+    const bool tf32 = bf16_mode(be);
+    if (tf32) cublas_check_status(cublasSetMathMode(h, CUBLAS_TF32_TENSOR_OP_MATH), what);
+    const cublasStatus_t st = cublasSgemmStridedBatched(
+        h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+        static_cast<int>(k), &alpha, B, static_cast<int>(ldb), sb, A, static_cast<int>(lda), sa, &beta, C,
+        static_cast<int>(ldc), sc, static_cast<int>(batch));
+    if (tf32) cublas_check_status(cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH), what);
+    cublas_check_status(st, what);
 }
+} // namespace
 
 // ---- loss ----------------------------------------------------------------------------------
 // One block of 256 threads per row.
@@ -472,31 +437,46 @@ void gelu_backward(Backend& be, const float* u, const float* dg, float* du, int6
 
 void attention_forward(Backend& be, const float* q, const float* k, const float* v, int64_t ld, float* out,
                        float* probs, int64_t batch, int64_t seq, int64_t heads, int64_t hd) {
-    const int64_t tasks = batch * heads * seq;
-    if (tasks == 0) return;
-    const size_t shared = sizeof(float) * static_cast<size_t>(kRowsPerBlock * seq);
-    if (shared > 48 * 1024)
-        throw Error("attention: sequence too long for the GPU kernel", {}, std::to_string(seq) + " positions",
-                    "at most 3072 positions per sequence");
+    if (batch * heads * seq == 0) return;
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-    attention_forward_kernel<<<blocks_for(tasks, kRowsPerBlock), kRowsPerBlock * kWarp, shared, stream_of(be)>>>(
-        q, k, v, ld, out, probs, batch, seq, heads, hd, scale);
-    check(cudaGetLastError(), "attention_forward");
+    const int64_t SS = seq * seq, bs = seq * ld; // per-sequence stride of q, k, v, out
+    for (int64_t h = 0; h < heads; ++h) {
+        // scores: P[b, h] = scale Q_bh K_bh^T
+        gemm_batched(be, false, true, seq, seq, hd, scale, q + h * hd, ld, bs, k + h * hd, ld, bs, probs + h * SS, seq,
+                     heads * SS, batch, "attention_forward (scores)");
+    }
+    const int64_t rows = batch * heads * seq;
+    softmax_rows_kernel<<<blocks_for(rows, kSoftmaxWarps), kSoftmaxWarps * kWarp, 0, stream_of(be)>>>(probs, rows, seq);
+    check(cudaGetLastError(), "attention_forward (softmax)");
+    for (int64_t h = 0; h < heads; ++h) // out_bh = P_bh V_bh
+        gemm_batched(be, false, false, seq, hd, seq, 1.0f, probs + h * SS, seq, heads * SS, v + h * hd, ld, bs,
+                     out + h * hd, ld, bs, batch, "attention_forward (P V)");
 }
 
 void attention_backward(Backend& be, const float* q, const float* k, const float* v, const float* probs,
                         const float* dout, int64_t ld, float* dq, float* dk, float* dv, int64_t batch, int64_t seq,
                         int64_t heads, int64_t hd) {
-    const int64_t tasks = batch * heads * seq;
-    if (tasks == 0) return;
-    cudaStream_t st = stream_of(be);
+    if (batch * heads * seq == 0) return;
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-    Scratch ds(be, static_cast<size_t>(batch * heads * seq * seq));
-    attention_backward_rows_kernel<<<blocks_for(tasks, kRowsPerBlock), kRowsPerBlock * kWarp, 0, st>>>(
-        k, v, probs, dout, ld, dq, ds.p, batch, seq, heads, hd, scale);
-    attention_backward_cols_kernel<<<blocks_for(tasks, kRowsPerBlock), kRowsPerBlock * kWarp, 0, st>>>(
-        q, probs, dout, ds.p, ld, dk, dv, batch, seq, heads, hd);
-    check(cudaGetLastError(), "attention_backward");
+    const int64_t SS = seq * seq, bs = seq * ld;
+    float* ds = scratch_of(be, static_cast<size_t>(batch * SS)); // one head's dP, then dS
+    for (int64_t h = 0; h < heads; ++h) {
+        const float* P = probs + h * SS;
+        const int64_t o = h * hd;
+        // dP = dO V^T
+        gemm_batched(be, false, true, seq, seq, hd, 1.0f, dout + o, ld, bs, v + o, ld, bs, ds, seq, SS, batch,
+                     "attention_backward (dP)");
+        softmax_backward_rows_kernel<<<blocks_for(batch * seq, kSoftmaxWarps), kSoftmaxWarps * kWarp, 0,
+                                       stream_of(be)>>>(probs, ds, batch, seq, heads, h, scale);
+        check(cudaGetLastError(), "attention_backward (softmax)");
+        // dQ = dS K, dK = dS^T Q, dV = P^T dO
+        gemm_batched(be, false, false, seq, hd, seq, 1.0f, ds, seq, SS, k + o, ld, bs, dq + o, ld, bs, batch,
+                     "attention_backward (dQ)");
+        gemm_batched(be, true, false, seq, hd, seq, 1.0f, ds, seq, SS, q + o, ld, bs, dk + o, ld, bs, batch,
+                     "attention_backward (dK)");
+        gemm_batched(be, true, false, seq, hd, seq, 1.0f, P, seq, heads * SS, dout + o, ld, bs, dv + o, ld, bs, batch,
+                     "attention_backward (dV)");
+    }
 }
 
 LossSums masked_loss(Backend& be, const float* logits, int64_t ld, const float* teacher, int64_t ld_teacher,
