@@ -2,6 +2,8 @@
 // batch sizes, threads and shards, FLOP accounting, schedules and bad input.
 #include <doctest.h>
 
+#include "device_proxy.h"
+
 #include "cpu/rowstable_gemm.h"
 #include "magnets/backend.h"
 #include "magnets/error.h"
@@ -30,7 +32,8 @@ TransformerConfig small_config(Nesting nesting = Nesting::width) {
 
 // Weights with some spread (init's N(0, 0.02) gives nearly uniform logits).
 Transformer make_model(const TransformerConfig& c, const std::string& backend = "auto") {
-    Transformer m(c, make_backend(backend));
+    Transformer m(c, backend == "device-proxy" ? std::make_unique<test::DeviceProxy>(make_backend("auto"))
+                                               : make_backend(backend));
     m.init(5);
     Philox rng(9);
     uint64_t s = 0;
@@ -274,4 +277,28 @@ TEST_CASE("schedules, policies and bad input") {
     cls = {0};
     sc.schedule = parse_size_schedule("1:40"); // more steps than the 16 tokens
     CHECK_THROWS_AS(sample(m, sc, cls.data(), 1, 0, 1), Error);
+}
+
+TEST_CASE("the device code path (weights uploaded, draws on the backend) gives the host path's tokens") {
+    // test::DeviceProxy: device-style memory (host code touching it crashes)
+    // with the CPU computing, so the bits must be the host path's.
+    Transformer host = make_model(small_config()), dev = make_model(small_config(), "device-proxy");
+    const auto cls = classes_for(11);
+    for (int v = 0; v < 4; ++v) {
+        CAPTURE(v);
+        SampleConfig sc;
+        sc.seed = 40 + static_cast<uint64_t>(v);
+        sc.schedule = parse_size_schedule("4:2,2:2,1:2");
+        if (v == 1) sc.cfg_scale = 2.0;
+        if (v == 2) { sc.cfg_scale = 1.0; sc.top_k = 5; sc.cache = parse_cache_policy("none"); }
+        if (v == 3) { sc.temperature = 1.5; sc.temperature_end = 0.5; sc.cache = parse_cache_policy("every:2"); }
+        std::vector<float> conf_host, conf_dev;
+        const SampleResult a = sample(host, sc, cls.data(), 11, 3, 4,
+                                      [&](const StepView& st) { conf_host.insert(conf_host.end(), st.confidence, st.confidence + st.count * 16); });
+        const SampleResult b = sample(dev, sc, cls.data(), 11, 3, 4,
+                                      [&](const StepView& st) { conf_dev.insert(conf_dev.end(), st.confidence, st.confidence + st.count * 16); });
+        CHECK(a.tokens == b.tokens);
+        REQUIRE(conf_host.size() == conf_dev.size());
+        CHECK(std::memcmp(conf_host.data(), conf_dev.data(), conf_host.size() * sizeof(float)) == 0);
+    }
 }

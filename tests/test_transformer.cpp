@@ -4,6 +4,8 @@
 // bad token files.
 #include <doctest.h>
 
+#include "device_proxy.h"
+
 #include "test_util.h"
 
 #include "io/h5.h"
@@ -94,12 +96,17 @@ void load_weights(Transformer& m, const std::string& group) {
 // 3.4e-5). We compare attn.k.bias within 3 lr and everything else within 1e-4
 // absolute: 1% of one step; a wrong update rule or clip is off by O(lr).
 TEST_CASE("nested transformer matches PyTorch: logits, losses, gradients, AdamW steps") {
-    for (const std::string& backend : available_backends()) {
+    // "device-proxy": the GPU's code path (device memory, uploads, downloads)
+    // with the CPU computing (tests/device_proxy.h).
+    std::vector<std::string> backends = available_backends();
+    backends.push_back("device-proxy");
+    for (const std::string& backend : backends) {
         for (const std::string mode : {"width", "mone", "mlp"}) {
             CAPTURE(backend);
             CAPTURE(mode);
             Fixture fx = load_fixture(mode);
-            Transformer m(fx.cfg, make_backend(backend));
+            Transformer m(fx.cfg, backend == "device-proxy" ? std::make_unique<test::DeviceProxy>(make_backend("auto"))
+                                                            : make_backend(backend));
             load_weights(m, mode + "/weights");
             Transformer::Impl& im = m.impl();
             const int64_t N = fx.cfg.tokens(), K = fx.cfg.codebook_size, B = fx.batch;
@@ -456,6 +463,47 @@ TEST_CASE("resume continues bit-identically") {
     CHECK(weights_hash(a.weights) == weights_hash(b.weights));
     CHECK(weights_hash(a.ema) == weights_hash(b.ema));
     CHECK(weights_hash(a.state) == weights_hash(b.state));
+}
+
+TEST_CASE("training on device memory (the GPU's code path) gives the host's bits, checkpoints and resume") {
+    // tests/device_proxy.h: parameters, gradients, moments and EMA weights in
+    // "device" memory that host code cannot touch, the CPU computing: the
+    // checkpoints must equal the host run's bit for bit, also when the device
+    // run is interrupted and resumed.
+    test::TempDir dir;
+    TokenFile tr = synthetic_tokens(100, 32, 1), va = synthetic_tokens(40, 32, 2);
+    auto run = [&](const std::string& out, bool device, int64_t stop_after, bool resume, std::string* val) {
+        std::shared_ptr<Backend> be = device ? std::shared_ptr<Backend>(std::make_unique<test::DeviceProxy>(make_backend("auto")))
+                                             : std::shared_ptr<Backend>(make_backend("auto"));
+        Transformer m(tiny_config(tr), be);
+        m.init(3);
+        auto o = tiny_options(out, 12);
+        o.train.objective = Objective::progressive;
+        o.train.val_every = 6;
+        o.train.val_items = 40;
+        o.stop_after = stop_after;
+        o.resume = resume;
+        train_transformer(m, tr, &va, o, [&](const TransformerLog& lg) {
+            if (lg.validation && val)
+                for (const auto& st : lg.subs) *val += std::to_string(st.ce) + " " + std::to_string(st.accuracy) + ";";
+        });
+        return m.hash();
+    };
+    std::string val_host, val_dev;
+    const std::string h_host = run(dir / "host.h5", false, -1, false, &val_host);
+    const std::string h_dev = run(dir / "dev.h5", true, -1, false, &val_dev);
+    CHECK(h_host == h_dev);
+    CHECK(val_host == val_dev);
+    run(dir / "dev2.h5", true, 6, false, nullptr);
+    run(dir / "dev2.h5", true, -1, true, nullptr);
+    Checkpoint a = read_checkpoint(dir / "host.h5", transformer_format, 1);
+    for (const char* f : {"dev.h5", "dev2.h5"}) {
+        CAPTURE(f);
+        Checkpoint b = read_checkpoint(dir / f, transformer_format, 1);
+        CHECK(weights_hash(a.weights) == weights_hash(b.weights));
+        CHECK(weights_hash(a.ema) == weights_hash(b.ema));
+        CHECK(weights_hash(a.state) == weights_hash(b.state));
+    }
 }
 
 TEST_CASE("divergence stops with a clear error and keeps the last good checkpoint") {
