@@ -140,7 +140,10 @@ public:
     }
     void copy(float* dst, const float* src, size_t n) override { dev("copy", dst); dev("copy", src); MAGNETS_FWD(copy(dst, src, n)); }
     void zero(float* p, size_t n) override { dev("zero", p); MAGNETS_FWD(zero(p, n)); }
-    double add_sum_squares(double acc, const float* g, int64_t n) override { dev("add_sum_squares", g); MAGNETS_FWD(add_sum_squares(acc, g, n)); }
+    double sum_squares(const float* const* g, const int64_t* n, int64_t count) override {
+        for (int64_t k = 0; k < count; ++k) dev("sum_squares", g[k]);
+        MAGNETS_FWD(sum_squares(g, n, count));
+    }
     void adamw_update(float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
                       float step_size, float inv_sqrt_bc2, float eps, float wd) override {
         dev("adamw_update", w); dev("adamw_update", g); dev("adamw_update", m); dev("adamw_update", v); MAGNETS_FWD(adamw_update(w, g, m, v, n, clip, b1, b2, step_size, inv_sqrt_bc2, eps, wd));

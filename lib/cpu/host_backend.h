@@ -65,7 +65,7 @@ public:
         if (n) std::memcpy(dst, src, n * sizeof(float));
     }
     void zero(float* p, size_t n) override { std::fill(p, p + n, 0.0f); }
-    double add_sum_squares(double acc, const float* g, int64_t n) override;
+    double sum_squares(const float* const* g, const int64_t* n, int64_t count) override;
     void adamw_update(float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
                       float step_size, float inv_sqrt_bc2, float eps, float wd) override;
     void ema_update(float* e, const float* w, float d, int64_t n) override;

@@ -80,19 +80,24 @@ void HostBackend::embedding_backward(const float* dx, const int32_t* ids, int64_
 // Loops over this many elements or more run on all threads.
 constexpr int64_t kParallelElems = 1 << 16;
 
-double HostBackend::add_sum_squares(double acc, const float* g, int64_t n) {
-    // Sums of squares over fixed chunks, then the chunks in order: the same
-    // bits on any number of threads.
+double HostBackend::sum_squares(const float* const* gs, const int64_t* ns, int64_t count) {
+    // Per array, sums of squares over fixed chunks, then the chunks in order:
+    // the same bits on any number of threads.
     constexpr int64_t chunk = 8192;
-    const int64_t chunks = (n + chunk - 1) / chunk;
-    std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+    double acc = 0.0;
+    std::vector<double> part;
+    for (int64_t a = 0; a < count; ++a) {
+        const float* g = gs[a];
+        const int64_t n = ns[a], chunks = (n + chunk - 1) / chunk;
+        part.assign(static_cast<size_t>(chunks), 0.0);
 #pragma omp parallel for schedule(dynamic, 8) if (n >= kParallelElems)
-    for (int64_t c = 0; c < chunks; ++c) {
-        double s = 0.0;
-        for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) s += static_cast<double>(g[i]) * g[i];
-        part[static_cast<size_t>(c)] = s;
+        for (int64_t c = 0; c < chunks; ++c) {
+            double s = 0.0;
+            for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) s += static_cast<double>(g[i]) * g[i];
+            part[static_cast<size_t>(c)] = s;
+        }
+        for (double p : part) acc += p;
     }
-    for (double p : part) acc += p;
     return acc;
 }
 

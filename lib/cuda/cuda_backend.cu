@@ -331,8 +331,8 @@ public:
     void zero(float* p, size_t n) override {
         if (n) cuda_check(cudaMemsetAsync(p, 0, n * sizeof(float), stream_), "zero");
     }
-    double add_sum_squares(double acc, const float* g, int64_t n) override {
-        return acc + cuda::sum_squares(*this, g, n);
+    double sum_squares(const float* const* g, const int64_t* n, int64_t count) override {
+        return cuda::sum_squares_many(*this, g, n, count);
     }
     void adamw_update(float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
                       float step_size, float inv_sqrt_bc2, float eps, float wd) override {

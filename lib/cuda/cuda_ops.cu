@@ -565,6 +565,30 @@ double sum_squares(Backend& be, const float* g, int64_t n) {
     return s;
 }
 
+double sum_squares_many(Backend& be, const float* const* g, const int64_t* n, int64_t count) {
+    cudaStream_t st = stream_of(be);
+    std::vector<int64_t> first(static_cast<size_t>(count) + 1, 0);
+    std::vector<int> blocks(static_cast<size_t>(count));
+    for (int64_t a = 0; a < count; ++a) {
+        blocks[static_cast<size_t>(a)] = static_cast<int>(std::min<int64_t>(256, (n[a] + 255) / 256));
+        first[static_cast<size_t>(a) + 1] = first[static_cast<size_t>(a)] + blocks[static_cast<size_t>(a)];
+    }
+    const int64_t total = first.back();
+    if (total == 0) return 0.0;
+    double* p = reinterpret_cast<double*>(scratch_of(be, static_cast<size_t>(2 * total)));
+    for (int64_t a = 0; a < count; ++a)
+        if (blocks[static_cast<size_t>(a)] > 0)
+            square_partials_kernel<<<blocks[static_cast<size_t>(a)], 256, 0, st>>>(g[a], n[a],
+                                                                                   p + first[static_cast<size_t>(a)]);
+    check(cudaGetLastError(), "sum_squares");
+    std::vector<double> h(static_cast<size_t>(total));
+    check(cudaMemcpyAsync(h.data(), p, sizeof(double) * h.size(), cudaMemcpyDeviceToHost, st), "sum_squares");
+    check(cudaStreamSynchronize(st), "sum_squares");
+    double s = 0;
+    for (double x : h) s += x; // arrays and their blocks in order
+    return s;
+}
+
 namespace {
 __global__ void ema_kernel(float* e, const float* w, float d, int64_t n) {
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;

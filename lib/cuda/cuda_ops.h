@@ -67,6 +67,8 @@ void embedding_index(const int32_t* ids, int64_t R, int64_t V, int32_t* rows_by_
 
 // Sum of squares of g[0, n) in double (for the global gradient norm).
 double sum_squares(Backend& be, const float* g, int64_t n);
+// The same over count arrays (Backend::sum_squares): one download, one wait.
+double sum_squares_many(Backend& be, const float* const* g, const int64_t* n, int64_t count);
 // One AdamW update of n parameters, as nn::Adam::step (clip already folded
 // into `clip`; step_size = lr / bc1; wd = lr * weight_decay or 0).
 void adamw_update(Backend& be, float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,

@@ -154,10 +154,12 @@ public:
     // Buffers: dst[0, n) = src[0, n); p[0, n) = 0.
     virtual void copy(float* dst, const float* src, size_t n) = 0;
     virtual void zero(float* p, size_t n) = 0;
-    // The optimizer (nn::Adam) and the EMA weights. add_sum_squares returns
-    // acc plus the sum of g[i]^2 in double (the CPU adds fixed chunks in
-    // order, so the bits do not depend on the thread count).
-    virtual double add_sum_squares(double acc, const float* g, int64_t n) = 0;
+    // The optimizer (nn::Adam) and the EMA weights. sum_squares: the sum of
+    // g[k][i]^2 over count arrays g[k] of n[k] floats, in double (g, n host
+    // arrays of pointers into this backend's memory; one call, one wait for
+    // a device). The CPU adds fixed chunks in order, so the bits do not
+    // depend on the thread count.
+    virtual double sum_squares(const float* const* g, const int64_t* n, int64_t count) = 0;
     // One AdamW step of n parameters: g' = g * clip; m = b1 m + (1 - b1) g';
     // v = b2 v + (1 - b2) g'^2; w -= wd * w; w -= step_size * m / (sqrt(v) *
     // inv_sqrt_bc2 + eps).

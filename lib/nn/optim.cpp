@@ -22,9 +22,13 @@ void Adam::add(const std::string& name, float* w, float* g, const std::vector<in
 double Adam::grad_norm() const {
     // Slot by slot in order (the CPU backends sum fixed chunks in order: the
     // same bits on any number of threads).
-    double sq = 0.0;
-    for (const auto& s : slots_) sq = be_->add_sum_squares(sq, s.g, s.n);
-    return std::sqrt(sq);
+    std::vector<const float*> g;
+    std::vector<int64_t> n;
+    for (const auto& s : slots_) {
+        g.push_back(s.g);
+        n.push_back(s.n);
+    }
+    return std::sqrt(be_->sum_squares(g.data(), n.data(), static_cast<int64_t>(g.size())));
 }
 
 double Adam::step(double lr, double norm) {
