@@ -59,6 +59,19 @@ double nerr(const std::vector<float>& got, const std::vector<float>& want) {
     return d / s;
 }
 
+// The cuda backend in its bf16 mode (MAGNETS_CUDA_BF16=1 when it is made).
+std::unique_ptr<Backend> bf16_gpu() {
+    setenv("MAGNETS_CUDA_BF16", "1", 1);
+    try {
+        std::unique_ptr<Backend> be = make_backend("cuda");
+        unsetenv("MAGNETS_CUDA_BF16");
+        return be;
+    } catch (...) {
+        unsetenv("MAGNETS_CUDA_BF16");
+        throw;
+    }
+}
+
 // Device copy of a host array of any trivially copyable type.
 struct Dev {
     Backend& be;
@@ -424,15 +437,7 @@ TEST_CASE("the sampler on the GPU: same seed, same tokens at any batch size; agr
 
 TEST_CASE("cuda bf16 products (MAGNETS_CUDA_BF16=1) match the CPU to bf16 precision") {
     if (!gpu()) return;
-    setenv("MAGNETS_CUDA_BF16", "1", 1);
-    std::unique_ptr<Backend> be;
-    try {
-        be = make_backend("cuda");
-    } catch (...) {
-        unsetenv("MAGNETS_CUDA_BF16");
-        throw;
-    }
-    unsetenv("MAGNETS_CUDA_BF16");
+    std::unique_ptr<Backend> be = bf16_gpu();
     auto cpu = make_backend("ref");
     // Tolerance: bf16 keeps 8 significant bits, so each product carries a
     // relative error up to about 2^-8; over K = 200 random-signed terms the
@@ -476,15 +481,7 @@ TEST_CASE("cuda bf16 products (MAGNETS_CUDA_BF16=1) match the CPU to bf16 precis
 
 TEST_CASE("cuda bf16 attention (MAGNETS_CUDA_BF16=1, tensor cores) matches the CPU to bf16 precision") {
     if (!gpu()) return;
-    setenv("MAGNETS_CUDA_BF16", "1", 1);
-    std::unique_ptr<Backend> be;
-    try {
-        be = make_backend("cuda");
-    } catch (...) {
-        unsetenv("MAGNETS_CUDA_BF16");
-        throw;
-    }
-    unsetenv("MAGNETS_CUDA_BF16");
+    std::unique_ptr<Backend> be = bf16_gpu();
     auto cpu = make_backend("ref");
     // Tolerance: q, k, v and the probabilities are rounded to bf16 (relative
     // 2^-9 each); scores of size up to ~hd/4 with errors of a few 1e-3 move

@@ -54,14 +54,8 @@ Backend::LossSums HostBackend::masked_loss(const float* logits, int64_t ld, cons
                                            const int32_t* targets, const uint8_t* mask, int64_t rows,
                                            int64_t n_classes, double eps, double alpha, double weight, float* dlogits,
                                            int64_t ld_d) {
-    const nn::ops::LossSums s = nn::ops::masked_loss(logits, ld, teacher, ld_teacher, targets, mask, rows, n_classes,
-                                                     eps, alpha, weight, dlogits, ld_d);
-    LossSums out;
-    out.loss = s.loss;
-    out.ce = s.ce;
-    out.correct = s.correct;
-    out.masked = s.masked;
-    return out;
+    return nn::ops::masked_loss(logits, ld, teacher, ld_teacher, targets, mask, rows, n_classes, eps, alpha, weight,
+                                dlogits, ld_d);
 }
 
 void HostBackend::embedding_backward(const float* dx, const int32_t* ids, int64_t R, int64_t S, int64_t r, int64_t D,

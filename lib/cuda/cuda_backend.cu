@@ -302,14 +302,8 @@ public:
     LossSums masked_loss(const float* logits, int64_t ld, const float* teacher, int64_t ld_teacher,
                          const int32_t* targets, const uint8_t* mask, int64_t rows, int64_t n_classes, double eps,
                          double alpha, double weight, float* dlogits, int64_t ld_d) override {
-        const cuda::LossSums s = cuda::masked_loss(*this, logits, ld, teacher, ld_teacher, targets, mask, rows,
-                                                   n_classes, eps, alpha, weight, dlogits, ld_d);
-        LossSums out;
-        out.loss = s.loss;
-        out.ce = s.ce;
-        out.correct = s.correct;
-        out.masked = s.masked;
-        return out;
+        return cuda::masked_loss(*this, logits, ld, teacher, ld_teacher, targets, mask, rows, n_classes, eps, alpha,
+                                 weight, dlogits, ld_d);
     }
     void embedding_backward(const float* dx, const int32_t* ids_host, int64_t R, int64_t S, int64_t r, int64_t D,
                             float* tok_grad, float* pos_grad) override {

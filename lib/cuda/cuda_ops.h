@@ -44,10 +44,7 @@ void attention_backward(Backend& be, const float* q, const float* k, const float
 // As nn::ops::masked_loss: per-row alpha * CE_smooth + (1 - alpha) * H(teacher)
 // on rows with mask != 0 (targets int32, mask uint8, both device memory);
 // dlogits may be null. The sums come back to the host.
-struct LossSums {
-    double loss = 0, ce = 0;
-    int64_t correct = 0, masked = 0;
-};
+using LossSums = Backend::LossSums;
 LossSums masked_loss(Backend& be, const float* logits, int64_t ld, const float* teacher, int64_t ld_teacher,
                      const int32_t* targets, const uint8_t* mask, int64_t rows, int64_t n_classes, double eps,
                      double alpha, double weight, float* dlogits, int64_t ld_d);

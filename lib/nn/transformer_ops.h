@@ -17,6 +17,7 @@
 #include <omp.h>
 
 #include "core/fma_block.h"
+#include "magnets/backend.h"
 #include "core/fastmath.h"
 
 namespace magnets::nn::ops {
@@ -364,10 +365,7 @@ void attention_backward(const T* q, const T* k, const T* v, const T* probs, cons
 // masked rows is the loss; dlogits = weight / M * (q - target distribution)
 // (0 on unmasked rows). teacher may be null (then alpha must be 1).
 // Returns {loss, ce (no smoothing), correct count, masked count}.
-struct LossSums {
-    double loss = 0, ce = 0;
-    int64_t correct = 0, masked = 0;
-};
+using LossSums = Backend::LossSums; // the backends' masked_loss returns the same sums
 
 template <typename T>
 LossSums masked_loss(const T* logits, int64_t ld, const T* teacher, int64_t ld_teacher, const int32_t* targets,
