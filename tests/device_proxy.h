@@ -98,6 +98,26 @@ public:
                    int32_t* token, float* conf) override {
         dev("draw_rows", logits); dev("draw_rows", rows); dev("draw_rows", streams); dev("draw_rows", token); dev("draw_rows", conf); MAGNETS_FWD(draw_rows(logits, n, d, rows, streams, token, conf));
     }
+    void sampler_rows(const int32_t* masked, const int32_t* fresh, int64_t nb, int64_t seqs, int64_t N, bool refresh,
+                      int64_t rq, int64_t ro, int64_t step, int32_t* pos, int32_t* out_rows, int32_t* meta,
+                      int32_t* row_pos) override {
+        for (const void* p : {static_cast<const void*>(masked), static_cast<const void*>(fresh),
+                              static_cast<const void*>(pos), static_cast<const void*>(out_rows),
+                              static_cast<const void*>(meta), static_cast<const void*>(row_pos)})
+            dev("sampler_rows", p);
+        MAGNETS_FWD(sampler_rows(masked, fresh, nb, seqs, N, refresh, rq, ro, step, pos, out_rows, meta, row_pos));
+    }
+    void reveal_top(const int32_t* token, const float* conf, const int32_t* row_pos, int64_t nb, int64_t ro,
+                    int64_t reveal, int64_t N, int64_t S, int64_t branches, int32_t* masked, int32_t* fresh,
+                    int32_t* tokens, int32_t* ids, float* conf_all) override {
+        for (const void* p : {static_cast<const void*>(token), static_cast<const void*>(conf),
+                              static_cast<const void*>(row_pos), static_cast<const void*>(masked),
+                              static_cast<const void*>(fresh), static_cast<const void*>(tokens),
+                              static_cast<const void*>(ids), static_cast<const void*>(conf_all)})
+            dev("reveal_top", p);
+        MAGNETS_FWD(reveal_top(token, conf, row_pos, nb, ro, reveal, N, S, branches, masked, fresh, tokens, ids,
+                               conf_all));
+    }
     void layernorm_forward(const float* x, int64_t ldx, float* y, int64_t ldy, float* mean, float* rstd,
                            const float* g, const float* b, int64_t rows, int64_t n) override {
         dev("layernorm_forward", x); dev("layernorm_forward", y); dev("layernorm_forward", mean); dev("layernorm_forward", rstd); dev("layernorm_forward", g); dev("layernorm_forward", b); MAGNETS_FWD(layernorm_forward(x, ldx, y, ldy, mean, rstd, g, b, rows, n));

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -383,6 +384,68 @@ TEST_CASE("cuda draw_rows matches the CPU's draw on the same logits") {
         MESSAGE("draw_rows K=" << K << ": " << same << " of " << n << " codes equal; max confidence error " << conf_err);
         CHECK(same >= n - 1);
         CHECK(conf_err < 1e-4);
+    }
+}
+
+TEST_CASE("cuda sampler_rows and reveal_top match the CPU (ties ranked by position)") {
+    auto be = gpu();
+    if (!be) return;
+    auto cpu = make_backend("ref");
+    const int64_t nb = 5, branches = 2, seqs = nb * branches, N = 300, S = N + 1, ro = 120, reveal = 37;
+    // every image: 120 masked, 40 fresh, the rest revealed earlier
+    std::vector<int32_t> masked(static_cast<size_t>(nb * N), 0), fresh(static_cast<size_t>(nb * N), 0);
+    std::mt19937 gen(5);
+    for (int64_t img = 0; img < nb; ++img) {
+        std::vector<int64_t> perm(static_cast<size_t>(N));
+        std::iota(perm.begin(), perm.end(), 0);
+        std::shuffle(perm.begin(), perm.end(), gen);
+        for (int64_t k = 0; k < ro; ++k) masked[static_cast<size_t>(img * N + perm[static_cast<size_t>(k)])] = 1;
+        for (int64_t k = ro; k < ro + 40; ++k) fresh[static_cast<size_t>(img * N + perm[static_cast<size_t>(k)])] = 1;
+    }
+    for (bool refresh : {false, true}) {
+        CAPTURE(refresh);
+        const int64_t rq = refresh ? S : ro + 40;
+        std::vector<int32_t> pos(static_cast<size_t>(seqs * rq)), out(static_cast<size_t>(seqs * ro)),
+            meta(static_cast<size_t>(2 * nb * ro)), rpos(static_cast<size_t>(nb * ro));
+        cpu->sampler_rows(masked.data(), fresh.data(), nb, seqs, N, refresh, rq, ro, 7, pos.data(), out.data(),
+                          meta.data(), rpos.data());
+        Dev M(*be, masked), F(*be, fresh), Po(*be, pos), O(*be, out), Me(*be, meta), Rp(*be, rpos);
+        be->sampler_rows(M.as<int32_t>(), F.as<int32_t>(), nb, seqs, N, refresh, rq, ro, 7, Po.as<int32_t>(),
+                         O.as<int32_t>(), Me.as<int32_t>(), Rp.as<int32_t>());
+        auto ints = [](const std::vector<float>& f) {
+            std::vector<int32_t> v(f.size());
+            std::memcpy(v.data(), f.data(), f.size() * sizeof(float));
+            return v;
+        };
+        CHECK(ints(Po.get(pos.size())) == pos);
+        CHECK(ints(O.get(out.size())) == out);
+        CHECK(ints(Me.get(meta.size())) == meta);
+        CHECK(ints(Rp.get(rpos.size())) == rpos);
+        if (refresh) continue;
+        // reveal: confidences with many ties (rounded to 0.5)
+        std::vector<int32_t> tok(static_cast<size_t>(nb * ro)), ids(static_cast<size_t>(seqs * S), 3),
+            tokens(static_cast<size_t>(nb * N), 99);
+        std::vector<float> conf(static_cast<size_t>(nb * ro)), conf_all(static_cast<size_t>(nb * N));
+        for (size_t i = 0; i < tok.size(); ++i) {
+            tok[i] = static_cast<int32_t>(gen() % 64);
+            conf[i] = std::round(static_cast<float>(gen() % 1000) / 100.0f) * 0.5f - 2.0f;
+        }
+        auto mk = masked, fr = fresh;
+        cpu->reveal_top(tok.data(), conf.data(), rpos.data(), nb, ro, reveal, N, S, branches, mk.data(), fr.data(),
+                        tokens.data(), ids.data(), conf_all.data());
+        Dev Tk(*be, tok), Cf(*be, conf), M2(*be, masked), F2(*be, fresh), Ts(*be, std::vector<int32_t>(tokens.size(), 99)),
+            Id(*be, std::vector<int32_t>(ids.size(), 3)), Ca(*be, conf_all);
+        be->reveal_top(Tk.as<int32_t>(), Cf.p, Rp.as<int32_t>(), nb, ro, reveal, N, S, branches, M2.as<int32_t>(),
+                       F2.as<int32_t>(), Ts.as<int32_t>(), Id.as<int32_t>(), Ca.p);
+        CHECK(ints(M2.get(mk.size())) == mk);
+        CHECK(ints(F2.get(fr.size())) == fr);
+        CHECK(ints(Ts.get(tokens.size())) == tokens);
+        CHECK(ints(Id.get(ids.size())) == ids);
+        const std::vector<float> ca = Ca.get(conf_all.size());
+        for (size_t i = 0; i < ca.size(); ++i) {
+            CHECK(std::isnan(ca[i]) == std::isnan(conf_all[i]));
+            if (!std::isnan(conf_all[i])) CHECK(ca[i] == conf_all[i]);
+        }
     }
 }
 

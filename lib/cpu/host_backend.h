@@ -72,6 +72,12 @@ public:
     // ... and the sampler's draw (lib/cpu/host_sampler_ops.cpp).
     void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows, const int32_t* streams,
                    int32_t* token, float* conf) override;
+    void sampler_rows(const int32_t* masked, const int32_t* fresh, int64_t nb, int64_t seqs, int64_t N, bool refresh,
+                      int64_t rq, int64_t ro, int64_t step, int32_t* pos, int32_t* out_rows, int32_t* meta,
+                      int32_t* row_pos) override;
+    void reveal_top(const int32_t* token, const float* conf, const int32_t* row_pos, int64_t nb, int64_t ro,
+                    int64_t reveal, int64_t N, int64_t S, int64_t branches, int32_t* masked, int32_t* fresh,
+                    int32_t* tokens, int32_t* ids, float* conf_all) override;
 };
 
 } // namespace magnets

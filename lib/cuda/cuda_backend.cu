@@ -333,6 +333,17 @@ public:
         cuda::adamw_update(*this, w, g, m, v, n, clip, b1, b2, step_size, inv_sqrt_bc2, eps, wd);
     }
     void ema_update(float* e, const float* w, float d, int64_t n) override { cuda::ema_update(*this, e, w, d, n); }
+    void sampler_rows(const int32_t* masked, const int32_t* fresh, int64_t nb, int64_t seqs, int64_t N, bool refresh,
+                      int64_t rq, int64_t ro, int64_t step, int32_t* pos, int32_t* out_rows, int32_t* meta,
+                      int32_t* row_pos) override {
+        cuda::sampler_rows(*this, masked, fresh, nb, seqs, N, refresh, rq, ro, step, pos, out_rows, meta, row_pos);
+    }
+    void reveal_top(const int32_t* token, const float* conf, const int32_t* row_pos, int64_t nb, int64_t ro,
+                    int64_t reveal, int64_t N, int64_t S, int64_t branches, int32_t* masked, int32_t* fresh,
+                    int32_t* tokens, int32_t* ids, float* conf_all) override {
+        cuda::reveal_top(*this, token, conf, row_pos, nb, ro, reveal, N, S, branches, masked, fresh, tokens, ids,
+                         conf_all);
+    }
     void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows, const int32_t* streams,
                    int32_t* token, float* conf) override {
         cuda::draw_rows(*this, logits, n, d, rows, streams, token, conf);

@@ -96,5 +96,11 @@ bool attention_rows_bf16(Backend& be, const float* q, const float* kc, const flo
 // ---- the sampler's draw (cuda_sampler_ops.cu): Backend::draw_rows.
 void draw_rows(Backend& be, const float* logits, int64_t n, const Backend::DrawSpec& d, const int32_t* rows,
                const int32_t* streams, int32_t* token, float* conf);
+void sampler_rows(Backend& be, const int32_t* masked, const int32_t* fresh, int64_t nb, int64_t seqs, int64_t N,
+                  bool refresh, int64_t rq, int64_t ro, int64_t step, int32_t* pos, int32_t* out_rows, int32_t* meta,
+                  int32_t* row_pos);
+void reveal_top(Backend& be, const int32_t* token, const float* conf, const int32_t* row_pos, int64_t nb, int64_t ro,
+                int64_t reveal, int64_t N, int64_t S, int64_t branches, int32_t* masked, int32_t* fresh,
+                int32_t* tokens, int32_t* ids, float* conf_all);
 
 } // namespace magnets::cuda

@@ -1,7 +1,7 @@
-// lib/cuda/cuda_sampler_ops.cu: the sampler's draw on the GPU
-// (Backend::draw_rows; the CPU version is lib/cpu/host_sampler_ops.cpp), so
-// the logits of a decoding step stay on the device and only a code and a
-// confidence per masked position come back to the host.
+// lib/cuda/cuda_sampler_ops.cu: the sampler's per-step work on the GPU
+// (Backend::sampler_rows, draw_rows, reveal_top; the CPU versions are in
+// lib/cpu/host_sampler_ops.cpp), so a decoding step stays on the device:
+// the rows to compute, the draws from the logits, the ranking and reveal.
 //
 // One block per masked position. The random numbers come from the same
 // inline Philox as the CPU's (core/philox.h) and exp from the same
@@ -150,7 +150,128 @@ __global__ void __launch_bounds__(kDrawThreads) draw_rows_kernel(const float* lo
     conf[i] = static_cast<float>(logp + a.choice * philox::gumbel(a.seed, gum_stream, ctr));
 }
 
+// One thread per sequence: its positions to compute and the indices of its
+// masked ones among them (N is small: a sequential scan keeps the order).
+__global__ void sampler_rows_kernel(const int32_t* masked, const int32_t* fresh, int64_t nb, int64_t seqs, int64_t N,
+                                    int refresh, int64_t rq, int64_t ro, int32_t* pos, int32_t* out_rows) {
+    const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (b >= seqs) return;
+    const int64_t img = b % nb;
+    const int32_t* mk = masked + img * N;
+    const int32_t* fr = fresh + img * N;
+    int32_t* pb = pos + b * rq;
+    int32_t* ob = out_rows + b * ro;
+    int64_t cnt = 0, out = 0;
+    if (refresh) {
+        for (int64_t j = 0; j <= N; ++j) pb[j] = static_cast<int32_t>(j);
+        for (int64_t j = 0; j < N; ++j)
+            if (mk[j]) ob[out++] = static_cast<int32_t>(1 + j);
+    } else {
+        for (int64_t j = 0; j < N; ++j)
+            if (mk[j] || fr[j]) {
+                if (mk[j]) ob[out++] = static_cast<int32_t>(cnt);
+                pb[cnt++] = static_cast<int32_t>(1 + j);
+            }
+    }
+}
+
+// One thread per image: its ro draws' (image, counter) and positions.
+__global__ void draw_meta_kernel(const int32_t* masked, int64_t nb, int64_t N, int64_t ro, int64_t step, int32_t* meta,
+                                 int32_t* row_pos) {
+    const int64_t img = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (img >= nb) return;
+    int64_t i = img * ro;
+    for (int64_t j = 0; j < N; ++j)
+        if (masked[img * N + j]) {
+            meta[2 * i] = static_cast<int32_t>(img);
+            meta[2 * i + 1] = static_cast<int32_t>(step * N + j);
+            row_pos[i++] = static_cast<int32_t>(j);
+        }
+}
+
+constexpr int kRankThreads = 256;
+
+// One block per image: its draws sorted by (-confidence, index) in shared
+// memory (bitonic, a total order as the CPU's std::sort of the same pairs),
+// then the first `reveal` written into the decoding state.
+__global__ void __launch_bounds__(kRankThreads) reveal_top_kernel(const int32_t* token, const float* conf,
+                                                                  const int32_t* row_pos, int64_t ro, int64_t reveal,
+                                                                  int64_t nb, int64_t N, int64_t S, int64_t branches,
+                                                                  int P, int32_t* masked, int32_t* fresh,
+                                                                  int32_t* tokens, int32_t* ids, float* conf_all) {
+    extern __shared__ float rank_sh[];
+    float* key = rank_sh;                                  // P
+    int32_t* idx = reinterpret_cast<int32_t*>(rank_sh + P); // P
+    const int64_t img = blockIdx.x;
+    const int t = static_cast<int>(threadIdx.x);
+    for (int64_t j = t; j < N; j += kRankThreads) {
+        fresh[img * N + j] = 0;
+        conf_all[img * N + j] = __int_as_float(0x7fc00000); // NaN: nothing drawn here
+    }
+    __syncthreads();
+    for (int q = t; q < P; q += kRankThreads) {
+        if (q < ro) {
+            const int64_t i = img * ro + q;
+            conf_all[img * N + row_pos[i]] = conf[i];
+            key[q] = -conf[i];
+            idx[q] = q;
+        } else {
+            key[q] = INFINITY;
+            idx[q] = 0x7fffffff;
+        }
+    }
+    __syncthreads();
+    for (int k = 2; k <= P; k <<= 1)
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int q = t; q < P; q += kRankThreads) {
+                const int o = q ^ j;
+                if (o <= q) continue;
+                const bool greater = key[q] > key[o] || (key[q] == key[o] && idx[q] > idx[o]);
+                if (((q & k) == 0) == greater) {
+                    const float kk = key[q]; key[q] = key[o]; key[o] = kk;
+                    const int32_t ii = idx[q]; idx[q] = idx[o]; idx[o] = ii;
+                }
+            }
+            __syncthreads();
+        }
+    for (int64_t q = t; q < reveal; q += kRankThreads) {
+        const int64_t i = img * ro + idx[q];
+        const int64_t j = row_pos[i];
+        masked[img * N + j] = 0;
+        fresh[img * N + j] = 1;
+        tokens[img * N + j] = token[i];
+        for (int64_t br = 0; br < branches; ++br) ids[(br * nb + img) * S + 1 + j] = token[i];
+    }
+}
+
 } // namespace
+
+void sampler_rows(Backend& be, const int32_t* masked, const int32_t* fresh, int64_t nb, int64_t seqs, int64_t N,
+                  bool refresh, int64_t rq, int64_t ro, int64_t step, int32_t* pos, int32_t* out_rows, int32_t* meta,
+                  int32_t* row_pos) {
+    if (seqs == 0) return;
+    cudaStream_t st = stream_of(be);
+    sampler_rows_kernel<<<blocks_for(seqs, 64), 64, 0, st>>>(masked, fresh, nb, seqs, N, refresh ? 1 : 0, rq, ro, pos,
+                                                            out_rows);
+    if (ro > 0) draw_meta_kernel<<<blocks_for(nb, 64), 64, 0, st>>>(masked, nb, N, ro, step, meta, row_pos);
+    check(cudaGetLastError(), "sampler_rows");
+}
+
+void reveal_top(Backend& be, const int32_t* token, const float* conf, const int32_t* row_pos, int64_t nb, int64_t ro,
+                int64_t reveal, int64_t N, int64_t S, int64_t branches, int32_t* masked, int32_t* fresh,
+                int32_t* tokens, int32_t* ids, float* conf_all) {
+    if (nb == 0) return;
+    int P = 1;
+    while (P < ro) P <<= 1;
+    const size_t shared = static_cast<size_t>(P) * (sizeof(float) + sizeof(int32_t));
+    if (shared > 48 * 1024)
+        check(cudaFuncSetAttribute(reveal_top_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(shared)),
+              "reveal_top (too many tokens per image for one block's shared memory)");
+    reveal_top_kernel<<<static_cast<unsigned>(nb), kRankThreads, shared, stream_of(be)>>>(
+        token, conf, row_pos, ro, reveal, nb, N, S, branches, P, masked, fresh, tokens, ids, conf_all);
+    check(cudaGetLastError(), "reveal_top");
+}
 
 void draw_rows(Backend& be, const float* logits, int64_t n, const Backend::DrawSpec& d, const int32_t* rows,
                const int32_t* streams, int32_t* token, float* conf) {

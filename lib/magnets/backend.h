@@ -105,6 +105,25 @@ public:
     // result never depends on n or on the other rows.
     virtual void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows,
                            const int32_t* streams, int32_t* token, float* conf) = 0;
+    // The step's rows, from the decoding state of nb images of N tokens
+    // (masked, fresh [nb * N] int32 0/1: still masked; revealed by the
+    // previous step): for each of seqs sequences (image b % nb), pos [seqs *
+    // rq] the positions to compute (refresh: 0..S-1; else 1 + j for every j
+    // masked or fresh, rq of them), out_rows [seqs * ro] the indices into its
+    // pos of the masked positions (ro = the masked count), and for the nb * ro
+    // draws: meta [nb * ro, 2] (image, step * N + j) and row_pos [nb * ro] (j).
+    virtual void sampler_rows(const int32_t* masked, const int32_t* fresh, int64_t nb, int64_t seqs, int64_t N,
+                              bool refresh, int64_t rq, int64_t ro, int64_t step, int32_t* pos, int32_t* out_rows,
+                              int32_t* meta, int32_t* row_pos) = 0;
+    // Rank and reveal: per image, its ro draws (token, conf, row_pos as from
+    // draw_rows and sampler_rows) sorted by confidence, highest first, ties by
+    // position; the first `reveal` become tokens: masked = 0, fresh = 1 (0 for
+    // every other position), tokens [nb * N] = the code, and the code into ids
+    // [branches * nb * S] at 1 + j of each branch's sequence. conf_all [nb * N]
+    // gets every drawn confidence, NaN elsewhere.
+    virtual void reveal_top(const int32_t* token, const float* conf, const int32_t* row_pos, int64_t nb, int64_t ro,
+                            int64_t reveal, int64_t N, int64_t S, int64_t branches, int32_t* masked, int32_t* fresh,
+                            int32_t* tokens, int32_t* ids, float* conf_all) = 0;
 
     // ---- the nested transformer's training operations (Transformer::Impl) ----
     // Same arguments and meaning as the templates of lib/nn/transformer_ops.h,

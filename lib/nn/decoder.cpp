@@ -74,7 +74,9 @@ const float* Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos,
     const int64_t S = cfg_.seq(), D = cfg_.width, F = cfg_.mlp_width(), r = s.resid, a = s.attn, f = s.mlp;
     if (!out_rows) ro = rq;
     check(ro >= 0 && ro <= rq, "decoder", "more output rows than computed rows");
-    if (out_rows)
+    const bool dev_arrays = arrays_on_backend_;
+    arrays_on_backend_ = false;
+    if (out_rows && !dev_arrays)
         for (int64_t b = 0; b < seqs_; ++b)
             for (int64_t k = 0; k < ro; ++k)
                 check(out_rows[b * ro + k] >= 0 && out_rows[b * ro + k] < rq &&
@@ -94,11 +96,14 @@ const float* Decoder::forward(int64_t p, const int32_t* ids, const int32_t* pos,
     float *att = att_.grow(RD), *tmp = tmp_.grow(RD), *u = u_.grow(static_cast<size_t>(R * F));
     // A refresh that lists every position in order writes keys and values
     // straight into the cache; other steps scatter their fresh rows there.
+    // (Arrays already on the backend: a refresh lists every position in order.)
     bool in_order = rq == S;
-    for (int64_t i = 0; in_order && i < R; ++i) in_order = pos[i] == i % S;
-    const int32_t* d_ids = ints(ids, seqs_ * S, ids_);
-    const int32_t* d_pos = ints(pos, R, pos_);
-    const int32_t* d_out = out_rows && ro < rq ? ints(out_rows, seqs_ * ro, out_) : nullptr;
+    if (dev_arrays) in_order = in_order && refresh;
+    else
+        for (int64_t i = 0; in_order && i < R; ++i) in_order = pos[i] == i % S;
+    const int32_t* d_ids = dev_arrays ? ids : ints(ids, seqs_ * S, ids_);
+    const int32_t* d_pos = dev_arrays ? pos : ints(pos, R, pos_);
+    const int32_t* d_out = out_rows && ro < rq ? (dev_arrays ? out_rows : ints(out_rows, seqs_ * ro, out_)) : nullptr;
     B.embed_rows(d_ids, d_pos, rq, S, W(m_.tok_emb), W(m_.pos_emb), D, x, R, r);
     auto mm = [&](const float* in, int64_t kd, const Param* w, const Param* bias, int64_t n, float* out,
                   Backend::Act act = Backend::Act::none) {

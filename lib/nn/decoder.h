@@ -58,6 +58,14 @@ public:
     // for the ro rows only, with the same bits as the full computation.
     const float* forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t rq, bool refresh,
                          const int32_t* out_rows = nullptr, int64_t ro = -1);
+    // The same with ids, pos and out_rows already in the backend's memory
+    // (the sampler keeps its decoding state there); a refresh's pos must list
+    // every position in order.
+    const float* forward_backend(int64_t p, const int32_t* ids, const int32_t* pos, int64_t rq, bool refresh,
+                                 const int32_t* out_rows, int64_t ro) {
+        arrays_on_backend_ = true;
+        return forward(p, ids, pos, rq, refresh, out_rows, ro);
+    }
     // The same, with the hidden rows copied to a host vector.
     void forward(int64_t p, const int32_t* ids, const int32_t* pos, int64_t rq, bool refresh, std::vector<float>& hidden,
                  const int32_t* out_rows = nullptr, int64_t ro = -1);
@@ -73,6 +81,7 @@ private:
     std::unique_ptr<DecoderWeights> own_w_;
     const DecoderWeights* w_;
     int64_t cache_p_ = 0, cache_attn_ = 0, last_rows_ = 0, last_width_ = 0;
+    bool arrays_on_backend_ = false; // set by forward_backend for one call
     std::vector<std::unique_ptr<BackendBuffer>> kc_, vc_; // per layer [seqs * S, a] (a of the cache's sub-model)
     BackendBuffer x_, h_, q_, k_, v_, att_, tmp_, u_, hidden_, ids_, pos_, out_;
 };

@@ -204,44 +204,69 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
     const double t_start = now_seconds();
 
     // The weights in the backend's memory (uploaded once on a device), and
-    // the logits there: on a CPU backend they are read in place, from a
-    // device they come down once per step.
+    // the whole decoding state there too: ids, masked and fresh flags, the
+    // step's rows, logits, draws, tokens. A step runs as backend operations
+    // (sampler_rows, the decoder, the head, draw_rows, reveal_top); on a GPU
+    // nothing comes back to the host unless a step observer asks for it.
+    Backend& be = *m.be;
     const nn::DecoderWeights weights(m);
-    nn::BackendBuffer dev_logits(*m.be), dev_meta(*m.be), dev_draw(*m.be), dev_streams(*m.be);
     check(static_cast<double>(T) * static_cast<double>(N) < 2147483648.0, "sampler",
           "steps x tokens must stay below 2^31 (the draws' counters are int32)");
+    struct IntBuf { // int32 arrays in the backend's memory
+        nn::BackendBuffer buf;
+        explicit IntBuf(Backend& b) : buf(b) {}
+        int32_t* grow(int64_t n) { return reinterpret_cast<int32_t*>(buf.grow(static_cast<size_t>(std::max<int64_t>(n, 1)))); }
+        void put(Backend& b, const std::vector<int32_t>& h) {
+            b.upload(buf.grow(std::max<size_t>(h.size(), 1)), reinterpret_cast<const float*>(h.data()), h.size());
+        }
+        void get(Backend& b, std::vector<int32_t>& h) const {
+            b.download(reinterpret_cast<float*>(h.data()), buf.data(), h.size());
+        }
+        int32_t* data() const { return buf.ints(); }
+    };
+    IntBuf d_ids(be), d_masked(be), d_fresh(be), d_tokens(be), d_streams(be), d_pos(be), d_out(be), d_meta(be),
+        d_rowpos(be), d_drawn(be);
+    nn::BackendBuffer d_logits(be), d_conf(be), d_conf_all(be);
     for (int64_t first = 0; first < n; first += batch_size) {
         const int64_t nb = std::min(batch_size, n - first), seqs = nb * branches;
         Decoder dec(m, seqs, &weights);
-        std::vector<int32_t> ids(static_cast<size_t>(seqs * S));
-        std::vector<uint8_t> masked(static_cast<size_t>(nb * N), 1), was_revealed_prev(static_cast<size_t>(nb * N), 0),
-            revealed_now(static_cast<size_t>(nb * N), 0);
-        for (int64_t b = 0; b < seqs; ++b) {
-            const int64_t img = b % nb;
-            const int32_t c = classes[first + img];
-            ids[static_cast<size_t>(b * S)] = static_cast<int32_t>(
-                b >= nb || c < 0 ? cfg.null_id() : cfg.class_id(c));
-            for (int64_t j = 0; j < N; ++j) ids[static_cast<size_t>(b * S + 1 + j)] = static_cast<int32_t>(cfg.mask_id());
-        }
-        std::vector<uint16_t> view_tokens(static_cast<size_t>(nb * N), static_cast<uint16_t>(K));
-        std::vector<float> conf_all(static_cast<size_t>(nb * N));
-        std::vector<int32_t> pos, out_rows;
-        // Per image, its token and choice streams (uint64 as two int32 words
-        // each) for draw_rows; on a device, uploaded once per batch.
-        std::vector<int32_t> streams(static_cast<size_t>(4 * nb));
-        for (int64_t img = 0; img < nb; ++img) {
-            const uint64_t g = static_cast<uint64_t>(first_index + first + img);
-            const uint64_t st[2] = {stream_id("sample-token", g), stream_id("sample-choice", g)};
-            for (int w = 0; w < 2; ++w) {
-                streams[static_cast<size_t>(4 * img + 2 * w)] = static_cast<int32_t>(static_cast<uint32_t>(st[w]));
-                streams[static_cast<size_t>(4 * img + 2 * w + 1)] = static_cast<int32_t>(static_cast<uint32_t>(st[w] >> 32));
+        {   // the batch's starting state: class (or NULL) token, then MASK everywhere
+            std::vector<int32_t> ids(static_cast<size_t>(seqs * S));
+            for (int64_t b = 0; b < seqs; ++b) {
+                const int64_t img = b % nb;
+                const int32_t c = classes[first + img];
+                ids[static_cast<size_t>(b * S)] = static_cast<int32_t>(b >= nb || c < 0 ? cfg.null_id() : cfg.class_id(c));
+                for (int64_t j = 0; j < N; ++j) ids[static_cast<size_t>(b * S + 1 + j)] = static_cast<int32_t>(cfg.mask_id());
             }
+            d_ids.put(be, ids);
+            d_masked.put(be, std::vector<int32_t>(static_cast<size_t>(nb * N), 1));
+            d_fresh.put(be, std::vector<int32_t>(static_cast<size_t>(nb * N), 0));
+            d_tokens.put(be, std::vector<int32_t>(static_cast<size_t>(nb * N), static_cast<int32_t>(K)));
+            // per image, its token and choice streams (uint64 as two int32 words each)
+            std::vector<int32_t> streams(static_cast<size_t>(4 * nb));
+            for (int64_t img = 0; img < nb; ++img) {
+                const uint64_t g = static_cast<uint64_t>(first_index + first + img);
+                const uint64_t st[2] = {stream_id("sample-token", g), stream_id("sample-choice", g)};
+                for (int w = 0; w < 2; ++w) {
+                    streams[static_cast<size_t>(4 * img + 2 * w)] = static_cast<int32_t>(static_cast<uint32_t>(st[w]));
+                    streams[static_cast<size_t>(4 * img + 2 * w + 1)] = static_cast<int32_t>(static_cast<uint32_t>(st[w] >> 32));
+                }
+            }
+            d_streams.put(be, streams);
         }
-        if (!m.be->host_memory())
-            m.be->upload(dev_streams.grow(streams.size()), reinterpret_cast<const float*>(streams.data()), streams.size());
-        std::vector<int32_t> row_meta, row_pos, drawn;
-        std::vector<float> conf_rows;
-        int64_t masked_now = N;
+        d_pos.grow(seqs * S);
+        d_out.grow(seqs * N);
+        d_meta.grow(2 * nb * N);
+        d_rowpos.grow(nb * N);
+        d_drawn.grow(nb * N);
+        d_conf.grow(static_cast<size_t>(std::max<int64_t>(nb * N, 1)));
+        d_conf_all.grow(static_cast<size_t>(std::max<int64_t>(nb * N, 1)));
+        // host copies for a step observer
+        std::vector<int32_t> h_tokens(static_cast<size_t>(nb * N)), h_fresh(static_cast<size_t>(nb * N));
+        std::vector<uint16_t> view_tokens(static_cast<size_t>(nb * N));
+        std::vector<uint8_t> revealed_now(static_cast<size_t>(nb * N));
+        std::vector<float> conf_all(static_cast<size_t>(nb * N));
+        int64_t masked_now = N, fresh_now = 0;
 
         for (int64_t s = 0; s < T; ++s) {
             const double ts = now_seconds();
@@ -254,53 +279,26 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
                 refresh = width_change || (switched && sc.cache.mode == CachePolicy::on_switch) ||
                           (sc.cache.mode == CachePolicy::every && s % sc.cache.period == 0);
             }
-            // Rows to compute per sequence (same positions in both branches).
-            int64_t rq = 0;
-            pos.clear();
-            if (refresh) {
-                rq = S;
-                for (int64_t b = 0; b < seqs; ++b)
-                    for (int64_t j = 0; j < S; ++j) pos.push_back(static_cast<int32_t>(j));
-            } else {
-                // still masked, or revealed in the previous step (now with their ids)
-                std::vector<int32_t> first_rows;
-                for (int64_t b = 0; b < seqs; ++b) {
-                    const int64_t img = b % nb;
-                    int64_t cnt = 0;
-                    for (int64_t j = 0; j < N; ++j) {
-                        const size_t k = static_cast<size_t>(img * N + j);
-                        if (masked[k] || was_revealed_prev[k]) {
-                            pos.push_back(static_cast<int32_t>(1 + j));
-                            ++cnt;
-                        }
-                    }
-                    if (b == 0) rq = cnt;
-                    check(cnt == rq, "sampler", "uncached rows differ between images");
-                }
-            }
-            // Only the masked positions need logits: the decoder's last layer
-            // computes the other rows' keys and values and nothing more.
-            out_rows.clear();
-            for (int64_t b = 0; b < seqs; ++b) {
-                const int64_t img = b % nb;
-                for (int64_t i = 0; i < rq; ++i) {
-                    const int32_t ps = pos[static_cast<size_t>(b * rq + i)];
-                    if (ps != 0 && masked[static_cast<size_t>(img * N + ps - 1)]) out_rows.push_back(static_cast<int32_t>(i));
-                }
-                check(static_cast<int64_t>(out_rows.size()) == (b + 1) * masked_now, "sampler", "masked row count mismatch");
-            }
-            const float* hrows = dec.forward(p, ids.data(), pos.data(), rq, refresh, out_rows.data(), masked_now);
+            // Rows per sequence (the same positions in both branches): every
+            // position on a refresh; else the still-masked ones and those the
+            // previous step revealed (now with their ids). Only the masked ones
+            // need logits: the decoder's last layer computes the other rows'
+            // keys and values and nothing more.
+            const int64_t rq = refresh ? S : masked_now + fresh_now;
+            be.sampler_rows(d_masked.data(), d_fresh.data(), nb, seqs, N, refresh, rq, masked_now, s, d_pos.data(),
+                            d_out.data(), d_meta.data(), d_rowpos.data());
+            const float* hrows =
+                dec.forward_backend(p, d_ids.data(), d_pos.data(), rq, refresh, d_out.data(), masked_now);
 
             // Final hidden rows of the masked positions -> logits [seqs * masked_now, K].
             const int64_t r = sub.resid, hr = seqs * masked_now, nd = nb * masked_now;
-            float* lg = dev_logits.grow(static_cast<size_t>(hr * K));
-            m.be->matmul_rowstable(ConstMat(hrows, hr, r, r), ConstMat(weights(m.head_w), K, r, cfg.width),
-                                   weights(m.head_b), Mat{lg, hr, K, K});
+            float* lg = d_logits.grow(static_cast<size_t>(std::max<int64_t>(hr * K, 1)));
+            be.matmul_rowstable(ConstMat(hrows, hr, r, r), ConstMat(weights(m.head_w), K, r, cfg.width),
+                                weights(m.head_b), Mat{lg, hr, K, K});
 
-            // Draw and score every masked position (Backend::draw_rows: on the
-            // device where the logits are; only a code and a confidence per
-            // position come back). Row img * masked_now + mi is image img's
-            // mi-th masked position j, drawn with counter s * N + j.
+            // Draw and score every masked position (row img * masked_now + mi:
+            // image img's mi-th masked position j, counter s * N + j), then
+            // rank and reveal per image.
             const double t1 = static_cast<double>(s + 1) / static_cast<double>(T);
             Backend::DrawSpec spec;
             spec.K = K;
@@ -311,60 +309,12 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
             spec.choice = sc.choice_temperature * (1.0 - t1);
             spec.top_k = sc.top_k;
             spec.seed = sc.seed;
-            row_meta.resize(static_cast<size_t>(2 * nd));
-            row_pos.resize(static_cast<size_t>(nd));
-            for (int64_t img = 0, i = 0; img < nb; ++img)
-                for (int64_t j = 0; j < N; ++j)
-                    if (masked[static_cast<size_t>(img * N + j)]) {
-                        row_meta[static_cast<size_t>(2 * i)] = static_cast<int32_t>(img);
-                        row_meta[static_cast<size_t>(2 * i + 1)] = static_cast<int32_t>(s * N + j);
-                        row_pos[static_cast<size_t>(i++)] = static_cast<int32_t>(j);
-                    }
-            drawn.resize(static_cast<size_t>(nd));
-            conf_rows.resize(static_cast<size_t>(nd));
-            if (m.be->host_memory()) {
-                m.be->draw_rows(lg, nd, spec, row_meta.data(), streams.data(), drawn.data(), conf_rows.data());
-            } else {
-                static_assert(sizeof(int32_t) == sizeof(float), "int32 arrays travel as floats");
-                float* d_meta = dev_meta.grow(static_cast<size_t>(std::max<int64_t>(2 * nd, 1)));
-                float* d_out = dev_draw.grow(static_cast<size_t>(std::max<int64_t>(2 * nd, 1)));
-                m.be->upload(d_meta, reinterpret_cast<const float*>(row_meta.data()), row_meta.size());
-                m.be->draw_rows(lg, nd, spec, reinterpret_cast<const int32_t*>(d_meta),
-                                reinterpret_cast<const int32_t*>(dev_streams.data()),
-                                reinterpret_cast<int32_t*>(d_out), d_out + nd);
-                m.be->download(reinterpret_cast<float*>(drawn.data()), d_out, static_cast<size_t>(nd));
-                m.be->download(conf_rows.data(), d_out + nd, static_cast<size_t>(nd));
-            }
-
-            // Rank and reveal per image: the most confident first, ties by position.
+            be.draw_rows(lg, nd, spec, d_meta.data(), d_streams.data(), d_drawn.data(), d_conf.data());
             const int64_t keep = masked_after[static_cast<size_t>(s)];
-            std::fill(revealed_now.begin(), revealed_now.end(), 0);
-            std::fill(conf_all.begin(), conf_all.end(), std::numeric_limits<float>::quiet_NaN());
-            // Images are independent; each writes only its own entries of
-            // masked, ids, view_tokens, ...
-#pragma omp parallel for schedule(dynamic, 4) if (nd >= 4096)
-            for (int64_t img = 0; img < nb; ++img) {
-                std::vector<std::pair<float, int64_t>> order(static_cast<size_t>(masked_now));
-                for (int64_t mi = 0; mi < masked_now; ++mi) {
-                    const size_t i = static_cast<size_t>(img * masked_now + mi);
-                    const int64_t j = row_pos[i];
-                    conf_all[static_cast<size_t>(img * N + j)] = conf_rows[i];
-                    order[static_cast<size_t>(mi)] = {-conf_rows[i], mi};
-                }
-                std::sort(order.begin(), order.end()); // most confident first, then by position
-                const int64_t reveal = masked_now - keep;
-                for (int64_t q = 0; q < reveal; ++q) {
-                    const size_t i = static_cast<size_t>(img * masked_now + order[static_cast<size_t>(q)].second);
-                    const int64_t j = row_pos[i];
-                    const int32_t code = drawn[i];
-                    const size_t k = static_cast<size_t>(img * N + j);
-                    masked[k] = 0;
-                    revealed_now[k] = 1;
-                    view_tokens[k] = static_cast<uint16_t>(code);
-                    for (int64_t br = 0; br < branches; ++br) ids[static_cast<size_t>((br * nb + img) * S + 1 + j)] = code;
-                }
-            }
-            was_revealed_prev = revealed_now;
+            be.reveal_top(d_drawn.data(), d_conf.data(), d_rowpos.data(), nb, masked_now, masked_now - keep, N, S,
+                          branches, d_masked.data(), d_fresh.data(), d_tokens.data(), d_ids.data(), d_conf_all.data());
+            be.synchronize(); // the step's wall-clock
+
             StepStats& st = res.steps[static_cast<size_t>(s)];
             st.step = s + 1;
             st.p = p;
@@ -376,15 +326,25 @@ SampleResult sample(Transformer& model, const SampleConfig& sc, const int32_t* c
             st.flops = static_cast<double>(branches) * step_flops(cfg, p, rq, S, masked_now);
             st.seconds += now_seconds() - ts;
             if (on_step) {
+                d_tokens.get(be, h_tokens);
+                d_fresh.get(be, h_fresh);
+                be.download(conf_all.data(), d_conf_all.data(), conf_all.size());
+                for (size_t i = 0; i < h_tokens.size(); ++i) {
+                    view_tokens[i] = static_cast<uint16_t>(h_tokens[i]);
+                    revealed_now[i] = static_cast<uint8_t>(h_fresh[i]);
+                }
                 StepView v;
                 v.step = s + 1; v.p = p; v.first = first_index + first; v.count = nb;
                 v.tokens = view_tokens.data(); v.revealed = revealed_now.data(); v.confidence = conf_all.data();
                 v.refresh = refresh; v.cache_hits = S - rq;
                 on_step(v);
             }
+            fresh_now = masked_now - keep;
             masked_now = keep;
         }
-        std::memcpy(res.tokens.data() + first * N, view_tokens.data(), sizeof(uint16_t) * static_cast<size_t>(nb * N));
+        d_tokens.get(be, h_tokens);
+        for (int64_t i = 0; i < nb * N; ++i)
+            res.tokens[static_cast<size_t>(first * N + i)] = static_cast<uint16_t>(h_tokens[static_cast<size_t>(i)]);
     }
     res.seconds = now_seconds() - t_start;
     for (const auto& st : res.steps) res.flops_per_image += st.flops;
