@@ -69,34 +69,43 @@ public:
     Open o(*this);        \
     return in_->call
     void matmul(ConstMat a, bool ta, ConstMat b, bool tb, Mat c, float alpha, float beta) override {
-        dev("matmul", a.data); dev("matmul", b.data); dev("matmul", c.data); MAGNETS_FWD(matmul(a, ta, b, tb, c, alpha, beta));
+        devs("matmul", a.data, b.data, c.data);
+        MAGNETS_FWD(matmul(a, ta, b, tb, c, alpha, beta));
     }
     void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c, Act act) override {
-        dev("matmul_rowstable", a.data); dev("matmul_rowstable", w.data); dev("matmul_rowstable", bias); dev("matmul_rowstable", c.data); MAGNETS_FWD(matmul_rowstable(a, w, bias, c, act));
+        devs("matmul_rowstable", a.data, w.data, bias, c.data);
+        MAGNETS_FWD(matmul_rowstable(a, w, bias, c, act));
     }
     void embed_rows(const int32_t* ids, const int32_t* pos, int64_t rq, int64_t S, const float* tok, const float* pe,
                     int64_t D, float* x, int64_t R, int64_t r) override {
-        dev("embed_rows", ids); dev("embed_rows", pos); dev("embed_rows", tok); dev("embed_rows", pe); dev("embed_rows", x); MAGNETS_FWD(embed_rows(ids, pos, rq, S, tok, pe, D, x, R, r));
+        devs("embed_rows", ids, pos, tok, pe, x);
+        MAGNETS_FWD(embed_rows(ids, pos, rq, S, tok, pe, D, x, R, r));
     }
     void layernorm_rows(const float* x, float* y, const float* g, const float* b, int64_t rows, int64_t n) override {
-        dev("layernorm_rows", x); dev("layernorm_rows", y); dev("layernorm_rows", g); dev("layernorm_rows", b); MAGNETS_FWD(layernorm_rows(x, y, g, b, rows, n));
+        devs("layernorm_rows", x, y, g, b);
+        MAGNETS_FWD(layernorm_rows(x, y, g, b, rows, n));
     }
-    void add_into(float* x, const float* y, int64_t count) override { dev("add_into", x); dev("add_into", y); MAGNETS_FWD(add_into(x, y, count)); }
+    void add_into(float* x, const float* y, int64_t count) override { devs("add_into", x, y);
+ MAGNETS_FWD(add_into(x, y, count)); }
     void scatter_rows(const float* src, const int32_t* pos, int64_t rq, int64_t S, float* dst, int64_t R,
                       int64_t n) override {
-        dev("scatter_rows", src); dev("scatter_rows", pos); dev("scatter_rows", dst); MAGNETS_FWD(scatter_rows(src, pos, rq, S, dst, R, n));
+        devs("scatter_rows", src, pos, dst);
+        MAGNETS_FWD(scatter_rows(src, pos, rq, S, dst, R, n));
     }
     void gather_rows(const float* src, const int32_t* idx, int64_t seqs, int64_t rq, int64_t ro, float* dst,
                      int64_t n) override {
-        dev("gather_rows", src); dev("gather_rows", idx); dev("gather_rows", dst); MAGNETS_FWD(gather_rows(src, idx, seqs, rq, ro, dst, n));
+        devs("gather_rows", src, idx, dst);
+        MAGNETS_FWD(gather_rows(src, idx, seqs, rq, ro, dst, n));
     }
     void attention_rows(const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq,
                         int64_t S, int64_t heads, int64_t hd) override {
-        dev("attention_rows", q); dev("attention_rows", kc); dev("attention_rows", vc); dev("attention_rows", out); MAGNETS_FWD(attention_rows(q, kc, vc, out, seqs, rq, S, heads, hd));
+        devs("attention_rows", q, kc, vc, out);
+        MAGNETS_FWD(attention_rows(q, kc, vc, out, seqs, rq, S, heads, hd));
     }
     void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows, const int32_t* streams,
                    int32_t* token, float* conf) override {
-        dev("draw_rows", logits); dev("draw_rows", rows); dev("draw_rows", streams); dev("draw_rows", token); dev("draw_rows", conf); MAGNETS_FWD(draw_rows(logits, n, d, rows, streams, token, conf));
+        devs("draw_rows", logits, rows, streams, token, conf);
+        MAGNETS_FWD(draw_rows(logits, n, d, rows, streams, token, conf));
     }
     void sampler_rows(const int32_t* masked, const int32_t* fresh, int64_t nb, int64_t seqs, int64_t N, bool refresh,
                       int64_t rq, int64_t ro, int64_t step, int32_t* pos, int32_t* out_rows, int32_t* meta,
@@ -120,64 +129,81 @@ public:
     }
     void layernorm_forward(const float* x, int64_t ldx, float* y, int64_t ldy, float* mean, float* rstd,
                            const float* g, const float* b, int64_t rows, int64_t n) override {
-        dev("layernorm_forward", x); dev("layernorm_forward", y); dev("layernorm_forward", mean); dev("layernorm_forward", rstd); dev("layernorm_forward", g); dev("layernorm_forward", b); MAGNETS_FWD(layernorm_forward(x, ldx, y, ldy, mean, rstd, g, b, rows, n));
+        devs("layernorm_forward", x, y, mean, rstd, g, b);
+        MAGNETS_FWD(layernorm_forward(x, ldx, y, ldy, mean, rstd, g, b, rows, n));
     }
     void layernorm_backward(const float* x, int64_t ldx, const float* dy, int64_t lddy, const float* mean,
                             const float* rstd, const float* g, float* dx, int64_t lddx, float* dg, float* db,
                             int64_t rows, int64_t n, bool accumulate) override {
-        dev("layernorm_backward", x); dev("layernorm_backward", dy); dev("layernorm_backward", mean); dev("layernorm_backward", rstd); dev("layernorm_backward", g); dev("layernorm_backward", dx); dev("layernorm_backward", dg); dev("layernorm_backward", db); MAGNETS_FWD(layernorm_backward(x, ldx, dy, lddy, mean, rstd, g, dx, lddx, dg, db, rows, n, accumulate));
+        devs("layernorm_backward", x, dy, mean, rstd, g, dx, dg, db);
+        MAGNETS_FWD(layernorm_backward(x, ldx, dy, lddy, mean, rstd, g, dx, lddx, dg, db, rows, n, accumulate));
     }
     void add_bias(float* y, int64_t ld, const float* b, int64_t rows, int64_t n) override {
-        dev("add_bias", y); dev("add_bias", b); MAGNETS_FWD(add_bias(y, ld, b, rows, n));
+        devs("add_bias", y, b);
+        MAGNETS_FWD(add_bias(y, ld, b, rows, n));
     }
     void bias_backward(const float* dy, int64_t ld, float* db, int64_t rows, int64_t n) override {
-        dev("bias_backward", dy); dev("bias_backward", db); MAGNETS_FWD(bias_backward(dy, ld, db, rows, n));
+        devs("bias_backward", dy, db);
+        MAGNETS_FWD(bias_backward(dy, ld, db, rows, n));
     }
     void bias_gelu_forward(float* u, const float* b, float* g, int64_t rows, int64_t n) override {
-        dev("bias_gelu_forward", u); dev("bias_gelu_forward", b); dev("bias_gelu_forward", g); MAGNETS_FWD(bias_gelu_forward(u, b, g, rows, n));
+        devs("bias_gelu_forward", u, b, g);
+        MAGNETS_FWD(bias_gelu_forward(u, b, g, rows, n));
     }
     void gelu_bias_backward(const float* u, const float* dg, float* du, float* db, int64_t rows, int64_t n) override {
-        dev("gelu_bias_backward", u); dev("gelu_bias_backward", dg); dev("gelu_bias_backward", du); dev("gelu_bias_backward", db); MAGNETS_FWD(gelu_bias_backward(u, dg, du, db, rows, n));
+        devs("gelu_bias_backward", u, dg, du, db);
+        MAGNETS_FWD(gelu_bias_backward(u, dg, du, db, rows, n));
     }
     void attention_forward(const float* q, const float* k, const float* v, int64_t ld, float* out, float* probs,
                            int64_t batch, int64_t seq, int64_t heads, int64_t hd) override {
-        dev("attention_forward", q); dev("attention_forward", k); dev("attention_forward", v); dev("attention_forward", out); dev("attention_forward", probs); MAGNETS_FWD(attention_forward(q, k, v, ld, out, probs, batch, seq, heads, hd));
+        devs("attention_forward", q, k, v, out, probs);
+        MAGNETS_FWD(attention_forward(q, k, v, ld, out, probs, batch, seq, heads, hd));
     }
     void attention_backward(const float* q, const float* k, const float* v, const float* probs, const float* dout,
                             int64_t ld, float* dq, float* dk, float* dv, int64_t batch, int64_t seq, int64_t heads,
                             int64_t hd) override {
-        dev("attention_backward", q); dev("attention_backward", k); dev("attention_backward", v); dev("attention_backward", probs); dev("attention_backward", dout); dev("attention_backward", dq); dev("attention_backward", dk); dev("attention_backward", dv); MAGNETS_FWD(attention_backward(q, k, v, probs, dout, ld, dq, dk, dv, batch, seq, heads, hd));
+        devs("attention_backward", q, k, v, probs, dout, dq, dk, dv);
+        MAGNETS_FWD(attention_backward(q, k, v, probs, dout, ld, dq, dk, dv, batch, seq, heads, hd));
     }
     LossSums masked_loss(const float* logits, int64_t ld, const float* teacher, int64_t ld_teacher,
                          const int32_t* targets, const uint8_t* mask, int64_t rows, int64_t n_classes, double eps,
                          double alpha, double weight, float* dlogits, int64_t ld_d) override {
-        dev("masked_loss", logits); dev("masked_loss", teacher); dev("masked_loss", targets); dev("masked_loss", mask); dev("masked_loss", dlogits); MAGNETS_FWD(masked_loss(logits, ld, teacher, ld_teacher, targets, mask, rows, n_classes, eps, alpha, weight,
+        devs("masked_loss", logits, teacher, targets, mask, dlogits);
+        MAGNETS_FWD(masked_loss(logits, ld, teacher, ld_teacher, targets, mask, rows, n_classes, eps, alpha, weight,
                                 dlogits, ld_d));
     }
     void embedding_backward(const float* dx, const int32_t* ids_host, int64_t R, int64_t S, int64_t r, int64_t D,
                             float* tok_grad, float* pos_grad) override {
-        dev("embedding_backward", dx); dev("embedding_backward", tok_grad); dev("embedding_backward", pos_grad); MAGNETS_FWD(embedding_backward(dx, ids_host, R, S, r, D, tok_grad, pos_grad));
+        devs("embedding_backward", dx, tok_grad, pos_grad);
+        MAGNETS_FWD(embedding_backward(dx, ids_host, R, S, r, D, tok_grad, pos_grad));
     }
-    void copy(float* dst, const float* src, size_t n) override { dev("copy", dst); dev("copy", src); MAGNETS_FWD(copy(dst, src, n)); }
-    void zero(float* p, size_t n) override { dev("zero", p); MAGNETS_FWD(zero(p, n)); }
+    void copy(float* dst, const float* src, size_t n) override { devs("copy", dst, src);
+ MAGNETS_FWD(copy(dst, src, n)); }
+    void zero(float* p, size_t n) override { devs("zero", p);
+ MAGNETS_FWD(zero(p, n)); }
     double sum_squares(const float* const* g, const int64_t* n, int64_t count) override {
         for (int64_t k = 0; k < count; ++k) dev("sum_squares", g[k]);
         MAGNETS_FWD(sum_squares(g, n, count));
     }
     void adamw_update(float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
                       float step_size, float inv_sqrt_bc2, float eps, float wd) override {
-        dev("adamw_update", w); dev("adamw_update", g); dev("adamw_update", m); dev("adamw_update", v); MAGNETS_FWD(adamw_update(w, g, m, v, n, clip, b1, b2, step_size, inv_sqrt_bc2, eps, wd));
+        devs("adamw_update", w, g, m, v);
+        MAGNETS_FWD(adamw_update(w, g, m, v, n, clip, b1, b2, step_size, inv_sqrt_bc2, eps, wd));
     }
-    void ema_update(float* e, const float* w, float d, int64_t n) override { dev("ema_update", e); dev("ema_update", w); MAGNETS_FWD(ema_update(e, w, d, n)); }
+    void ema_update(float* e, const float* w, float d, int64_t n) override { devs("ema_update", e, w);
+ MAGNETS_FWD(ema_update(e, w, d, n)); }
     void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) override {
-        dev("conv2d_forward", x); dev("conv2d_forward", w); dev("conv2d_forward", bias); dev("conv2d_forward", y); MAGNETS_FWD(conv2d_forward(s, x, w, bias, y));
+        devs("conv2d_forward", x, w, bias, y);
+        MAGNETS_FWD(conv2d_forward(s, x, w, bias, y));
     }
     void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) override {
-        dev("conv2d_backward_data", dy); dev("conv2d_backward_data", w); dev("conv2d_backward_data", dx); MAGNETS_FWD(conv2d_backward_data(s, dy, w, dx));
+        devs("conv2d_backward_data", dy, w, dx);
+        MAGNETS_FWD(conv2d_backward_data(s, dy, w, dx));
     }
     void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy, float* dw,
                                  float* dbias) override {
-        dev("conv2d_backward_weights", x); dev("conv2d_backward_weights", dy); dev("conv2d_backward_weights", dw); dev("conv2d_backward_weights", dbias); MAGNETS_FWD(conv2d_backward_weights(s, x, dy, dw, dbias));
+        devs("conv2d_backward_weights", x, dy, dw, dbias);
+        MAGNETS_FWD(conv2d_backward_weights(s, x, dy, dw, dbias));
     }
 #undef MAGNETS_FWD
 
@@ -190,6 +216,10 @@ private:
     };
     // p must be null or inside a buffer this backend gave (a host pointer
     // handed to a device operation would crash a GPU).
+    template <typename... P>
+    void devs(const char* op, const P*... p) const {
+        (dev(op, p), ...);
+    }
     void dev(const char* op, const void* p) const {
         if (!p) return;
         auto it = regions_.upper_bound(static_cast<float*>(const_cast<void*>(p)));
