@@ -69,6 +69,13 @@ done_case "unknown preset"
 run "$train" "${tiny[@]}" -o "$tmp/x.h5" --factors 8,4,x
 expect_usage_error magnets-train "factor"
 done_case "bad --factors"
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi >/dev/null 2>&1; then
+    # magnets-train runs on the GPU (--device cuda); without one it says so
+    run "$train" "${tiny[@]}" -o "$tmp/x.h5" --device cuda
+    expect_runtime_error magnets-train "backend not available: cuda"
+    expect_no_file "$tmp/x.h5"
+    done_case "--device cuda without a GPU: a clear error, nothing written"
+fi
 run "$train" "${tiny[@]}" -o "$tmp/x.h5" --heads 4
 expect_usage_error magnets-train "heads"
 done_case "heads not divisible by the factors"
