@@ -8,7 +8,8 @@
 #                           "N passed, N failed" and the exit status is non-zero
 #                           when a test failed
 #
-# Also: "deps" (install only) and "build" (install and build).
+# Also: "deps" (install only) and "build" (install and build). MAGNETS_DEVICE=cuda
+# runs the demo's transformer (training, sampling) on the GPU of a CUDA build.
 # Packages already installed are not touched; apt-get runs only for missing ones.
 set -euo pipefail
 
@@ -71,6 +72,8 @@ build() {
 
 run_demo() {
     local tools="$build_dir/tools"
+    # MAGNETS_DEVICE=cuda: the transformer (training, sampling) on the GPU
+    local device="${MAGNETS_DEVICE:-cpu}"
     mkdir -p "$out_dir"
     set -x
     "$tools/magnets-tokenize" train --dataset fashion-mnist --preset demo -o "$out_dir/tok.h5" \
@@ -80,8 +83,9 @@ run_demo() {
     "$tools/magnets-tokenize" encode --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split test -o "$out_dir/test_tokens.h5"
     "$tools/magnets-tokenize" decode --tokenizer "$out_dir/tok.h5" -i "$out_dir/test_tokens.h5" --limit 64 -o "$out_dir/samples"
     "$tools/magnets-train" --preset demo --tokens "$out_dir/train_tokens.h5" --val "$out_dir/test_tokens.h5" \
-        -o "$out_dir/model.h5" --log "$out_dir/model_log.jsonl" --plot "$out_dir/model_curves.png"
+        -o "$out_dir/model.h5" --log "$out_dir/model_log.jsonl" --plot "$out_dir/model_curves.png" --device "$device"
     "$tools/magnets-sample" --model "$out_dir/model.h5" --tokenizer "$out_dir/tok.h5" --per-class 8 --cfg 2 \
+        --device "$device" \
         --schedule 8:3,4:3,2:3,1:3 --batch-size 80 -o "$out_dir/generated.h5" --png "$out_dir/generated" \
         --animate "$out_dir/decode.mp4"
     "$tools/magnets-eval" sweep --classifier "$root/data/fmnist_classifier.h5" --model "$out_dir/model.h5" \
