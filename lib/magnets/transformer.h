@@ -106,6 +106,10 @@ public:
     // Weights ~ N(0, 0.02), biases 0, LayerNorm gains 1 (deterministic in seed).
     void init(uint64_t seed);
     std::vector<std::string> param_names() const; // stable order
+    // A parameter and its gradient as host tensors. On a device backend
+    // (cuda) training keeps them in device memory: param() first brings the
+    // current weights back (and the next computation uploads them again, so
+    // the caller may change them), grad() downloads that gradient.
     Tensor& param(const std::string& name);
     Tensor& grad(const std::string& name);
     void zero_grads();
