@@ -205,6 +205,49 @@ public:
         devs("conv2d_backward_weights", x, dy, dw, dbias);
         MAGNETS_FWD(conv2d_backward_weights(s, x, dy, dw, dbias));
     }
+    void relu(const float* x, float* y, int64_t n) override {
+        devs("relu", x, y);
+        MAGNETS_FWD(relu(x, y, n));
+    }
+    void relu_backward(const float* y, const float* dy, float* dx, int64_t n) override {
+        devs("relu_backward", y, dy, dx);
+        MAGNETS_FWD(relu_backward(y, dy, dx, n));
+    }
+    void upsample2(const float* x, float* y, int64_t planes, int64_t h, int64_t w) override {
+        devs("upsample2", x, y);
+        MAGNETS_FWD(upsample2(x, y, planes, h, w));
+    }
+    void upsample2_backward(const float* dy, float* dx, int64_t planes, int64_t h, int64_t w) override {
+        devs("upsample2_backward", dy, dx);
+        MAGNETS_FWD(upsample2_backward(dy, dx, planes, h, w));
+    }
+    void pixel_unshuffle2(const float* x, float* y, int64_t n, int64_t c, int64_t h, int64_t w) override {
+        devs("pixel_unshuffle2", x, y);
+        MAGNETS_FWD(pixel_unshuffle2(x, y, n, c, h, w));
+    }
+    void pixel_shuffle2(const float* x, float* y, int64_t n, int64_t c, int64_t h, int64_t w) override {
+        devs("pixel_shuffle2", x, y);
+        MAGNETS_FWD(pixel_shuffle2(x, y, n, c, h, w));
+    }
+    void transpose_batched(const float* src, float* dst, int64_t batches, int64_t rows, int64_t cols) override {
+        devs("transpose_batched", src, dst);
+        MAGNETS_FWD(transpose_batched(src, dst, batches, rows, cols));
+    }
+    void nearest_codes(const float* z, int64_t m, const float* codebook, int64_t K, int64_t c, float* dist,
+                       int32_t* idx) override {
+        devs("nearest_codes", z, codebook, dist, idx);
+        MAGNETS_FWD(nearest_codes(z, m, codebook, K, c, dist, idx));
+    }
+    ReconSums recon_loss(const float* pred, const float* target, int64_t images, int64_t per, bool l1, double scale,
+                         float* dpred) override {
+        devs("recon_loss", pred, target, dpred);
+        MAGNETS_FWD(recon_loss(pred, target, images, per, l1, scale, dpred));
+    }
+    double commit_backward(const float* ze, const float* zq, const float* dzq, float* dze, int64_t n,
+                           float g) override {
+        devs("commit_backward", ze, zq, dzq, dze);
+        MAGNETS_FWD(commit_backward(ze, zq, dzq, dze, n, g));
+    }
 #undef MAGNETS_FWD
 
 private:

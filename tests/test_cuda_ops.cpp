@@ -647,3 +647,222 @@ TEST_CASE("training on the GPU: joint forward/backward and AdamW steps match the
     MESSAGE("after 3 AdamW steps on the GPU: weights within " << worst << " (normalised) of the CPU's");
     CHECK(worst < 1e-4);
 }
+
+// ---- the image networks' operations (the tokenizer on the GPU) ------------------------
+
+namespace {
+// Bit-for-bit equality (NaN and the sign of zero included).
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+// Max error normalised by the largest reference value (no floor at 1, as
+// nerr has: the loss gradients are of order 1 / n).
+double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
+    double d = 0, s = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        if (!std::isfinite(got[i])) return INFINITY;
+        d = std::max(d, std::fabs(double(got[i]) - want[i]));
+        s = std::max(s, std::fabs(double(want[i])));
+    }
+    return s > 0 ? d / s : d;
+}
+std::vector<int32_t> as_ints(const std::vector<float>& f) {
+    std::vector<int32_t> v(f.size());
+    std::memcpy(v.data(), f.data(), f.size() * sizeof(float));
+    return v;
+}
+} // namespace
+
+TEST_CASE("cuda image data movement (relu, upsample, pixel shuffles, transpose) gives the CPU's bits") {
+    auto be = gpu();
+    if (!be) return;
+    auto cpu = make_backend("ref");
+    // relu and its backward: zeros of both signs, a NaN, in place as the tokenizer calls them
+    {
+        const int64_t n = 100003;
+        auto x = rnd(size_t(n), 61), dy = rnd(size_t(n), 62);
+        x[0] = 0.0f;
+        x[1] = -0.0f;
+        x[2] = NAN;
+        std::vector<float> y(x.size()), dx = dy;
+        cpu->relu(x.data(), y.data(), n);
+        cpu->relu_backward(y.data(), dx.data(), dx.data(), n);
+        Dev X(*be, x), Y(*be, std::vector<float>(x.size(), 7.0f)), DX(*be, dy);
+        be->relu(X.p, Y.p, n);
+        be->relu_backward(Y.p, DX.p, DX.p, n);
+        CHECK(same_bits(Y.get(y.size()), y));
+        CHECK(same_bits(DX.get(dx.size()), dx));
+        std::vector<float> xi = x;
+        cpu->relu(xi.data(), xi.data(), n);
+        be->relu(X.p, X.p, n); // y aliasing x
+        CHECK(same_bits(X.get(xi.size()), xi));
+    }
+    for (auto [nb, c, h, w] : {std::array<int64_t, 4>{1, 3, 5, 7}, std::array<int64_t, 4>{2, 3, 5, 7},
+                               std::array<int64_t, 4>{4, 16, 16, 16}, std::array<int64_t, 4>{2, 64, 1, 33}}) {
+        CAPTURE(nb);
+        CAPTURE(c);
+        CAPTURE(h);
+        CAPTURE(w);
+        const int64_t planes = nb * c, small = planes * h * w, big = 4 * small;
+        auto x = rnd(size_t(small), 63), dyb = rnd(size_t(big), 64), xb = rnd(size_t(big), 65);
+        // upsample2 [planes, h, w] -> [planes, 2h, 2w] and its backward (a + b) + (c + d)
+        std::vector<float> up(static_cast<size_t>(big)), down(static_cast<size_t>(small));
+        cpu->upsample2(x.data(), up.data(), planes, h, w);
+        cpu->upsample2_backward(dyb.data(), down.data(), planes, h, w);
+        // pixel_unshuffle2 [nb, c, 2h, 2w] -> [nb, 4c, h, w], pixel_shuffle2 back
+        std::vector<float> un(static_cast<size_t>(big)), sh(static_cast<size_t>(big));
+        cpu->pixel_unshuffle2(xb.data(), un.data(), nb, c, h, w);
+        cpu->pixel_shuffle2(xb.data(), sh.data(), nb, c, h, w);
+        Dev X(*be, x), DYB(*be, dyb), XB(*be, xb), Up(*be, std::vector<float>(up.size(), 7.0f)),
+            Down(*be, std::vector<float>(down.size(), 7.0f)), Un(*be, std::vector<float>(un.size(), 7.0f)),
+            Sh(*be, std::vector<float>(sh.size(), 7.0f)), Back(*be, std::vector<float>(xb.size(), 7.0f));
+        be->upsample2(X.p, Up.p, planes, h, w);
+        be->upsample2_backward(DYB.p, Down.p, planes, h, w);
+        be->pixel_unshuffle2(XB.p, Un.p, nb, c, h, w);
+        be->pixel_shuffle2(XB.p, Sh.p, nb, c, h, w);
+        be->pixel_shuffle2(Un.p, Back.p, nb, c, h, w);
+        CHECK(same_bits(Up.get(up.size()), up));
+        CHECK(same_bits(Down.get(down.size()), down));
+        CHECK(same_bits(Un.get(un.size()), un));
+        CHECK(same_bits(Sh.get(sh.size()), sh));
+        CHECK(same_bits(Back.get(xb.size()), xb)); // shuffle inverts unshuffle
+    }
+    // transpose_batched: NCHW to rows of channels and back; sizes not multiples of the 32 x 32 tile
+    for (auto [b, rows, cols] : {std::array<int64_t, 3>{3, 37, 35}, std::array<int64_t, 3>{2, 64, 256},
+                                 std::array<int64_t, 3>{5, 1, 7}, std::array<int64_t, 3>{1, 300, 3}}) {
+        CAPTURE(b);
+        CAPTURE(rows);
+        CAPTURE(cols);
+        const size_t n = size_t(b * rows * cols);
+        auto src = rnd(n, 66);
+        std::vector<float> t(n), back(n);
+        cpu->transpose_batched(src.data(), t.data(), b, rows, cols);
+        cpu->transpose_batched(t.data(), back.data(), b, cols, rows);
+        CHECK(same_bits(back, src));
+        Dev S(*be, src), T(*be, std::vector<float>(n, 7.0f)), Bk(*be, std::vector<float>(n, 7.0f));
+        be->transpose_batched(S.p, T.p, b, rows, cols);
+        be->transpose_batched(T.p, Bk.p, b, cols, rows);
+        CHECK(same_bits(T.get(n), t));
+        CHECK(same_bits(Bk.get(n), src));
+    }
+}
+
+TEST_CASE("cuda nearest_codes matches the CPU (ties to the lowest code)") {
+    auto be = gpu();
+    if (!be) return;
+    auto cpu = make_backend("ref");
+    // m = 1003 rows: not a multiple of the argmin kernel's 8 rows per block.
+    for (auto [m, K, c] : {std::array<int64_t, 3>{1003, 512, 32}, std::array<int64_t, 3>{1003, 37, 7},
+                           std::array<int64_t, 3>{5, 1024, 64}}) {
+        CAPTURE(m);
+        CAPTURE(K);
+        CAPTURE(c);
+        auto z = rnd(size_t(m * c), 71), cb = rnd(size_t(K * c), 72);
+        // Ties: codes 3 and K - 2 are the same, smallest-norm vector, and rows
+        // 0 and m - 1 of z are zero, so their distances are exactly |e|^2 on
+        // both sides (a product of zeros is exact): both must choose code 3.
+        for (int64_t q = 0; q < c; ++q) {
+            cb[size_t(3 * c + q)] = cb[size_t((K - 2) * c + q)] = 1e-3f * float(q % 3);
+            z[size_t(q)] = z[size_t((m - 1) * c + q)] = 0.0f;
+        }
+        std::vector<float> dist(size_t(m * K));
+        std::vector<int32_t> idx(size_t(m), -1);
+        cpu->nearest_codes(z.data(), m, cb.data(), K, c, dist.data(), idx.data());
+        // The CPU's distances (its product and norms), for the tolerance below.
+        std::vector<float> prod(size_t(m * K)), enorm(static_cast<size_t>(K));
+        cpu->matmul(ConstMat(z.data(), m, c, c), false, ConstMat(cb.data(), K, c, c), true,
+                    Mat{prod.data(), m, K, K}, -2.0f, 0.0f);
+        for (int64_t j = 0; j < K; ++j) {
+            double s = 0;
+            for (int64_t q = 0; q < c; ++q) s += double(cb[size_t(j * c + q)]) * cb[size_t(j * c + q)];
+            enorm[size_t(j)] = float(s);
+        }
+        Dev Z(*be, z), CB(*be, cb), D(*be, std::vector<float>(dist.size(), 0.0f)),
+            I(*be, std::vector<int32_t>(size_t(m), -1));
+        be->nearest_codes(Z.p, m, CB.p, K, c, D.p, I.as<int32_t>());
+        const std::vector<int32_t> got = as_ints(I.get(size_t(m)));
+        CHECK(got[0] == 3);
+        CHECK(got[size_t(m - 1)] == 3);
+        CHECK(idx[0] == 3);
+        // Tolerance: the GPU's -2 z e^T is cuBLAS's sum, in another order than
+        // the CPU's, so each distance differs by f32 round-off: a few ulps of
+        // |z|^2 + |e|^2 (the size of the terms), ~1e-7 relative for c <= 64.
+        // A code may differ only where the CPU's distance to the GPU's code is
+        // within 1e-5 of that scale of the CPU's best (the two best are that
+        // close); random data gives none or almost none of these.
+        int64_t differ = 0;
+        for (int64_t i = 0; i < m; ++i) {
+            const int32_t g = got[size_t(i)], w = idx[size_t(i)];
+            REQUIRE(g >= 0);
+            REQUIRE(g < K);
+            if (g == w) continue;
+            ++differ;
+            double zn = 0;
+            for (int64_t q = 0; q < c; ++q) zn += double(z[size_t(i * c + q)]) * z[size_t(i * c + q)];
+            const double vg = double(prod[size_t(i * K + g)]) + enorm[size_t(g)];
+            const double vw = double(prod[size_t(i * K + w)]) + enorm[size_t(w)];
+            CAPTURE(i);
+            CHECK(std::fabs(vg - vw) <= 1e-5 * (zn + enorm[size_t(w)]));
+        }
+        MESSAGE("nearest_codes m=" << m << " K=" << K << ": " << differ << " codes differ from the CPU's (near ties)");
+        CHECK(differ <= std::max<int64_t>(2, m / 100));
+    }
+}
+
+TEST_CASE("cuda recon_loss and commit_backward match the CPU") {
+    auto be = gpu();
+    if (!be) return;
+    auto cpu = make_backend("ref");
+    // Tolerance: the sums are of doubles (each term (p - t)^2 or |p - t| of
+    // floats is exact in double), added in another order (block trees against
+    // the CPU's loop), so the loss and PSNR differ by double round-off,
+    // ~1e-15 relative: 1e-6 is far above that and far below any real error
+    // (one wrong element of ~1e4 moves the mean by ~1e-4). The gradients are
+    // the same float expressions per element (g e, +-g, dzq + g e without
+    // FMA), so the bits should be the same; 1e-6 of the largest gradient
+    // (rel_err) leaves room for a compiler that fuses the CPU's dzq + g e.
+    // Shapes: 3 x 5 x 7 images (one partial chunk each) and 3 x 64 x 64 (three
+    // chunks of 4096, the last partial).
+    for (auto [images, per] : {std::array<int64_t, 2>{2, 3 * 5 * 7}, std::array<int64_t, 2>{5, 3 * 64 * 64}}) {
+        const int64_t n = images * per;
+        auto pred = rnd(size_t(n), 81, 0.7f), target = rnd(size_t(n), 82, 0.5f);
+        for (size_t i = 0; i < pred.size(); ++i) {
+            target[i] += 0.5f; // targets in [0, 1]; predictions in [-0.2, 1.2]: the clamp matters
+            pred[i] += 0.5f;
+            if (i % 17 == 0) pred[i] = target[i]; // e = 0: the L1 subgradient 0
+        }
+        for (bool l1 : {false, true}) {
+            CAPTURE(images);
+            CAPTURE(per);
+            CAPTURE(l1);
+            const double scale = 0.7;
+            std::vector<float> d(size_t(n), 9.0f);
+            const Backend::ReconSums want = cpu->recon_loss(pred.data(), target.data(), images, per, l1, scale, d.data());
+            Dev P(*be, pred), T(*be, target), D(*be, std::vector<float>(size_t(n), 9.0f));
+            const Backend::ReconSums got = be->recon_loss(P.p, T.p, images, per, l1, scale, D.p);
+            CHECK(std::fabs(got.loss - want.loss) <= 1e-6 * std::fabs(want.loss));
+            CHECK(std::fabs(got.psnr - want.psnr) <= 1e-6 * std::fabs(want.psnr));
+            CHECK(rel_err(D.get(d.size()), d) <= 1e-6);
+            // without a gradient
+            const Backend::ReconSums nog = be->recon_loss(P.p, T.p, images, per, l1, scale, nullptr);
+            CHECK(nog.loss == got.loss); // the same fixed-order sums
+            CHECK(nog.psnr == got.psnr);
+        }
+    }
+    for (int64_t n : {int64_t(3 * 32 * 5 * 7), int64_t(1000003)}) {
+        CAPTURE(n);
+        const float g = static_cast<float>(2.0 * 0.25 / static_cast<double>(n));
+        // dzq of the size of g e, so both terms of dze count
+        auto ze = rnd(size_t(n), 91), zq = rnd(size_t(n), 92), dzq = rnd(size_t(n), 93, g);
+        std::vector<float> dze(size_t(n), 9.0f);
+        const double want = cpu->commit_backward(ze.data(), zq.data(), dzq.data(), dze.data(), n, g);
+        Dev ZE(*be, ze), ZQ(*be, zq), DZQ(*be, dzq), DZE(*be, std::vector<float>(size_t(n), 9.0f));
+        const double got = be->commit_backward(ZE.p, ZQ.p, DZQ.p, DZE.p, n, g);
+        CHECK(std::fabs(got - want) <= 1e-6 * std::fabs(want));
+        CHECK(rel_err(DZE.get(dze.size()), dze) <= 1e-6);
+        // dze aliasing dzq, as the tokenizer may call it
+        const double again = be->commit_backward(ZE.p, ZQ.p, DZQ.p, DZQ.p, n, g);
+        CHECK(again == got);
+        CHECK(rel_err(DZQ.get(dze.size()), dze) <= 1e-6);
+    }
+}

@@ -189,13 +189,19 @@ TEST_CASE("residual block backward matches finite differences") {
         for (size_t i = 0; i < t4.size(); ++i) t4[i] += xx[i];
         return t4;
     };
-    Tensor xt = to_tensor(x, {n, c, h, w}), y, dx;
+    // DTensors on a CPU backend: host memory, read directly.
+    const Tensor xh = to_tensor(x, {n, c, h, w});
+    nn::DTensor xt, y, dx, dy;
+    xt.ensure(*be, xh.shape());
+    std::copy(xh.data(), xh.data() + xh.numel(), xt.data());
     blk.forward(*be, xt, y);
     Vec yr = fwd(x, wa, bb);
     CHECK(norm_err(y.data(), yr) < 2e-5);
     Vec r = random_vec(yr.size(), 16);
     round_f32(r);
-    Tensor dy = to_tensor(r, y.shape());
+    const Tensor dyh = to_tensor(r, y.shape);
+    dy.ensure(*be, y.shape);
+    std::copy(dyh.data(), dyh.data() + dyh.numel(), dy.data());
     blk.backward(*be, dy, dx);
     CHECK(norm_err(dx.data(), fd_grad(x, [&](const Vec& p) { return fwd(p, wa, bb); }, r)) < 2e-4);
     CHECK(norm_err(blk.conv_a.dweight.data(), fd_grad(wa, [&](const Vec& p) { return fwd(x, p, bb); }, r)) < 2e-4);

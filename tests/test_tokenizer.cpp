@@ -2,6 +2,7 @@
 // plus training behaviour: learning, exact resume, encode/decode consistency.
 #include <doctest.h>
 
+#include "device_proxy.h"
 #include "test_util.h"
 
 #include "magnets/backend.h"
@@ -13,6 +14,7 @@
 #include <hdf5.h>
 
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -142,6 +144,77 @@ TEST_CASE("tokenizer training learns, and resume continues bit-identically") {
     Checkpoint ca = read_checkpoint(a, tokenizer_format, 1, true), cb = read_checkpoint(b, tokenizer_format, 1, true);
     CHECK(weights_hash(ca.weights) == weights_hash(cb.weights));
     CHECK(weights_hash(ca.state) == weights_hash(cb.state));
+}
+
+TEST_CASE("the tokenizer's device code path gives the CPU path's bits") {
+    // tests/device_proxy.h: a backend whose memory the host cannot touch (as a
+    // GPU's), computing with the same CPU backend underneath. Everything the
+    // tokenizer does on a device (activations, weight copies, the quantizer's
+    // downloads and uploads, AdamW on the device copies, resume) must give
+    // exactly the host run's bits.
+    auto proxy = [] { return std::make_shared<test::DeviceProxy>(make_backend("ref")); };
+    SUBCASE("fixture step: losses, codes, gradients, decode") {
+        Tokenizer th = Tokenizer::load(fixture, make_backend("ref"));
+        Tokenizer td = Tokenizer::load(fixture, proxy());
+        auto x = read_ds<float>(fixture, "/fixture/x", H5T_NATIVE_FLOAT);
+        const int64_t per = th.config().channels * th.config().image_size * th.config().image_size;
+        const int64_t n = static_cast<int64_t>(x.size()) / per;
+        const Tokenizer::StepLosses lh = th.forward_backward(x.data(), n, false);
+        const Tokenizer::StepLosses ld = td.forward_backward(x.data(), n, false);
+        CHECK(lh.loss == ld.loss);
+        CHECK(lh.recon == ld.recon);
+        CHECK(lh.commit == ld.commit);
+        CHECK(lh.psnr == ld.psnr);
+        CHECK(lh.code_counts == ld.code_counts);
+        for (const auto& name : th.param_names()) {
+            CAPTURE(name);
+            const Tensor &gh = th.grad(name), &gd = td.grad(name);
+            REQUIRE(gh.numel() == gd.numel());
+            CHECK(std::memcmp(gh.data(), gd.data(), sizeof(float) * static_cast<size_t>(gh.numel())) == 0);
+        }
+        std::vector<uint16_t> ih(static_cast<size_t>(n * th.tokens_per_image())), id(ih.size());
+        th.encode(x.data(), n, ih.data());
+        td.encode(x.data(), n, id.data());
+        CHECK(ih == id);
+        std::vector<float> yh(x.size()), yd(x.size());
+        th.decode(ih.data(), n, yh.data());
+        td.decode(ih.data(), n, yd.data());
+        CHECK(yh == yd);
+    }
+    for (const Quantizer q : {Quantizer::ema, Quantizer::loss}) {
+        CAPTURE(quantizer_name(q));
+        ImageSet data = synthetic_images(128, 16, 7);
+        TokenizerPreset p = tokenizer_preset("tiny");
+        p.model.image_size = 16;
+        p.model.quantizer = q;
+        p.train.steps = 12;
+        p.train.log_every = 4;
+        p.train.restart_every = 4; // dead-code restarts write the codebook on the host
+        auto run = [&](std::shared_ptr<Backend> be, const std::string& out, int64_t stop_after, bool resume) {
+            Tokenizer tok(p.model, std::move(be));
+            tok.init(p.train.seed);
+            TokenizerTrainOptions opt;
+            opt.train = p.train;
+            opt.output = out;
+            opt.resume = resume;
+            opt.stop_after = stop_after;
+            std::vector<double> losses;
+            train_tokenizer(tok, data, opt, [&](const TokenizerLog& l) { losses.push_back(l.loss); });
+            return std::make_pair(losses, tok.hash());
+        };
+        test::TempDir dir;
+        const std::string a = dir / "host.h5", b = dir / "device.h5";
+        const auto host = run(make_backend("ref"), a, -1, false);
+        run(proxy(), b, 6, false);                    // stopped mid-run on the "device"
+        const auto dev = run(proxy(), b, -1, true);   // and resumed there
+        CHECK(host.second == dev.second);
+        Checkpoint ca = read_checkpoint(a, tokenizer_format, 1, true), cb = read_checkpoint(b, tokenizer_format, 1, true);
+        CHECK(weights_hash(ca.weights) == weights_hash(cb.weights));
+        CHECK(weights_hash(ca.state) == weights_hash(cb.state));
+        // the resumed run logs only its own steps: the last loss must agree
+        REQUIRE(!dev.first.empty());
+        CHECK(host.first.back() == dev.first.back());
+    }
 }
 
 TEST_CASE("a checkpoint with a NaN weight is refused on load") {

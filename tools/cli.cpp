@@ -221,14 +221,15 @@ std::string apply_global(const Args& a) {
 
 std::shared_ptr<Backend> backend_for(const std::string& name, bool gpu_ready) {
     // The cuda backend (lib/cuda) computes on device memory. The transformer
-    // runs there: sampling (nn::Decoder on the backend's decoder operations)
-    // and training (Transformer::Impl on its training operations); the
-    // tokenizer's and the evaluation networks' tensors and elementwise ops are
-    // still on the host, so those tools cannot use it yet.
+    // runs there (sampling: nn::Decoder on the backend's decoder operations;
+    // training: Transformer::Impl on its training operations), and so does the
+    // tokenizer (its activations are nn::DTensors); the evaluation networks'
+    // tensors and elementwise ops are still on the host, so magnets-eval
+    // cannot use it yet.
     if (name == "cuda" && !gpu_ready)
         throw Error("this tool does not run on the GPU yet", {},
-                    "on the GPU so far: magnets-sample, magnets-train and magnets-distill (the transformer); the "
-                    "tokenizer and the evaluation networks keep their tensors on the host",
+                    "on the GPU so far: magnets-tokenize, magnets-train, magnets-distill and magnets-sample; the "
+                    "evaluation networks keep their tensors on the host",
                     "use --backend onednn (the default) here");
     return std::shared_ptr<Backend>(make_backend(name));
 }

@@ -240,7 +240,7 @@ int run(const Args& a) {
     std::unique_ptr<magnets::Tokenizer> tok;
     if (a.has("tokenizer")) {
         tok = std::make_unique<magnets::Tokenizer>(
-            magnets::Tokenizer::load(a.text("tokenizer"), be->host_memory() ? be : backend_for("auto")));
+            magnets::Tokenizer::load(a.text("tokenizer"), be));
         const magnets::TokenizerConfig& tc = tok->config();
         if (tc.codebook_size != mc.codebook_size || tc.tokens_side() != mc.grid_h || tc.tokens_side() != mc.grid_w)
             throw magnets::Error("tokenizer does not match the model", a.text("tokenizer"),

@@ -69,6 +69,20 @@ public:
     void adamw_update(float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
                       float step_size, float inv_sqrt_bc2, float eps, float wd) override;
     void ema_update(float* e, const float* w, float d, int64_t n) override;
+    // ... the image networks' operations (lib/cpu/host_image_ops.cpp) ...
+    void relu(const float* x, float* y, int64_t n) override;
+    void relu_backward(const float* y, const float* dy, float* dx, int64_t n) override;
+    void upsample2(const float* x, float* y, int64_t planes, int64_t h, int64_t w) override;
+    void upsample2_backward(const float* dy, float* dx, int64_t planes, int64_t h, int64_t w) override;
+    void pixel_unshuffle2(const float* x, float* y, int64_t n, int64_t c, int64_t h, int64_t w) override;
+    void pixel_shuffle2(const float* x, float* y, int64_t n, int64_t c, int64_t h, int64_t w) override;
+    void transpose_batched(const float* src, float* dst, int64_t batches, int64_t rows, int64_t cols) override;
+    void nearest_codes(const float* z, int64_t m, const float* codebook, int64_t K, int64_t c, float* dist,
+                       int32_t* idx) override;
+    ReconSums recon_loss(const float* pred, const float* target, int64_t images, int64_t per, bool l1, double scale,
+                         float* dpred) override;
+    double commit_backward(const float* ze, const float* zq, const float* dzq, float* dze, int64_t n,
+                           float g) override;
     // ... and the sampler's draw (lib/cpu/host_sampler_ops.cpp).
     void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows, const int32_t* streams,
                    int32_t* token, float* conf) override;

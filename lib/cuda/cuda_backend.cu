@@ -348,6 +348,38 @@ public:
                    int32_t* token, float* conf) override {
         cuda::draw_rows(*this, logits, n, d, rows, streams, token, conf);
     }
+    // The image networks' operations (cuda_image_ops.cu).
+    void relu(const float* x, float* y, int64_t n) override { cuda::relu(*this, x, y, n); }
+    void relu_backward(const float* y, const float* dy, float* dx, int64_t n) override {
+        cuda::relu_backward(*this, y, dy, dx, n);
+    }
+    void upsample2(const float* x, float* y, int64_t planes, int64_t h, int64_t w) override {
+        cuda::upsample2(*this, x, y, planes, h, w);
+    }
+    void upsample2_backward(const float* dy, float* dx, int64_t planes, int64_t h, int64_t w) override {
+        cuda::upsample2_backward(*this, dy, dx, planes, h, w);
+    }
+    void pixel_unshuffle2(const float* x, float* y, int64_t n, int64_t c, int64_t h, int64_t w) override {
+        cuda::pixel_unshuffle2(*this, x, y, n, c, h, w);
+    }
+    void pixel_shuffle2(const float* x, float* y, int64_t n, int64_t c, int64_t h, int64_t w) override {
+        cuda::pixel_shuffle2(*this, x, y, n, c, h, w);
+    }
+    void transpose_batched(const float* src, float* dst, int64_t batches, int64_t rows, int64_t cols) override {
+        cuda::transpose_batched(*this, src, dst, batches, rows, cols);
+    }
+    void nearest_codes(const float* z, int64_t m, const float* codebook, int64_t K, int64_t c, float* dist,
+                       int32_t* idx) override {
+        cuda::nearest_codes(*this, z, m, codebook, K, c, dist, idx);
+    }
+    ReconSums recon_loss(const float* pred, const float* target, int64_t images, int64_t per, bool l1, double scale,
+                         float* dpred) override {
+        return cuda::recon_loss(*this, pred, target, images, per, l1, scale, dpred);
+    }
+    double commit_backward(const float* ze, const float* zq, const float* dzq, float* dze, int64_t n,
+                           float g) override {
+        return cuda::commit_backward(*this, ze, zq, dzq, dze, n, g);
+    }
     cudaStream_t stream() const { return stream_; }
     cublasHandle_t blas() const { return blas_; }
     bool bf16() const { return bf16_; }
@@ -599,7 +631,7 @@ private:
         const char* e = std::getenv("MAGNETS_CUDA_BF16");
         return e && std::string(e) == "1";
     }();
-    float* scratch_ = nullptr; // scratch_of (attention backward)
+    float* scratch_ = nullptr; // scratch_of (attention backward, the gradient norm, the image ops)
     size_t scratch_n_ = 0;
     float *bf16_a_ = nullptr, *bf16_w_ = nullptr;
     size_t bf16_a_n_ = 0, bf16_w_n_ = 0;

@@ -103,4 +103,24 @@ void reveal_top(Backend& be, const int32_t* token, const float* conf, const int3
                 int64_t reveal, int64_t N, int64_t S, int64_t branches, int32_t* masked, int32_t* fresh,
                 int32_t* tokens, int32_t* ids, float* conf_all);
 
+// ---- the image networks' operations (cuda_image_ops.cu): Backend::relu and
+// the rest, with the same arguments and meaning (NCHW f32, contiguous; idx
+// int32). The data movement and elementwise ones give the CPU's bits;
+// nearest_codes' product runs on be.matmul (cuBLAS); recon_loss and
+// commit_backward add fixed block partials in double, then on the host in
+// block order, and wait for the stream.
+void relu(Backend& be, const float* x, float* y, int64_t n);
+void relu_backward(Backend& be, const float* y, const float* dy, float* dx, int64_t n);
+void upsample2(Backend& be, const float* x, float* y, int64_t planes, int64_t h, int64_t w);
+void upsample2_backward(Backend& be, const float* dy, float* dx, int64_t planes, int64_t h, int64_t w);
+void pixel_unshuffle2(Backend& be, const float* x, float* y, int64_t n, int64_t c, int64_t h, int64_t w);
+void pixel_shuffle2(Backend& be, const float* x, float* y, int64_t n, int64_t c, int64_t h, int64_t w);
+void transpose_batched(Backend& be, const float* src, float* dst, int64_t batches, int64_t rows, int64_t cols);
+void nearest_codes(Backend& be, const float* z, int64_t m, const float* codebook, int64_t K, int64_t c, float* dist,
+                   int32_t* idx);
+Backend::ReconSums recon_loss(Backend& be, const float* pred, const float* target, int64_t images, int64_t per,
+                              bool l1, double scale, float* dpred);
+double commit_backward(Backend& be, const float* ze, const float* zq, const float* dzq, float* dze, int64_t n,
+                       float g);
+
 } // namespace magnets::cuda

@@ -196,6 +196,44 @@ public:
     // dw [c_out, c_in, kh, kw] and dbias [c_out] (may be null); overwrites both.
     virtual void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy,
                                          float* dw, float* dbias) = 0;
+
+    // ---- the image networks' operations (the tokenizer: lib/nn/tokenizer.cpp) ----
+    // NCHW f32 arrays, contiguous, in this backend's memory. The CPU backends
+    // run lib/nn/image_ops.h (lib/cpu/host_image_ops.cpp).
+    // y = max(x, 0) (y may alias x).
+    virtual void relu(const float* x, float* y, int64_t n) = 0;
+    // dx = dy where y > 0, else 0; y is the ReLU output (dx may alias dy).
+    virtual void relu_backward(const float* y, const float* dy, float* dx, int64_t n) = 0;
+    // Nearest-neighbour x2: x [planes, h, w] -> y [planes, 2h, 2w].
+    virtual void upsample2(const float* x, float* y, int64_t planes, int64_t h, int64_t w) = 0;
+    // dx [planes, h, w] = sum of dy [planes, 2h, 2w] over each 2x2 block: (a + b) + (c + d).
+    virtual void upsample2_backward(const float* dy, float* dx, int64_t planes, int64_t h, int64_t w) = 0;
+    // PyTorch's pixel_unshuffle(2): x [n, c, 2h, 2w] -> y [n, 4c, h, w],
+    // y[b, 4q + 2di + dj, i, j] = x[b, q, 2i + di, 2j + dj].
+    virtual void pixel_unshuffle2(const float* x, float* y, int64_t n, int64_t c, int64_t h, int64_t w) = 0;
+    // Its inverse, pixel_shuffle(2): x [n, 4c, h, w] -> y [n, c, 2h, 2w].
+    virtual void pixel_shuffle2(const float* x, float* y, int64_t n, int64_t c, int64_t h, int64_t w) = 0;
+    // dst [b, cols, rows] = src [b, rows, cols] transposed per batch: NCHW to
+    // rows of channel vectors (rows = c, cols = h*w) and back.
+    virtual void transpose_batched(const float* src, float* dst, int64_t batches, int64_t rows, int64_t cols) = 0;
+    // idx [m] int32 = the nearest row (L2) of codebook [K, c] to each row of
+    // z [m, c], ties to the lowest index; dist [m, K] is scratch. The distance
+    // is -2 z.e + |e|^2 (|z|^2 does not change the argmin), the product through
+    // this backend's matmul, |e|^2 summed in double.
+    virtual void nearest_codes(const float* z, int64_t m, const float* codebook, int64_t K, int64_t c, float* dist,
+                               int32_t* idx) = 0;
+    struct ReconSums {
+        double loss = 0; // mean over all values of (p - t)^2, or |p - t| with l1
+        double psnr = 0; // sum over images of 10 log10(1 / mse(clamp(p, 0, 1), t))
+    };
+    // Reconstruction loss of pred against target, `images` images of `per`
+    // values each; dpred (when not null) = scale * d(loss)/d(pred), the L1
+    // subgradient 0 at 0.
+    virtual ReconSums recon_loss(const float* pred, const float* target, int64_t images, int64_t per, bool l1,
+                                 double scale, float* dpred) = 0;
+    // The commitment term: dze = dzq + g * (ze - zq); returns the sum of (ze - zq)^2.
+    virtual double commit_backward(const float* ze, const float* zq, const float* dzq, float* dze, int64_t n,
+                                   float g) = 0;
 };
 
 // "ref", "onednn", "cuda", or "auto" (best CPU backend built in). Throws Error
@@ -206,7 +244,7 @@ std::unique_ptr<Backend> make_backend(const std::string& name);
 std::vector<std::string> available_backends();
 // Device backends built into this library ({"cuda"} with CUDA). They compute on
 // device memory from their alloc(); make_backend throws when no device is
-// visible. The models do not run on them yet: only the backend operations.
+// visible. The transformer (training, sampling) and the tokenizer run on them.
 std::vector<std::string> device_backends();
 // Threads used by CPU backends (OpenMP); 0 = library default.
 void set_num_threads(int n);

@@ -87,17 +87,17 @@ Tokenizer::Impl::Impl(const TokenizerConfig& c, std::shared_ptr<Backend> b) : cf
     dec_tail = nn::Conv2d("dec.tail", cfg.tail_channels, cfg.channels, 3, 1, 1);
 }
 
-std::vector<std::pair<std::string, std::pair<Tensor*, Tensor*>>> Tokenizer::Impl::params() {
-    std::vector<std::pair<std::string, std::pair<Tensor*, Tensor*>>> p;
+std::vector<Tokenizer::Impl::ParamRef> Tokenizer::Impl::params() {
+    std::vector<ParamRef> p;
     auto conv = [&](nn::Conv2d& c) {
-        p.push_back({c.name + ".weight", {&c.weight, &c.dweight}});
-        p.push_back({c.name + ".bias", {&c.bias, &c.dbias}});
+        p.push_back({c.name + ".weight", &c.weight, &c.dweight, &c.weight_dev, &c.dweight_dev});
+        p.push_back({c.name + ".bias", &c.bias, &c.dbias, &c.bias_dev, &c.dbias_dev});
     };
     conv(enc_in);
     for (auto& c : enc_down) conv(c);
     for (auto& r : enc_res) { conv(r.conv_a); conv(r.conv_b); }
     conv(enc_out);
-    p.push_back({"quant.codebook", {&codebook, &dcodebook}});
+    p.push_back({"quant.codebook", &codebook, &dcodebook, &codebook_dev, &dcodebook_dev});
     conv(dec_in);
     for (auto& r : dec_res) { conv(r.conv_a); conv(r.conv_b); }
     for (auto& c : dec_up) conv(c);
@@ -106,79 +106,160 @@ std::vector<std::pair<std::string, std::pair<Tensor*, Tensor*>>> Tokenizer::Impl
     return p;
 }
 
-void Tokenizer::Impl::encoder_forward(const Tensor& input) {
+void Tokenizer::Impl::params_to_device() {
+    if (!on_device() || !host_newer) return;
+    for (const ParamRef& p : params()) {
+        const size_t n = static_cast<size_t>(p.w->numel());
+        p.wd->bind(*be);
+        p.gd->bind(*be);
+        be->upload(p.wd->grow(n), p.w->data(), n);
+        if (!p.gd->data()) be->zero(p.gd->grow(n), n);
+    }
+    host_newer = false;
+}
+
+void Tokenizer::Impl::params_to_host() {
+    if (!on_device() || !device_newer) return;
+    for (const ParamRef& p : params())
+        if (p.wd->data()) be->download(p.w->data(), p.wd->data(), static_cast<size_t>(p.w->numel()));
+    device_newer = false;
+}
+
+void Tokenizer::Impl::grads_to_host() {
+    if (!on_device()) return;
+    for (const ParamRef& p : params())
+        if (p.gd->data()) be->download(p.g->data(), p.gd->data(), static_cast<size_t>(p.g->numel()));
+}
+
+void Tokenizer::Impl::codebook_to_host() {
+    if (on_device() && codebook_dev.data())
+        be->download(codebook.data(), codebook_dev.data(), static_cast<size_t>(codebook.numel()));
+}
+
+void Tokenizer::Impl::codebook_to_device() {
+    if (on_device() && codebook_dev.data())
+        be->upload(codebook_dev.data(), codebook.data(), static_cast<size_t>(codebook.numel()));
+}
+
+void Tokenizer::Impl::load_input(const float* images, int64_t n) {
+    const int64_t S = cfg.image_size;
+    x.ensure(*be, {n, cfg.channels, S, S});
+    be->upload(x.data(), images, static_cast<size_t>(x.numel()));
+}
+
+const float* Tokenizer::Impl::host_view(const nn::DTensor& t, std::vector<float>& staging) const {
+    if (be->host_memory()) return t.data();
+    staging.resize(static_cast<size_t>(t.numel()));
+    be->download(staging.data(), t.data(), staging.size());
+    return staging.data();
+}
+
+void Tokenizer::Impl::encoder_forward() {
     Backend& b = *be;
-    nn::pixel_unshuffle2(input, x_s2d);
+    params_to_device();
+    const int64_t n = x.dim(0), C = x.dim(1), h = x.dim(2) / 2, w = x.dim(3) / 2;
+    x_s2d.ensure(b, {n, 4 * C, h, w});
+    b.pixel_unshuffle2(x.data(), x_s2d.data(), n, C, h, w);
+    auto relu = [&](const nn::DTensor& in, nn::DTensor& out) {
+        out.ensure(b, in.shape);
+        b.relu(in.data(), out.data(), in.numel());
+    };
     enc_in.forward(b, x_s2d, e_in);
-    nn::relu_forward(e_in, e_in_r);
+    relu(e_in, e_in_r);
     e_down.resize(enc_down.size());
     e_down_r.resize(enc_down.size());
-    const Tensor* h = &e_in_r;
+    const nn::DTensor* hp = &e_in_r;
     for (size_t i = 0; i < enc_down.size(); ++i) {
-        enc_down[i].forward(b, *h, e_down[i]);
-        nn::relu_forward(e_down[i], e_down_r[i]);
-        h = &e_down_r[i];
+        enc_down[i].forward(b, *hp, e_down[i]);
+        relu(e_down[i], e_down_r[i]);
+        hp = &e_down_r[i];
     }
     e_res_out.resize(enc_res.size());
     for (size_t j = 0; j < enc_res.size(); ++j) {
-        enc_res[j].forward(b, *h, e_res_out[j]);
-        h = &e_res_out[j];
+        enc_res[j].forward(b, *hp, e_res_out[j]);
+        hp = &e_res_out[j];
     }
-    nn::relu_forward(*h, e_res_r);
+    relu(*hp, e_res_r);
     enc_out.forward(b, e_res_r, z_e);
 }
 
 void Tokenizer::Impl::quantize() {
-    nn::nchw_to_rows(z_e, z_rows);
-    nn::nearest_codes(*be, z_rows, codebook, dist, codes);
-    const int64_t m = z_rows.dim(0), c = cfg.code_dim;
-    nn::ensure(z_q_rows, {m, c});
-    for (int64_t i = 0; i < m; ++i)
-        std::memcpy(z_q_rows.data() + i * c, codebook.data() + codes[static_cast<size_t>(i)] * c, sizeof(float) * static_cast<size_t>(c));
-    nn::rows_to_nchw(z_q_rows, z_e.dim(0), z_e.dim(2), z_e.dim(3), z_q);
+    Backend& b = *be;
+    const int64_t n = z_e.dim(0), c = cfg.code_dim, hw = z_e.dim(2) * z_e.dim(3), m = n * hw, K = cfg.codebook_size;
+    z_rows.ensure(b, {m, c});
+    b.transpose_batched(z_e.data(), z_rows.data(), n, c, hw);
+    dist.ensure(b, {m, K});
+    codes_dev.ensure(b, {m});
+    b.nearest_codes(z_rows.data(), m, codebook_ptr(), K, c, dist.data(), codes_dev.ints());
+    codes.resize(static_cast<size_t>(m));
+    if (b.host_memory())
+        std::memcpy(codes.data(), codes_dev.ints(), sizeof(int32_t) * codes.size());
+    else
+        b.download(reinterpret_cast<float*>(codes.data()), codes_dev.data(), codes.size());
+    z_q_rows.ensure(b, {m, c});
+    b.gather_rows(codebook_ptr(), codes_dev.ints(), 1, K, m, z_q_rows.data(), c);
+    z_q.ensure(b, z_e.shape);
+    b.transpose_batched(z_q_rows.data(), z_q.data(), n, hw, c);
 }
 
-void Tokenizer::Impl::decoder_forward(const Tensor& zq) {
+void Tokenizer::Impl::decoder_forward() {
     Backend& b = *be;
-    dec_in.forward(b, zq, d_in);
-    const Tensor* h = &d_in;
+    params_to_device();
+    auto relu = [&](const nn::DTensor& in, nn::DTensor& out) {
+        out.ensure(b, in.shape);
+        b.relu(in.data(), out.data(), in.numel());
+    };
+    dec_in.forward(b, z_q, d_in);
+    const nn::DTensor* hp = &d_in;
     d_res_out.resize(dec_res.size());
     for (size_t j = 0; j < dec_res.size(); ++j) {
-        dec_res[j].forward(b, *h, d_res_out[j]);
-        h = &d_res_out[j];
+        dec_res[j].forward(b, *hp, d_res_out[j]);
+        hp = &d_res_out[j];
     }
-    nn::relu_forward(*h, d_res_r);
-    h = &d_res_r;
+    relu(*hp, d_res_r);
+    hp = &d_res_r;
     d_up_in.resize(dec_up.size());
     d_up.resize(dec_up.size());
     d_up_r.resize(dec_up.size());
     for (size_t i = 0; i < dec_up.size(); ++i) {
-        nn::upsample2_forward(*h, d_up_in[i]);
+        const int64_t n = hp->dim(0), c = hp->dim(1), h = hp->dim(2), w = hp->dim(3);
+        d_up_in[i].ensure(b, {n, c, 2 * h, 2 * w});
+        b.upsample2(hp->data(), d_up_in[i].data(), n * c, h, w);
         dec_up[i].forward(b, d_up_in[i], d_up[i]);
-        nn::relu_forward(d_up[i], d_up_r[i]);
-        h = &d_up_r[i];
+        relu(d_up[i], d_up_r[i]);
+        hp = &d_up_r[i];
     }
-    dec_out.forward(b, *h, out_s2d);
-    nn::pixel_shuffle2(out_s2d, tail_in);
-    nn::relu_forward(tail_in, tail_r);
+    dec_out.forward(b, *hp, out_s2d);
+    {
+        const int64_t n = out_s2d.dim(0), c = out_s2d.dim(1) / 4, h = out_s2d.dim(2), w = out_s2d.dim(3);
+        tail_in.ensure(b, {n, c, 2 * h, 2 * w});
+        b.pixel_shuffle2(out_s2d.data(), tail_in.data(), n, c, h, w);
+    }
+    relu(tail_in, tail_r);
     dec_tail.forward(b, tail_r, x_hat);
 }
 
-void Tokenizer::Impl::decoder_backward(const Tensor& d_xhat, Tensor& dzq) {
+void Tokenizer::Impl::decoder_backward(const nn::DTensor& d_xhat, nn::DTensor& dzq) {
     Backend& b = *be;
-    Tensor &g = bw_g, &g2 = bw_g2, &d_s2d = bw_s2d;
-    const Tensor* last = dec_up.empty() ? &d_res_r : &d_up_r.back();
-    Tensor& d_tail = bw_tail;
+    nn::DTensor &g = bw_g, &g2 = bw_g2, &d_s2d = bw_s2d;
+    const nn::DTensor* last = dec_up.empty() ? &d_res_r : &d_up_r.back();
+    nn::DTensor& d_tail = bw_tail;
     dec_tail.backward(b, tail_r, d_xhat, &d_tail);
-    nn::relu_backward(tail_r, d_tail, d_tail);
-    nn::pixel_unshuffle2(d_tail, d_s2d);
+    b.relu_backward(tail_r.data(), d_tail.data(), d_tail.data(), d_tail.numel());
+    {
+        const int64_t n = d_tail.dim(0), c = d_tail.dim(1), h = d_tail.dim(2) / 2, w = d_tail.dim(3) / 2;
+        d_s2d.ensure(b, {n, 4 * c, h, w});
+        b.pixel_unshuffle2(d_tail.data(), d_s2d.data(), n, c, h, w);
+    }
     dec_out.backward(b, *last, d_s2d, &g);
     for (size_t i = dec_up.size(); i-- > 0;) {
-        nn::relu_backward(d_up_r[i], g, g);
+        b.relu_backward(d_up_r[i].data(), g.data(), g.data(), g.numel());
         dec_up[i].backward(b, d_up_in[i], g, &g2);
-        nn::upsample2_backward(g2, g);
+        const int64_t n = g2.dim(0), c = g2.dim(1), h = g2.dim(2) / 2, w = g2.dim(3) / 2;
+        g.ensure(b, {n, c, h, w});
+        b.upsample2_backward(g2.data(), g.data(), n * c, h, w);
     }
-    nn::relu_backward(d_res_r, g, g);
+    b.relu_backward(d_res_r.data(), g.data(), g.data(), g.numel());
     for (size_t j = dec_res.size(); j-- > 0;) {
         dec_res[j].backward(b, g, g2);
         std::swap(g, g2);
@@ -186,27 +267,24 @@ void Tokenizer::Impl::decoder_backward(const Tensor& d_xhat, Tensor& dzq) {
     dec_in.backward(b, z_q, g, &dzq);
 }
 
-
-void Tokenizer::Impl::encoder_backward(const Tensor& dze) {
+void Tokenizer::Impl::encoder_backward(const nn::DTensor& dze) {
     Backend& b = *be;
-    Tensor &g = bw_g, &g2 = bw_g2;
+    nn::DTensor &g = bw_g, &g2 = bw_g2;
     enc_out.backward(b, e_res_r, dze, &g);
-    nn::relu_backward(e_res_r, g, g);
+    b.relu_backward(e_res_r.data(), g.data(), g.data(), g.numel());
     for (size_t j = enc_res.size(); j-- > 0;) {
         enc_res[j].backward(b, g, g2);
         std::swap(g, g2);
     }
     for (size_t i = enc_down.size(); i-- > 0;) {
-        nn::relu_backward(e_down_r[i], g, g);
-        const Tensor& in = i == 0 ? e_in_r : e_down_r[i - 1];
+        b.relu_backward(e_down_r[i].data(), g.data(), g.data(), g.numel());
+        const nn::DTensor& in = i == 0 ? e_in_r : e_down_r[i - 1];
         enc_down[i].backward(b, in, g, &g2);
         std::swap(g, g2);
     }
-    nn::relu_backward(e_in_r, g, g);
+    b.relu_backward(e_in_r.data(), g.data(), g.data(), g.numel());
     enc_in.backward(b, x_s2d, g, nullptr);
 }
-
-// ---- public API ---------------------------------------------------------------
 
 Tokenizer::Tokenizer(const TokenizerConfig& cfg, std::shared_ptr<Backend> backend)
     : impl_(std::make_unique<Impl>(cfg, std::move(backend))) {}
@@ -220,23 +298,27 @@ int64_t Tokenizer::tokens_per_image() const { return impl_->cfg.tokens_side() * 
 
 std::vector<std::string> Tokenizer::param_names() const {
     std::vector<std::string> names;
-    for (auto& [n, p] : impl_->params()) names.push_back(n);
+    for (auto& p : impl_->params()) names.push_back(p.name);
     return names;
 }
 
 Tensor& Tokenizer::param(const std::string& name) {
-    for (auto& [n, p] : impl_->params()) if (n == name) return *p.first;
+    impl_->params_to_host();
+    impl_->host_newer = true; // the caller may change it
+    for (auto& p : impl_->params()) if (p.name == name) return *p.w;
     throw Error("unknown tokenizer parameter '" + name + "'");
 }
 
 Tensor& Tokenizer::grad(const std::string& name) {
-    for (auto& [n, p] : impl_->params()) if (n == name) return *p.second;
+    impl_->grads_to_host();
+    for (auto& p : impl_->params()) if (p.name == name) return *p.g;
     throw Error("unknown tokenizer parameter '" + name + "'");
 }
 
 std::string Tokenizer::hash() const {
+    impl_->params_to_host();
     std::map<std::string, Tensor> w;
-    for (auto& [n, p] : impl_->params()) w[n] = *p.first;
+    for (auto& p : impl_->params()) w[p.name] = *p.w;
     return weights_hash(w);
 }
 
@@ -254,17 +336,16 @@ void Tokenizer::init(uint64_t seed) {
         m.codebook.data()[i] = rng.normal(s, static_cast<uint64_t>(i)) * scale;
     m.ema_count.fill(1.0f);
     nn::copy(m.codebook, m.ema_sum);
+    m.host_newer = true;
+    m.device_newer = false;
 }
-
 
 void Tokenizer::encode(const float* images, int64_t n, uint16_t* tokens) {
     Impl& m = *impl_;
     check(n >= 0, "tokenizer", "negative batch size");
     if (n == 0) return;
-    const int64_t S = m.cfg.image_size;
-    nn::ensure(m.x, {n, m.cfg.channels, S, S});
-    std::memcpy(m.x.data(), images, sizeof(float) * static_cast<size_t>(m.x.numel()));
-    m.encoder_forward(m.x);
+    m.load_input(images, n);
+    m.encoder_forward();
     m.quantize();
     for (size_t i = 0; i < m.codes.size(); ++i) tokens[i] = static_cast<uint16_t>(m.codes[i]);
 }
@@ -273,81 +354,85 @@ void Tokenizer::decode(const uint16_t* tokens, int64_t n, float* images) {
     Impl& m = *impl_;
     check(n >= 0, "tokenizer", "negative batch size");
     if (n == 0) return;
+    Backend& b = *m.be;
     const int64_t side = m.cfg.tokens_side(), c = m.cfg.code_dim, K = m.cfg.codebook_size;
     const int64_t rows = n * side * side;
-    nn::ensure(m.z_q_rows, {rows, c});
+    m.codes.resize(static_cast<size_t>(rows));
     for (int64_t i = 0; i < rows; ++i) {
         if (tokens[i] >= K)
             throw Error("token out of range", {}, "token " + std::to_string(tokens[i]) + " at position " +
                         std::to_string(i) + " >= codebook size " + std::to_string(K),
                         "decode with the tokenizer that produced these tokens");
-        std::memcpy(m.z_q_rows.data() + i * c, m.codebook.data() + tokens[i] * c, sizeof(float) * static_cast<size_t>(c));
+        m.codes[static_cast<size_t>(i)] = tokens[i];
     }
-    nn::rows_to_nchw(m.z_q_rows, n, side, side, m.z_q);
-    m.decoder_forward(m.z_q);
-    const float* o = m.x_hat.data();
-    for (int64_t i = 0; i < m.x_hat.numel(); ++i) images[i] = std::min(1.0f, std::max(0.0f, o[i]));
+    m.params_to_device();
+    m.codes_dev.ensure(b, {rows});
+    b.upload(m.codes_dev.data(), reinterpret_cast<const float*>(m.codes.data()), static_cast<size_t>(rows));
+    m.z_q_rows.ensure(b, {rows, c});
+    b.gather_rows(m.codebook_ptr(), m.codes_dev.ints(), 1, K, rows, m.z_q_rows.data(), c);
+    m.z_q.ensure(b, {n, c, side, side});
+    b.transpose_batched(m.z_q_rows.data(), m.z_q.data(), n, side * side, c);
+    m.decoder_forward();
+    const int64_t count = m.x_hat.numel();
+    b.download(images, m.x_hat.data(), static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) images[i] = std::min(1.0f, std::max(0.0f, images[i]));
 }
 
 Tokenizer::StepLosses Tokenizer::forward_backward(const float* images, int64_t n, bool update_codebook) {
     Impl& m = *impl_;
     check(n > 0, "tokenizer training step", "empty batch");
     const TokenizerConfig& cfg = m.cfg;
+    Backend& b = *m.be;
     const int64_t S = cfg.image_size, K = cfg.codebook_size, c = cfg.code_dim;
-    nn::ensure(m.x, {n, cfg.channels, S, S});
-    std::memcpy(m.x.data(), images, sizeof(float) * static_cast<size_t>(m.x.numel()));
-
-    m.encoder_forward(m.x);
+    m.load_input(images, n);
+    m.encoder_forward();
     m.quantize();
-    m.decoder_forward(m.z_q);
+    m.decoder_forward();
 
     StepLosses out;
-    Tensor &d_xhat = m.bw_dxhat, &dzq = m.bw_dzq;
-    out.recon = cfg.recon_loss == ReconLoss::l2 ? nn::mse_loss(m.x_hat, m.x, &d_xhat) : nn::l1_loss(m.x_hat, m.x, &d_xhat);
+    nn::DTensor &d_xhat = m.bw_dxhat, &dzq = m.bw_dzq;
+    d_xhat.ensure(b, m.x_hat.shape);
+    const Backend::ReconSums rs = b.recon_loss(m.x_hat.data(), m.x.data(), n, cfg.channels * S * S,
+                                               cfg.recon_loss == ReconLoss::l1, 1.0, d_xhat.data());
+    out.recon = rs.loss;
+    out.psnr = rs.psnr / static_cast<double>(n);
     m.decoder_backward(d_xhat, dzq);
 
-    // Commitment: beta * mean((z_e - sg(z_q))^2); straight-through adds dzq to dz_e.
     const int64_t numel = m.z_e.numel();
-    Tensor& dze = m.bw_dze;
-    nn::ensure(dze, m.z_e.shape());
-    double commit = 0.0;
-    {
-        const float* ze = m.z_e.data();
-        const float* zq = m.z_q.data();
-        const float* gq = dzq.data();
-        float* d = dze.data();
-        const float g = static_cast<float>(2.0 * cfg.commitment / static_cast<double>(numel));
-        for (int64_t i = 0; i < numel; ++i) {
-            const float e = ze[i] - zq[i];
-            commit += static_cast<double>(e) * e;
-            d[i] = gq[i] + g * e;
-        }
-        commit /= static_cast<double>(numel);
-    }
+    nn::DTensor& dze = m.bw_dze;
+    dze.ensure(b, m.z_e.shape);
+    const float g = static_cast<float>(2.0 * cfg.commitment / static_cast<double>(numel));
+    const double commit = b.commit_backward(m.z_e.data(), m.z_q.data(), dzq.data(), dze.data(), numel, g) /
+                          static_cast<double>(numel);
     out.commit = commit;
     m.encoder_backward(dze);
 
-    // Codebook loss mean((sg(z_e) - z_q)^2): gradient onto the chosen codes.
-    m.dcodebook.zero();
+    // The quantizer's bookkeeping, on the host (see tokenizer_impl.h).
     const int64_t rows = m.z_rows.dim(0);
+    std::vector<float> zr_staging, zq_staging;
+    m.dcodebook.zero();
     if (cfg.quantizer == Quantizer::loss) {
         out.codebook = commit;
-        const float g = static_cast<float>(2.0 / static_cast<double>(numel));
+        const float* zr = m.host_view(m.z_rows, zr_staging);
+        const float* zqr = m.host_view(m.z_q_rows, zq_staging);
+        const float gc = static_cast<float>(2.0 / static_cast<double>(numel));
         for (int64_t i = 0; i < rows; ++i) {
             float* dc = m.dcodebook.data() + m.codes[static_cast<size_t>(i)] * c;
-            const float* zq = m.z_q_rows.data() + i * c;
-            const float* ze = m.z_rows.data() + i * c;
-            for (int64_t q = 0; q < c; ++q) dc[q] += g * (zq[q] - ze[q]);
+            const float* zq = zqr + i * c;
+            const float* ze = zr + i * c;
+            for (int64_t q = 0; q < c; ++q) dc[q] += gc * (zq[q] - ze[q]);
         }
+        if (m.on_device()) b.upload(m.dcodebook_dev.data(), m.dcodebook.data(), static_cast<size_t>(K * c));
     }
     out.code_counts.assign(static_cast<size_t>(K), 0);
     for (int32_t k : m.codes) ++out.code_counts[static_cast<size_t>(k)];
 
     if (cfg.quantizer == Quantizer::ema && update_codebook) {
+        const float* zr = m.host_view(m.z_rows, zr_staging);
         const float d = static_cast<float>(cfg.ema_decay);
         std::vector<double> sums(static_cast<size_t>(K * c), 0.0);
         for (int64_t i = 0; i < rows; ++i) {
-            const float* ze = m.z_rows.data() + i * c;
+            const float* ze = zr + i * c;
             double* s = sums.data() + m.codes[static_cast<size_t>(i)] * c;
             for (int64_t q = 0; q < c; ++q) s[q] += ze[q];
         }
@@ -361,30 +446,16 @@ Tokenizer::StepLosses Tokenizer::forward_backward(const float* images, int64_t n
                 es = d * es + (1.0f - d) * static_cast<float>(sums[static_cast<size_t>(k * c + q)]);
             }
         }
-        // Laplace smoothing keeps rarely used codes finite.
         const double eps = 1e-5;
         for (int64_t k = 0; k < K; ++k) {
             const double cnt = (m.ema_count.data()[k] + eps) / (total + K * eps) * total;
             for (int64_t q = 0; q < c; ++q)
                 m.codebook.data()[k * c + q] = static_cast<float>(m.ema_sum.data()[k * c + q] / cnt);
         }
+        m.codebook_to_device();
     }
 
     out.loss = out.recon + cfg.commitment * commit + (cfg.quantizer == Quantizer::loss ? out.codebook : 0.0);
-    // Batch PSNR from per-image MSE (peak 1.0).
-    const int64_t per = cfg.channels * S * S;
-    double psnr = 0.0;
-    for (int64_t b = 0; b < n; ++b) {
-        double se = 0.0;
-        const float* p = m.x_hat.data() + b * per;
-        const float* t = m.x.data() + b * per;
-        for (int64_t i = 0; i < per; ++i) {
-            const double e = std::min(1.0f, std::max(0.0f, p[i])) - t[i];
-            se += e * e;
-        }
-        psnr += 10.0 * std::log10(1.0 / std::max(se / static_cast<double>(per), 1e-10));
-    }
-    out.psnr = psnr / static_cast<double>(n);
     return out;
 }
 

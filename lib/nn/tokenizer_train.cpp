@@ -73,7 +73,8 @@ static Checkpoint make_checkpoint(Tokenizer& tok) {
     ck.format = tokenizer_format;
     ck.format_version = tokenizer_format_version;
     tok.config().to_attrs(ck.attrs);
-    for (auto& [n, p] : tok.impl().params()) ck.weights[n] = *p.first;
+    tok.impl().params_to_host();
+    for (auto& p : tok.impl().params()) ck.weights[p.name] = *p.w;
     return ck;
 }
 
@@ -83,26 +84,30 @@ void save_tokenizer(const Tokenizer& tok, const std::string& path, const std::st
 }
 
 static void load_weights(Tokenizer& tok, const Checkpoint& ck, const std::string& path) {
-    for (auto& [n, p] : tok.impl().params()) {
+    tok.impl().params_to_host(); // a partial load must not leave stale device weights behind
+    for (auto& pr : tok.impl().params()) {
+        const std::string& n = pr.name;
+        Tensor* w = pr.w;
         auto it = ck.weights.find(n);
         if (it == ck.weights.end())
             throw Error("cannot load tokenizer", path, "weight '" + n + "' is missing",
                         "the file is damaged or was written by an incompatible version; retrain the tokenizer");
-        if (it->second.shape() != p.first->shape())
+        if (it->second.shape() != w->shape())
             throw Error("cannot load tokenizer", path,
-                        "weight '" + n + "' has shape " + it->second.shape_str() + ", expected " + p.first->shape_str(),
+                        "weight '" + n + "' has shape " + it->second.shape_str() + ", expected " + w->shape_str(),
                         "the file is damaged; retrain the tokenizer");
         // into the existing storage: the optimizer holds pointers to it
         const Tensor src = it->second.clone();
-        check(p.first->is_contiguous(), "cannot load tokenizer", "parameter " + n + " is not contiguous");
-        std::memcpy(p.first->data(), src.data(), sizeof(float) * static_cast<size_t>(src.numel()));
-        const float* v = p.first->data();
-        for (int64_t i = 0; i < p.first->numel(); ++i)
+        check(w->is_contiguous(), "cannot load tokenizer", "parameter " + n + " is not contiguous");
+        std::memcpy(w->data(), src.data(), sizeof(float) * static_cast<size_t>(src.numel()));
+        const float* v = w->data();
+        for (int64_t i = 0; i < w->numel(); ++i)
             if (!std::isfinite(v[i]))
                 throw Error("cannot load tokenizer", path,
                             "weight '" + n + "' holds a non-finite value (NaN or infinity) at index " + std::to_string(i),
                             "the run that wrote it diverged or the file is damaged; use an earlier checkpoint or retrain");
     }
+    tok.impl().host_newer = true;
 }
 
 Tokenizer Tokenizer::load(const std::string& path, std::shared_ptr<Backend> backend) {
@@ -134,15 +139,20 @@ double perplexity_of(const std::vector<int64_t>& counts, int64_t* used) {
 // Sets codes `which` to rows of the current batch's encoder outputs drawn by (seed, purpose, step).
 void reseed_codes(Tokenizer::Impl& m, const std::vector<int64_t>& which, const Philox& rng, const char* purpose,
                   int64_t step) {
+    if (which.empty()) return;
     const int64_t rows = m.z_rows.dim(0), c = m.cfg.code_dim;
     const uint64_t s = stream_id(purpose, static_cast<uint64_t>(step));
+    std::vector<float> staging;
+    const float* zr = m.host_view(m.z_rows, staging);
+    m.codebook_to_host(); // the optimizer may have moved the device's copy
     for (size_t i = 0; i < which.size(); ++i) {
         const int64_t k = which[i];
         const int64_t r = rng.below(s, i, static_cast<uint32_t>(rows));
-        std::memcpy(m.codebook.data() + k * c, m.z_rows.data() + r * c, sizeof(float) * static_cast<size_t>(c));
-        std::memcpy(m.ema_sum.data() + k * c, m.z_rows.data() + r * c, sizeof(float) * static_cast<size_t>(c));
+        std::memcpy(m.codebook.data() + k * c, zr + r * c, sizeof(float) * static_cast<size_t>(c));
+        std::memcpy(m.ema_sum.data() + k * c, zr + r * c, sizeof(float) * static_cast<size_t>(c));
         m.ema_count.data()[k] = 1.0f;
     }
+    m.codebook_to_device();
 }
 
 } // namespace
@@ -163,12 +173,14 @@ int64_t train_tokenizer(Tokenizer& tok, const ImageSet& data, const TokenizerTra
     check(tc.steps > 0 && tc.batch_size > 0, "cannot train tokenizer", "steps and batch size must be positive");
     check(!opt.output.empty(), "cannot train tokenizer", "no output path");
 
-    nn::Adam adam({}, *m.be); // the tokenizer runs on a CPU backend: host memory
-    for (auto& [n, p] : m.params()) {
-        if (n == "quant.codebook" && cfg.quantizer == Quantizer::ema) continue;
-        check(p.first->is_contiguous() && p.second->is_contiguous(), "cannot train tokenizer",
-              "parameter " + n + " is not contiguous");
-        adam.add(n, p.first->data(), p.second->data(), p.first->shape(), false);
+    // AdamW on the backend's copies (device memory on a GPU: Impl::params_to_device).
+    nn::Adam adam({}, *m.be);
+    m.params_to_device();
+    for (auto& p : m.params()) {
+        if (p.name == "quant.codebook" && cfg.quantizer == Quantizer::ema) continue;
+        check(p.w->is_contiguous() && p.g->is_contiguous(), "cannot train tokenizer",
+              "parameter " + p.name + " is not contiguous");
+        adam.add(p.name, p.W(), p.G(), p.w->shape(), false);
     }
     Philox rng(tc.seed);
     std::vector<int64_t> window(static_cast<size_t>(K), 0), log_window(static_cast<size_t>(K), 0);
@@ -258,10 +270,9 @@ int64_t train_tokenizer(Tokenizer& tok, const ImageSet& data, const TokenizerTra
 
         if (step == 0) {
             // Codebook from data: K random encoder outputs of the first batch.
-            Tensor x({B, cfg.channels, cfg.image_size, cfg.image_size});
-            std::memcpy(x.data(), batch.data(), sizeof(float) * batch.size());
-            m.encoder_forward(x);
-            nn::nchw_to_rows(m.z_e, m.z_rows);
+            m.load_input(batch.data(), B);
+            m.encoder_forward();
+            m.quantize(); // for z_rows
             std::vector<int64_t> all(static_cast<size_t>(K));
             std::iota(all.begin(), all.end(), int64_t{0});
             reseed_codes(m, all, rng, "codebook-init", 0);
@@ -270,6 +281,7 @@ int64_t train_tokenizer(Tokenizer& tok, const ImageSet& data, const TokenizerTra
         Tokenizer::StepLosses L = tok.forward_backward(batch.data(), B, true);
         const double lr = nn::warmup_cosine_lr(step, tc.steps, tc.warmup, tc.lr, tc.lr_min_ratio);
         adam.step(lr);
+        m.device_newer = m.on_device();
         for (int64_t k = 0; k < K; ++k) {
             window[static_cast<size_t>(k)] += L.code_counts[static_cast<size_t>(k)];
             log_window[static_cast<size_t>(k)] += L.code_counts[static_cast<size_t>(k)];
