@@ -248,6 +248,31 @@ public:
         devs("commit_backward", ze, zq, dzq, dze);
         MAGNETS_FWD(commit_backward(ze, zq, dzq, dze, n, g));
     }
+    void zero_pad(const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t ph, int64_t pw) override {
+        devs("zero_pad", x, y);
+        MAGNETS_FWD(zero_pad(x, y, planes, h, w, ph, pw));
+    }
+    void max_pool3(const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t s, int64_t p) override {
+        devs("max_pool3", x, y);
+        MAGNETS_FWD(max_pool3(x, y, planes, h, w, s, p));
+    }
+    void avg_pool3(const float* x, float* y, int64_t planes, int64_t h, int64_t w) override {
+        devs("avg_pool3", x, y);
+        MAGNETS_FWD(avg_pool3(x, y, planes, h, w));
+    }
+    void mean_planes(const float* x, float* y, int64_t planes, int64_t plane) override {
+        devs("mean_planes", x, y);
+        MAGNETS_FWD(mean_planes(x, y, planes, plane));
+    }
+    void copy2d(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows, int64_t cols) override {
+        devs("copy2d", dst, src);
+        MAGNETS_FWD(copy2d(dst, ld_dst, src, ld_src, rows, cols));
+    }
+    void resize_bilinear(const float* x, int64_t n, int64_t c_in, int64_t h, int64_t w, float* y, int64_t c_out,
+                         int64_t oh, int64_t ow, float mul, float add) override {
+        devs("resize_bilinear", x, y);
+        MAGNETS_FWD(resize_bilinear(x, n, c_in, h, w, y, c_out, oh, ow, mul, add));
+    }
 #undef MAGNETS_FWD
 
 private:

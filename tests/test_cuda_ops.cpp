@@ -866,3 +866,218 @@ TEST_CASE("cuda recon_loss and commit_backward match the CPU") {
         CHECK(rel_err(DZQ.get(dze.size()), dze) <= 1e-6);
     }
 }
+
+// ---- the evaluation networks' operations (Inception, the classifier on the GPU) ----------
+
+TEST_CASE("cuda zero_pad, max_pool3, avg_pool3 give the CPU's bits") {
+    auto be = gpu();
+    if (!be) return;
+    auto cpu = make_backend("ref");
+    // Odd sizes (3 planes of 5 x 7) and Inception's (2 images x 64 planes of 35 x 35).
+    for (auto [planes, h, w] : {std::array<int64_t, 3>{3, 5, 7}, std::array<int64_t, 3>{2 * 64, 35, 35}}) {
+        CAPTURE(planes);
+        CAPTURE(h);
+        CAPTURE(w);
+        const size_t n = size_t(planes * h * w);
+        auto x = rnd(n, 101);
+        // Zeros of both signs and a NaN: the max keeps the first of +0 and -0
+        // and never takes a NaN (std::max(m, v) = m < v ? v : m), on both sides.
+        x[0] = 0.0f;
+        x[1] = -0.0f;
+        x[size_t(w)] = -0.0f;
+        x[size_t(w) + 1] = 0.0f;
+        x[size_t(2 * w + 2)] = NAN;
+        Dev X(*be, x);
+        for (auto [ph, pw] : {std::array<int64_t, 2>{0, 3}, std::array<int64_t, 2>{3, 0}, std::array<int64_t, 2>{1, 1}}) {
+            CAPTURE(ph);
+            CAPTURE(pw);
+            const size_t m = size_t(planes * (h + 2 * ph) * (w + 2 * pw));
+            std::vector<float> y(m, 7.0f);
+            cpu->zero_pad(x.data(), y.data(), planes, h, w, ph, pw);
+            Dev Y(*be, std::vector<float>(m, 7.0f)); // the border must be written
+            be->zero_pad(X.p, Y.p, planes, h, w, ph, pw);
+            CHECK(same_bits(Y.get(m), y));
+        }
+        for (auto [s, p] : {std::array<int64_t, 2>{2, 0}, std::array<int64_t, 2>{1, 1}}) {
+            CAPTURE(s);
+            CAPTURE(p);
+            const int64_t oh = (h + 2 * p - 3) / s + 1, ow = (w + 2 * p - 3) / s + 1;
+            const size_t m = size_t(planes * oh * ow);
+            std::vector<float> y(m, 7.0f);
+            cpu->max_pool3(x.data(), y.data(), planes, h, w, s, p);
+            Dev Y(*be, std::vector<float>(m, 7.0f));
+            be->max_pool3(X.p, Y.p, planes, h, w, s, p);
+            CHECK(same_bits(Y.get(m), y));
+        }
+        {
+            // avg_pool3: float sums of 4, 6 or 9 values (corners, edges, inside)
+            // in the CPU's order, then the division: the same bits.
+            auto xa = rnd(n, 102);
+            std::vector<float> y(n, 7.0f);
+            cpu->avg_pool3(xa.data(), y.data(), planes, h, w);
+            Dev XA(*be, xa), Y(*be, std::vector<float>(n, 7.0f));
+            be->avg_pool3(XA.p, Y.p, planes, h, w);
+            CHECK(same_bits(Y.get(n), y));
+        }
+    }
+}
+
+TEST_CASE("cuda mean_planes matches the CPU, copy2d gives its bits") {
+    auto be = gpu();
+    if (!be) return;
+    auto cpu = make_backend("ref");
+    // mean_planes: odd (3 planes of 5 x 7), Inception-like (2 x 64 planes of
+    // 35 x 35) and its final pool (2 x 2048 planes of 8 x 8). Tolerance: both
+    // sides sum the floats in double (each term exact), the GPU in a block
+    // tree, the CPU in order, so the two sums differ by double round-off,
+    // below plane * 2^-53 * sum |x| (< 1e-12 here); float(s / plane) of two
+    // such doubles differs by at most one ulp of float (1.2e-7 relative) for
+    // means far above 1e-12 (the inputs' offset keeps them there): 1e-6
+    // relative per plane.
+    for (auto [planes, plane] : {std::array<int64_t, 2>{3, 5 * 7}, std::array<int64_t, 2>{2 * 64, 35 * 35},
+                                 std::array<int64_t, 2>{2 * 2048, 8 * 8}}) {
+        CAPTURE(planes);
+        CAPTURE(plane);
+        auto x = rnd(size_t(planes * plane), 111);
+        for (float& v : x) v += 0.25f;
+        std::vector<float> y(size_t(planes), 7.0f);
+        cpu->mean_planes(x.data(), y.data(), planes, plane);
+        Dev X(*be, x), Y(*be, std::vector<float>(size_t(planes), 7.0f));
+        be->mean_planes(X.p, Y.p, planes, plane);
+        const std::vector<float> got = Y.get(size_t(planes));
+        for (size_t q = 0; q < y.size(); ++q) {
+            CAPTURE(q);
+            CHECK(std::fabs(double(got[q]) - y[q]) <= 1e-6 * std::fabs(double(y[q])));
+        }
+        // A fixed tree: a second run repeats bit for bit.
+        Dev Y2(*be, std::vector<float>(size_t(planes), 7.0f));
+        be->mean_planes(X.p, Y2.p, planes, plane);
+        CHECK(same_bits(Y2.get(size_t(planes)), got));
+    }
+    // copy2d: a concatenation's part (2 images x 64 planes of 35 x 35 into
+    // channels 96..159 of 288), and odd strides on both sides (5 rows of 7 of
+    // a source of width 9 into columns 3..9 of a destination of width 13).
+    // The destination starts with the same random values on both sides: what
+    // lies outside the copy must stay.
+    struct Case {
+        int64_t rows, cols, ld_src, ld_dst, off;
+    };
+    const int64_t plane = 35 * 35;
+    for (const Case& k : {Case{2, 64 * plane, 64 * plane, 288 * plane, 96 * plane}, Case{5, 7, 9, 13, 3}}) {
+        CAPTURE(k.rows);
+        CAPTURE(k.cols);
+        auto src = rnd(size_t(k.rows * k.ld_src), 112), dst = rnd(size_t(k.rows * k.ld_dst), 113);
+        std::vector<float> want = dst;
+        cpu->copy2d(want.data() + k.off, k.ld_dst, src.data(), k.ld_src, k.rows, k.cols);
+        Dev S(*be, src), D(*be, dst);
+        be->copy2d(D.p + k.off, k.ld_dst, S.p, k.ld_src, k.rows, k.cols);
+        CHECK(same_bits(D.get(dst.size()), want));
+    }
+}
+
+namespace {
+// One float operation, correctly rounded, whatever the compiler's
+// -ffp-contract: computed in double (exact for a product of floats; for a
+// sum, quotient or difference rounding to double then to float is the same
+// as rounding once, since 53 >= 2 * 24 + 2), then rounded to float. A product
+// rounded to float before the add cannot be fused into an FMA.
+float mul_rn(float a, float b) { return static_cast<float>(static_cast<double>(a) * b); }
+float add_rn(float a, float b) { return static_cast<float>(static_cast<double>(a) + b); }
+float sub_rn(float a, float b) { return static_cast<float>(static_cast<double>(a) - b); }
+float div_rn(float a, float b) { return static_cast<float>(static_cast<double>(a) / b); }
+
+// Backend::resize_bilinear's formula in float without contraction (the
+// GPU's arithmetic, and the CPU loop's when built with -ffp-contract=off).
+std::vector<float> resize_uncontracted(const std::vector<float>& x, int64_t n, int64_t c_in, int64_t h, int64_t w,
+                                       int64_t c_out, int64_t oh, int64_t ow, float mul, float add) {
+    struct Tap {
+        int64_t i0, i1;
+        float l0, l1;
+    };
+    auto taps = [](int64_t in, int64_t out) {
+        std::vector<Tap> t(static_cast<size_t>(out));
+        const float scale = div_rn(static_cast<float>(in), static_cast<float>(out));
+        for (int64_t o = 0; o < out; ++o) {
+            float src = sub_rn(mul_rn(scale, add_rn(static_cast<float>(o), 0.5f)), 0.5f);
+            if (src < 0.0f) src = 0.0f;
+            Tap& k = t[size_t(o)];
+            k.i0 = std::min<int64_t>(static_cast<int64_t>(src), in - 1);
+            k.i1 = k.i0 + (k.i0 < in - 1 ? 1 : 0);
+            k.l1 = sub_rn(src, static_cast<float>(k.i0));
+            k.l0 = sub_rn(1.0f, k.l1);
+        }
+        return t;
+    };
+    const std::vector<Tap> ty = taps(h, oh), tx = taps(w, ow);
+    std::vector<float> y(size_t(n * c_out * oh * ow));
+    for (int64_t b = 0; b < n; ++b)
+        for (int64_t c = 0; c < c_out; ++c) {
+            const float* src = x.data() + (b * c_in + (c_in == 1 ? 0 : c)) * h * w;
+            for (int64_t oy = 0; oy < oh; ++oy)
+                for (int64_t ox = 0; ox < ow; ++ox) {
+                    const Tap &ky = ty[size_t(oy)], &kx = tx[size_t(ox)];
+                    const float* r0 = src + ky.i0 * w;
+                    const float* r1 = src + ky.i1 * w;
+                    const float top = add_rn(mul_rn(kx.l0, r0[kx.i0]), mul_rn(kx.l1, r0[kx.i1]));
+                    const float bottom = add_rn(mul_rn(kx.l0, r1[kx.i0]), mul_rn(kx.l1, r1[kx.i1]));
+                    const float v = add_rn(mul_rn(ky.l0, top), mul_rn(ky.l1, bottom));
+                    y[size_t(((b * c_out + c) * oh + oy) * ow + ox)] = add_rn(mul_rn(mul, v), add);
+                }
+        }
+    return y;
+}
+} // namespace
+
+TEST_CASE("cuda resize_bilinear: the documented float formula's bits, the CPU's to its contraction") {
+    auto be = gpu();
+    if (!be) return;
+    auto cpu = make_backend("ref");
+    // The GPU computes each output's taps itself and adds as the CPU's loop,
+    // every operation rounded (__fmul_rn, __fadd_rn: no FMA), so it gives the
+    // bits of resize_uncontracted exactly. The CPU backend's loop is the same
+    // expression, but GCC compiles C++ with -ffp-contract=fast (also under
+    // -std=c++17) and -march=x86-64-v3 has FMA, so the host build fuses some
+    // multiply-adds (its bits match only when built with -ffp-contract=off).
+    // Tolerance against it: a fused src = scale (o + 0.5) - 0.5 moves src,
+    // hence l1, by about an ulp of src (2^-19 for in <= 32), on each axis;
+    // times a pixel difference (<= 1) and mul (<= 2) that is < 8e-6, plus a
+    // few ulps of the fused value's other sums: 2e-5 of the largest |y|
+    // (>= 1 here). A wrong tap or index is off by ~1e-2 or more.
+    // Shapes: 28 x 28 gray to 3 x 299 x 299 in [-1, 1] (mul 2, add -1: the
+    // Inception input of MNIST-like images), 3-channel 32 x 32 to 299 x 299,
+    // and odd sizes (5 x 7 to 11 x 4: up in height, down in width).
+    struct Case {
+        int64_t n, c_in, h, w, c_out, oh, ow;
+        float mul, add;
+    };
+    for (const Case& k : {Case{2, 1, 28, 28, 3, 299, 299, 2.0f, -1.0f}, Case{2, 3, 32, 32, 3, 299, 299, 1.0f, 0.0f},
+                          Case{3, 3, 5, 7, 3, 11, 4, 0.5f, 0.25f}}) {
+        CAPTURE(k.n);
+        CAPTURE(k.c_in);
+        CAPTURE(k.h);
+        CAPTURE(k.w);
+        CAPTURE(k.oh);
+        CAPTURE(k.ow);
+        auto x = rnd(size_t(k.n * k.c_in * k.h * k.w), 121, 0.5f);
+        for (float& v : x) v += 0.5f; // images in [0, 1]
+        const size_t m = size_t(k.n * k.c_out * k.oh * k.ow);
+        const std::vector<float> want = resize_uncontracted(x, k.n, k.c_in, k.h, k.w, k.c_out, k.oh, k.ow, k.mul, k.add);
+        std::vector<float> y(m, 7.0f);
+        cpu->resize_bilinear(x.data(), k.n, k.c_in, k.h, k.w, y.data(), k.c_out, k.oh, k.ow, k.mul, k.add);
+        Dev X(*be, x), Y(*be, std::vector<float>(m, 7.0f));
+        be->resize_bilinear(X.p, k.n, k.c_in, k.h, k.w, Y.p, k.c_out, k.oh, k.ow, k.mul, k.add);
+        const std::vector<float> got = Y.get(m);
+        size_t bad = 0, cpu_bits = 0; // elements differing from the formula's bits, from the CPU's bits
+        for (size_t i = 0; i < m; ++i) {
+            bad += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
+            cpu_bits += std::memcmp(&got[i], &y[i], sizeof(float)) != 0;
+        }
+        CHECK(bad == 0);
+        if (bad) MESSAGE("resize_bilinear: " << bad << " of " << m << " differ from the formula, max error "
+                                             << rel_err(got, want));
+        CHECK(rel_err(got, y) <= 2e-5);
+        MESSAGE("resize_bilinear " << k.h << "x" << k.w << " -> " << k.oh << "x" << k.ow << ": " << cpu_bits << " of "
+                                   << m << " differ in bits from the CPU backend's (FMA contraction there), max "
+                                   << rel_err(got, y) << " of the largest value");
+    }
+}

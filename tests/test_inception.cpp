@@ -6,6 +6,7 @@
 // The other cases run on random weights made here and need no fixture.
 #include <doctest.h>
 
+#include "device_proxy.h"
 #include "test_util.h"
 
 #include "magnets/backend.h"
@@ -212,4 +213,23 @@ TEST_CASE("InceptionV3: gray equals replicated RGB, batching and file round trip
     CHECK_THROWS_AS(net.features(rgb.data(), n, 0, w, 3, f_rgb.data()), Error);
     CHECK_THROWS_AS(net.features(nullptr, n, h, w, 3, f_rgb.data()), Error);
     net.features(rgb.data(), 0, h, w, 3, f_rgb.data()); // nothing to do
+}
+
+TEST_CASE("InceptionV3's device code path gives the CPU path's bits") {
+    // tests/device_proxy.h: memory the host cannot touch, the same CPU backend
+    // computing underneath; upload, resize, every block, the pool, download.
+    Checkpoint ck = random_checkpoint();
+    InceptionV3 host = InceptionV3::from_checkpoint(ck, make_backend("auto"));
+    InceptionV3 dev = InceptionV3::from_checkpoint(ck, std::make_shared<test::DeviceProxy>(make_backend("auto")));
+    const int64_t n = 1, h = 19, w = 27;
+    std::vector<float> gray(static_cast<size_t>(n * h * w));
+    for (size_t i = 0; i < gray.size(); ++i) gray[i] = 0.5f + 0.5f * std::sin(0.31f * static_cast<float>(i));
+    std::vector<float> fh(static_cast<size_t>(n * 2048)), fd(fh.size());
+    std::map<std::string, double> mh, md;
+    host.set_stage_hook([&](const std::string& s, const Tensor& t) { mh[s] = mean_of(t); });
+    dev.set_stage_hook([&](const std::string& s, const Tensor& t) { md[s] = mean_of(t); });
+    host.features(gray.data(), n, h, w, 1, fh.data());
+    dev.features(gray.data(), n, h, w, 1, fd.data());
+    CHECK(mh == md);
+    CHECK(fh == fd);
 }

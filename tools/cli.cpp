@@ -219,18 +219,11 @@ std::string apply_global(const Args& a) {
     return backend;
 }
 
-std::shared_ptr<Backend> backend_for(const std::string& name, bool gpu_ready) {
-    // The cuda backend (lib/cuda) computes on device memory. The transformer
-    // runs there (sampling: nn::Decoder on the backend's decoder operations;
-    // training: Transformer::Impl on its training operations), and so does the
-    // tokenizer (its activations are nn::DTensors); the evaluation networks'
-    // tensors and elementwise ops are still on the host, so magnets-eval
-    // cannot use it yet.
-    if (name == "cuda" && !gpu_ready)
-        throw Error("this tool does not run on the GPU yet", {},
-                    "on the GPU so far: magnets-tokenize, magnets-train, magnets-distill and magnets-sample; the "
-                    "evaluation networks keep their tensors on the host",
-                    "use --backend onednn (the default) here");
+std::shared_ptr<Backend> backend_for(const std::string& name) {
+    // Every tool's models run on any backend, the cuda one (device memory)
+    // included: the transformer (nn::Decoder, Transformer::Impl), the
+    // tokenizer and the evaluation networks (nn::DTensor activations).
+    // make_backend says clearly when a backend is not built or no GPU is there.
     return std::shared_ptr<Backend>(make_backend(name));
 }
 

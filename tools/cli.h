@@ -97,9 +97,8 @@ int run_tool(const Tool& tool, int argc, char** argv);
 
 // Applies the global options (log level, threads); returns the backend name.
 std::string apply_global(const Args& a);
-// The backend to compute on; "cuda" only where gpu_ready (the tool's models
-// run on device memory), a clear error otherwise.
-std::shared_ptr<Backend> backend_for(const std::string& name, bool gpu_ready = false);
+// The backend to compute on (make_backend, shared by the tool's models).
+std::shared_ptr<Backend> backend_for(const std::string& name);
 
 // "  key   value" rows at info level (the resolved-config table).
 void print_table(const std::vector<std::pair<std::string, std::string>>& rows);

@@ -92,7 +92,7 @@ int run(const Args& a) {
 
     TokenData data = load_token_data(a);
     magnets::check_tokens_fit(model, data.train, data.train.source);
-    auto be = backend_for(backend_name, true);
+    auto be = backend_for(backend_name);
     magnets::Transformer m(model, be);
     const bool ema = a.flag("from-ema");
     if (ema && src.ema.empty()) throw magnets::Error("no EMA weights", from, "the checkpoint has no /ema group", "omit --from-ema");

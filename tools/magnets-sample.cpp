@@ -168,7 +168,7 @@ int run(const Args& a) {
     // The model (EMA weights unless --raw-weights) and its metadata.
     // The transformer samples on any backend, the GPU included; the tokenizer
     // (PNG and MP4 output) decodes on the CPU.
-    auto be = backend_for(backend_name, true);
+    auto be = backend_for(backend_name);
     const magnets::Checkpoint meta =
         magnets::read_checkpoint(model_path, magnets::transformer_format, magnets::transformer_format_version, false);
     magnets::Transformer model = magnets::Transformer::load(model_path, be, !a.flag("raw-weights"));

@@ -278,7 +278,7 @@ int run_train(const Args& a) {
         throw UsageError(std::string("inconsistent model options: ") + e.what());
     }
 
-    std::shared_ptr<magnets::Backend> be = backend_for(backend_name, true);
+    std::shared_ptr<magnets::Backend> be = backend_for(backend_name);
     magnets::ImageSet data = load_for(model, spec, split, limit);
 
     magnets::Tokenizer tok = resume ? magnets::Tokenizer::load(output, be) : magnets::Tokenizer(model, be);
@@ -376,7 +376,7 @@ int run_encode(const Args& a) {
     const int64_t batch = a.positive("batch-size");
 
     magnets::check_writable(output);
-    std::shared_ptr<magnets::Backend> be = backend_for(backend_name, true);
+    std::shared_ptr<magnets::Backend> be = backend_for(backend_name);
     const std::string tok_path = a.text("tokenizer");
     magnets::Tokenizer tok = magnets::Tokenizer::load(tok_path, be);
     const auto& cfg = tok.config();
@@ -430,7 +430,7 @@ int run_decode(const Args& a) {
     const int64_t batch = a.positive("batch-size");
     const std::vector<std::string> inputs = a.texts("input");
 
-    std::shared_ptr<magnets::Backend> be = backend_for(backend_name, true);
+    std::shared_ptr<magnets::Backend> be = backend_for(backend_name);
     const std::string tok_path = a.text("tokenizer");
     magnets::Tokenizer tok = magnets::Tokenizer::load(tok_path, be);
     const auto& cfg = tok.config();
@@ -539,7 +539,7 @@ int run_eval(const Args& a) {
     const int64_t limit = a.limit();
     const int64_t batch = a.positive("batch-size");
 
-    std::shared_ptr<magnets::Backend> be = backend_for(backend_name, true);
+    std::shared_ptr<magnets::Backend> be = backend_for(backend_name);
     const std::string tok_path = a.text("tokenizer");
     magnets::Tokenizer tok = magnets::Tokenizer::load(tok_path, be);
     magnets::ImageSet data = load_for(tok.config(), a.text("dataset"), split, limit);

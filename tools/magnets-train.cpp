@@ -144,7 +144,7 @@ int run(const Args& a) {
                          magnets::factors_to_string(model.factors) + ")");
     magnets::check_tokens_fit(model, data.train, data.train.source);
 
-    auto be = backend_for(backend_name, true);
+    auto be = backend_for(backend_name);
     magnets::Transformer m(model, be);
     if (!resume) m.init(train.seed);
 

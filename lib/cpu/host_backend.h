@@ -69,7 +69,8 @@ public:
     void adamw_update(float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
                       float step_size, float inv_sqrt_bc2, float eps, float wd) override;
     void ema_update(float* e, const float* w, float d, int64_t n) override;
-    // ... the image networks' operations (lib/cpu/host_image_ops.cpp) ...
+    // ... the image networks' operations (lib/cpu/host_image_ops.cpp), the tokenizer's and the
+    // evaluation networks' ...
     void relu(const float* x, float* y, int64_t n) override;
     void relu_backward(const float* y, const float* dy, float* dx, int64_t n) override;
     void upsample2(const float* x, float* y, int64_t planes, int64_t h, int64_t w) override;
@@ -83,6 +84,13 @@ public:
                          float* dpred) override;
     double commit_backward(const float* ze, const float* zq, const float* dzq, float* dze, int64_t n,
                            float g) override;
+    void zero_pad(const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t ph, int64_t pw) override;
+    void max_pool3(const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t s, int64_t p) override;
+    void avg_pool3(const float* x, float* y, int64_t planes, int64_t h, int64_t w) override;
+    void mean_planes(const float* x, float* y, int64_t planes, int64_t plane) override;
+    void copy2d(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows, int64_t cols) override;
+    void resize_bilinear(const float* x, int64_t n, int64_t c_in, int64_t h, int64_t w, float* y, int64_t c_out,
+                         int64_t oh, int64_t ow, float mul, float add) override;
     // ... and the sampler's draw (lib/cpu/host_sampler_ops.cpp).
     void draw_rows(const float* logits, int64_t n, const DrawSpec& d, const int32_t* rows, const int32_t* streams,
                    int32_t* token, float* conf) override;

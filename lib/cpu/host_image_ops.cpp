@@ -1,5 +1,6 @@
 // The image networks' operations on the CPU backends (see Backend in
-// magnets/backend.h; the tokenizer, lib/nn/tokenizer.cpp, is their caller):
+// magnets/backend.h; the tokenizer, lib/nn/tokenizer.cpp, and the evaluation
+// networks, lib/eval, are their callers):
 // the host loops of lib/nn/image_ops.h.
 #include "cpu/host_backend.h"
 
@@ -52,6 +53,31 @@ Backend::ReconSums HostBackend::recon_loss(const float* pred, const float* targe
 double HostBackend::commit_backward(const float* ze, const float* zq, const float* dzq, float* dze, int64_t n,
                                     float g) {
     return nn::img::commit_backward(ze, zq, dzq, dze, n, g);
+}
+
+void HostBackend::zero_pad(const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t ph, int64_t pw) {
+    nn::img::zero_pad(x, y, planes, h, w, ph, pw);
+}
+
+void HostBackend::max_pool3(const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t s, int64_t p) {
+    nn::img::max_pool3(x, y, planes, h, w, s, p);
+}
+
+void HostBackend::avg_pool3(const float* x, float* y, int64_t planes, int64_t h, int64_t w) {
+    nn::img::avg_pool3(x, y, planes, h, w);
+}
+
+void HostBackend::mean_planes(const float* x, float* y, int64_t planes, int64_t plane) {
+    nn::img::mean_planes(x, y, planes, plane);
+}
+
+void HostBackend::copy2d(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows, int64_t cols) {
+    nn::img::copy2d(dst, ld_dst, src, ld_src, rows, cols);
+}
+
+void HostBackend::resize_bilinear(const float* x, int64_t n, int64_t c_in, int64_t h, int64_t w, float* y,
+                                  int64_t c_out, int64_t oh, int64_t ow, float mul, float add) {
+    nn::img::resize_bilinear(x, n, c_in, h, w, y, c_out, oh, ow, mul, add);
 }
 
 } // namespace magnets

@@ -380,6 +380,26 @@ public:
                            float g) override {
         return cuda::commit_backward(*this, ze, zq, dzq, dze, n, g);
     }
+    // The evaluation networks' operations (cuda_image_ops.cu).
+    void zero_pad(const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t ph, int64_t pw) override {
+        cuda::zero_pad(*this, x, y, planes, h, w, ph, pw);
+    }
+    void max_pool3(const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t s, int64_t p) override {
+        cuda::max_pool3(*this, x, y, planes, h, w, s, p);
+    }
+    void avg_pool3(const float* x, float* y, int64_t planes, int64_t h, int64_t w) override {
+        cuda::avg_pool3(*this, x, y, planes, h, w);
+    }
+    void mean_planes(const float* x, float* y, int64_t planes, int64_t plane) override {
+        cuda::mean_planes(*this, x, y, planes, plane);
+    }
+    void copy2d(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows, int64_t cols) override {
+        cuda::copy2d(*this, dst, ld_dst, src, ld_src, rows, cols);
+    }
+    void resize_bilinear(const float* x, int64_t n, int64_t c_in, int64_t h, int64_t w, float* y, int64_t c_out,
+                         int64_t oh, int64_t ow, float mul, float add) override {
+        cuda::resize_bilinear(*this, x, n, c_in, h, w, y, c_out, oh, ow, mul, add);
+    }
     cudaStream_t stream() const { return stream_; }
     cublasHandle_t blas() const { return blas_; }
     bool bf16() const { return bf16_; }

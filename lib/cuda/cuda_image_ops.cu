@@ -1,9 +1,11 @@
 // lib/cuda/cuda_image_ops.cu: the image networks' operations (Backend::relu,
 // relu_backward, upsample2, upsample2_backward, pixel_unshuffle2,
 // pixel_shuffle2, transpose_batched, nearest_codes, recon_loss,
-// commit_backward) on the GPU, for the tokenizer on device memory. Same
-// arguments and meaning as the CPU versions (lib/nn/image_ops.h, after the
-// loops of lib/nn/layers.cpp and lib/nn/tokenizer.cpp);
+// commit_backward) on the GPU, for the tokenizer on device memory, and the
+// evaluation networks' (zero_pad, max_pool3, avg_pool3, mean_planes, copy2d,
+// resize_bilinear), for Inception and the classifier. Same arguments and
+// meaning as the CPU versions (lib/nn/image_ops.h, after the loops of
+// lib/nn/layers.cpp, lib/nn/tokenizer.cpp and lib/eval/inception.cpp);
 // tests/test_cuda_ops.cpp compares them.
 //
 // - relu, relu_backward, upsample2, upsample2_backward, the pixel shuffles:
@@ -23,13 +25,35 @@
 //   its elements in double and reducing in a fixed tree in shared memory;
 //   the block partials come back to the host and are added there in block
 //   order (so a run repeats bit for bit). The gradients use the CPU's float
-//   expressions (commit's dzq + g * e with __fmul_rn/__fadd_rn: no FMA, as
-//   the CPU, which builds without contraction), so they give its bits too.
-//   PSNR's log10 runs on the host.
+//   expressions (commit's dzq + g * e with __fmul_rn/__fadd_rn: no FMA), so
+//   they give its bits where the CPU's compiler does not fuse them (GCC
+//   compiles C++ with -ffp-contract=fast, even under -std=c++17, and
+//   -march=x86-64-v3 has FMA: an ulp's difference there). PSNR's log10 runs
+//   on the host.
+//
+// The evaluation networks' operations (Backend::zero_pad, max_pool3,
+// avg_pool3, mean_planes, copy2d, resize_bilinear; CPU after the loops of
+// lib/eval/inception.cpp):
+// - zero_pad, max_pool3, avg_pool3, resize_bilinear: one thread per output
+//   element with the CPU's loop for it (max as std::max, (m < v) ? v : m;
+//   the average's float sum over the window's rows then columns, then the
+//   division; the resize's taps recomputed per thread with the CPU's float
+//   expressions), all float arithmetic as __fadd_rn/__fmul_rn/__fsub_rn/
+//   __fdiv_rn (no FMA, no reordering). zero_pad, max_pool3 and avg_pool3
+//   (copies, compares, adds and one division) give the CPU's bits;
+//   resize_bilinear gives the bits of its documented float formula, which
+//   are the CPU's only where the host compiler does not contract its
+//   multiply-adds (GCC does, see above: ~1e-6 apart).
+// - copy2d: cudaMemcpy2DAsync on the backend's stream (a copy: the bits).
+// - mean_planes: one block per plane, each thread's strided sum in double,
+//   a fixed tree in shared memory, then float(s / plane): another order than
+//   the CPU's serial double sum, so ~1 ulp of float from it, and a run
+//   repeats bit for bit.
 //
 // Scratch (the code norms, the partials) is the backend's scratch_of buffer:
 // no allocation once it is large enough, no wait except where recon_loss and
-// commit_backward return their sums.
+// commit_backward return their sums (the evaluation ops neither allocate nor
+// wait).
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_ops.h"
 
@@ -256,6 +280,107 @@ __global__ void commit_kernel(const float* ze, const float* zq, const float* dzq
 
 constexpr int64_t kCommitBlocks = 1024;
 
+// ---- the evaluation networks' operations ------------------------------------------------
+
+// y [planes, h + 2ph, w + 2pw] = x [planes, h, w] inside a zero border; one
+// thread per element of y.
+__global__ void zero_pad_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t planes, int64_t h,
+                                int64_t w, int64_t ph, int64_t pw) {
+    const int64_t e = global_index();
+    const int64_t H = h + 2 * ph, W = w + 2 * pw;
+    if (e >= planes * H * W) return;
+    const int64_t p = e / (H * W), r = e % (H * W), i = r / W - ph, j = r % W - pw;
+    y[e] = (i >= 0 && i < h && j >= 0 && j < w) ? x[(p * h + i) * w + j] : 0.0f;
+}
+
+// 3x3 max pool, stride s, padding p, floor mode; one thread per element of y
+// [planes, oh, ow]. The window is clipped to the image (padding never wins)
+// and scanned as the CPU: m = -inf, then std::max(m, v) = (m < v) ? v : m
+// row by row (a NaN never replaces m; of +0 and -0 the first stays).
+__global__ void max_pool3_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t planes, int64_t h,
+                                 int64_t w, int64_t s, int64_t p, int64_t oh, int64_t ow) {
+    const int64_t e = global_index();
+    if (e >= planes * oh * ow) return;
+    const int64_t q = e / (oh * ow), r = e % (oh * ow), i = r / ow, j = r % ow;
+    const float* a = x + q * h * w;
+    const int64_t y0 = max(i * s - p, int64_t(0)), y1 = min(i * s - p + 3, h);
+    const int64_t x0 = max(j * s - p, int64_t(0)), x1 = min(j * s - p + 3, w);
+    float m = -INFINITY;
+    for (int64_t yy = y0; yy < y1; ++yy)
+        for (int64_t xx = x0; xx < x1; ++xx) {
+            const float v = a[yy * w + xx];
+            m = (m < v) ? v : m;
+        }
+    y[e] = m;
+}
+
+// 3x3 average pool, stride 1, padding 1, count_include_pad = false; one
+// thread per element of y [planes, h, w]: the float sum over the clipped
+// window's rows, then columns, from 0, divided by the in-image count.
+__global__ void avg_pool3_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t planes, int64_t h,
+                                 int64_t w) {
+    const int64_t e = global_index();
+    if (e >= planes * h * w) return;
+    const int64_t q = e / (h * w), r = e % (h * w), i = r / w, j = r % w;
+    const float* a = x + q * h * w;
+    const int64_t y0 = max(i - 1, int64_t(0)), y1 = min(i + 2, h);
+    const int64_t x0 = max(j - 1, int64_t(0)), x1 = min(j + 2, w);
+    float sum = 0.0f;
+    for (int64_t yy = y0; yy < y1; ++yy)
+        for (int64_t xx = x0; xx < x1; ++xx) sum = __fadd_rn(sum, a[yy * w + xx]);
+    y[e] = __fdiv_rn(sum, static_cast<float>((y1 - y0) * (x1 - x0)));
+}
+
+// y[q] = float(sum of plane q in double / plane); one block (kThreads) per
+// plane: thread t sums elements t, t + kThreads, ... in double, then the
+// block's fixed tree.
+__global__ void mean_planes_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t plane) {
+    const float* a = x + static_cast<int64_t>(blockIdx.x) * plane;
+    double s = 0.0, unused = 0.0;
+    for (int64_t i = threadIdx.x; i < plane; i += kThreads) s += static_cast<double>(a[i]);
+    block_sum2(s, unused);
+    if (threadIdx.x == 0) y[blockIdx.x] = static_cast<float>(s / static_cast<double>(plane));
+}
+
+// One axis of torch's bilinear resize (align_corners = False), in the CPU's
+// float arithmetic (resize_taps of lib/eval/inception.cpp): output index o
+// of `out` reads inputs i0 and i1 with weights l0 and l1.
+struct Tap {
+    int64_t i0, i1;
+    float l0, l1;
+};
+__device__ inline Tap resize_tap(int64_t in, int64_t out, int64_t o) {
+    const float scale = __fdiv_rn(static_cast<float>(in), static_cast<float>(out));
+    float src = __fsub_rn(__fmul_rn(scale, __fadd_rn(static_cast<float>(o), 0.5f)), 0.5f);
+    if (src < 0.0f) src = 0.0f;
+    Tap t;
+    t.i0 = min(static_cast<int64_t>(src), in - 1);
+    t.i1 = t.i0 + (t.i0 < in - 1 ? 1 : 0);
+    t.l1 = __fsub_rn(src, static_cast<float>(t.i0));
+    t.l0 = __fsub_rn(1.0f, t.l1);
+    return t;
+}
+
+// x [n, c_in, h, w] -> y [n, c_out, oh, ow] = mul * bilinear(x) + add, c_in
+// 1 (every output channel reads plane 0 of its image) or c_out; one thread
+// per element of y: h0 (w0 r0[a] + w1 r0[b]) + h1 (w0 r1[a] + w1 r1[b]) in
+// that order, as the CPU.
+__global__ void resize_bilinear_kernel(const float* __restrict__ x, int64_t c_in, int64_t h, int64_t w,
+                                       float* __restrict__ y, int64_t count, int64_t c_out, int64_t oh, int64_t ow,
+                                       float mul, float add) {
+    const int64_t e = global_index();
+    if (e >= count) return;
+    const int64_t ox = e % ow, oy = (e / ow) % oh, pc = e / (oh * ow), b = pc / c_out, c = pc % c_out;
+    const float* src = x + (b * c_in + (c_in == 1 ? 0 : c)) * h * w;
+    const Tap ty = resize_tap(h, oh, oy), tx = resize_tap(w, ow, ox);
+    const float* r0 = src + ty.i0 * w;
+    const float* r1 = src + ty.i1 * w;
+    const float top = __fadd_rn(__fmul_rn(tx.l0, r0[tx.i0]), __fmul_rn(tx.l1, r0[tx.i1]));
+    const float bottom = __fadd_rn(__fmul_rn(tx.l0, r1[tx.i0]), __fmul_rn(tx.l1, r1[tx.i1]));
+    const float v = __fadd_rn(__fmul_rn(ty.l0, top), __fmul_rn(ty.l1, bottom));
+    y[e] = __fadd_rn(__fmul_rn(mul, v), add);
+}
+
 // The partials (doubles) back to the host: waits for the stream.
 std::vector<double> download_doubles(cudaStream_t st, const double* p, size_t count, const char* what) {
     std::vector<double> h(count);
@@ -379,6 +504,52 @@ double commit_backward(Backend& be, const float* ze, const float* zq, const floa
     double s = 0.0;
     for (double x : h) s += x; // block order
     return s;
+}
+
+void zero_pad(Backend& be, const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t ph, int64_t pw) {
+    const int64_t count = planes * (h + 2 * ph) * (w + 2 * pw);
+    if (count <= 0) return;
+    zero_pad_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream_of(be)>>>(x, y, planes, h, w, ph, pw);
+    check(cudaGetLastError(), "zero_pad");
+}
+
+void max_pool3(Backend& be, const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t s, int64_t p) {
+    const int64_t oh = (h + 2 * p - 3) / s + 1, ow = (w + 2 * p - 3) / s + 1;
+    if (planes <= 0 || oh <= 0 || ow <= 0) return;
+    const int64_t count = planes * oh * ow;
+    max_pool3_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream_of(be)>>>(x, y, planes, h, w, s, p, oh, ow);
+    check(cudaGetLastError(), "max_pool3");
+}
+
+void avg_pool3(Backend& be, const float* x, float* y, int64_t planes, int64_t h, int64_t w) {
+    const int64_t count = planes * h * w;
+    if (count <= 0) return;
+    avg_pool3_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream_of(be)>>>(x, y, planes, h, w);
+    check(cudaGetLastError(), "avg_pool3");
+}
+
+void mean_planes(Backend& be, const float* x, float* y, int64_t planes, int64_t plane) {
+    if (planes <= 0 || plane <= 0) return;
+    mean_planes_kernel<<<static_cast<unsigned>(planes), kThreads, 0, stream_of(be)>>>(x, y, plane);
+    check(cudaGetLastError(), "mean_planes");
+}
+
+void copy2d(Backend& be, float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows, int64_t cols) {
+    if (rows <= 0 || cols <= 0) return;
+    constexpr size_t f = sizeof(float);
+    check(cudaMemcpy2DAsync(dst, static_cast<size_t>(ld_dst) * f, src, static_cast<size_t>(ld_src) * f,
+                            static_cast<size_t>(cols) * f, static_cast<size_t>(rows), cudaMemcpyDeviceToDevice,
+                            stream_of(be)),
+          "copy2d");
+}
+
+void resize_bilinear(Backend& be, const float* x, int64_t n, int64_t c_in, int64_t h, int64_t w, float* y,
+                     int64_t c_out, int64_t oh, int64_t ow, float mul, float add) {
+    const int64_t count = n * c_out * oh * ow;
+    if (count <= 0) return;
+    resize_bilinear_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream_of(be)>>>(x, c_in, h, w, y, count,
+                                                                                          c_out, oh, ow, mul, add);
+    check(cudaGetLastError(), "resize_bilinear");
 }
 
 } // namespace magnets::cuda

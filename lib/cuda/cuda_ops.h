@@ -123,4 +123,18 @@ Backend::ReconSums recon_loss(Backend& be, const float* pred, const float* targe
 double commit_backward(Backend& be, const float* ze, const float* zq, const float* dzq, float* dze, int64_t n,
                        float g);
 
+// ---- the evaluation networks' operations (cuda_image_ops.cu): Backend::zero_pad
+// and the rest, same arguments and meaning. zero_pad, max_pool3, avg_pool3
+// and copy2d give the CPU's bits; resize_bilinear the bits of the documented
+// float formula without FMA (the CPU's where its compiler does not contract
+// it); mean_planes sums each plane in double in a fixed block tree (not the
+// CPU's order: ~1 ulp of float). None waits for the stream or allocates.
+void zero_pad(Backend& be, const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t ph, int64_t pw);
+void max_pool3(Backend& be, const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t s, int64_t p);
+void avg_pool3(Backend& be, const float* x, float* y, int64_t planes, int64_t h, int64_t w);
+void mean_planes(Backend& be, const float* x, float* y, int64_t planes, int64_t plane);
+void copy2d(Backend& be, float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows, int64_t cols);
+void resize_bilinear(Backend& be, const float* x, int64_t n, int64_t c_in, int64_t h, int64_t w, float* y,
+                     int64_t c_out, int64_t oh, int64_t ow, float mul, float add);
+
 } // namespace magnets::cuda

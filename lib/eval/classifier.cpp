@@ -8,7 +8,7 @@
 #include "nn/data_order.h"
 #include "nn/layers.h"
 #include "nn/optim.h"
-#include "nn/transformer_ops.h"
+#include "nn/param_sync.h"
 
 #include <algorithm>
 #include <cmath>
@@ -43,13 +43,19 @@ ClassifierConfig ClassifierConfig::from_attrs(const Attrs& a, const std::string&
     return c;
 }
 
+// Runs on its backend (a GPU's included): activations are nn::DTensors, the
+// parameters host masters with device copies (nn::ParamSync), as the tokenizer.
 struct Classifier::Impl {
+    using DT = nn::DTensor;
     ClassifierConfig cfg;
     std::shared_ptr<Backend> be;
     nn::Conv2d c1, c2, c3;
     Tensor fc1_w, fc1_b, fc2_w, fc2_b, dfc1_w, dfc1_b, dfc2_w, dfc2_b;
+    nn::BackendBuffer fc_dev[8]; // device copies of the fc weights and gradients, in that order
+    nn::ParamSync sync;
     // activations
-    Tensor x, a1, a2, a3, h, logits, dlogits, dh, da3, da2, da1, dtmp;
+    DT x, a1, a2, a3, h, logits, dlogits, dh, da3, da2, da1;
+    nn::BackendBuffer targets, mask; // loss inputs (int32, bytes) in the backend's memory
     int64_t flat() const { return cfg.width2 * (cfg.image_size / 4) * (cfg.image_size / 4); }
 
     Impl(const ClassifierConfig& c, std::shared_ptr<Backend> b)
@@ -62,53 +68,77 @@ struct Classifier::Impl {
         dfc1_w = Tensor(fc1_w.shape()); dfc1_b = Tensor(fc1_b.shape());
         dfc2_w = Tensor(fc2_w.shape()); dfc2_b = Tensor(fc2_b.shape());
     }
-    std::vector<std::pair<std::string, std::pair<Tensor*, Tensor*>>> params() {
-        return {{"conv1.weight", {&c1.weight, &c1.dweight}}, {"conv1.bias", {&c1.bias, &c1.dbias}},
-                {"conv2.weight", {&c2.weight, &c2.dweight}}, {"conv2.bias", {&c2.bias, &c2.dbias}},
-                {"conv3.weight", {&c3.weight, &c3.dweight}}, {"conv3.bias", {&c3.bias, &c3.dbias}},
-                {"fc1.weight", {&fc1_w, &dfc1_w}},           {"fc1.bias", {&fc1_b, &dfc1_b}},
-                {"fc2.weight", {&fc2_w, &dfc2_w}},           {"fc2.bias", {&fc2_b, &dfc2_b}}};
+    std::vector<nn::ParamRef> params() {
+        auto conv = [](nn::Conv2d& c, bool bias) {
+            return bias ? nn::ParamRef{c.name + ".bias", &c.bias, &c.dbias, &c.bias_dev, &c.dbias_dev}
+                        : nn::ParamRef{c.name + ".weight", &c.weight, &c.dweight, &c.weight_dev, &c.dweight_dev};
+        };
+        return {conv(c1, false), conv(c1, true), conv(c2, false), conv(c2, true), conv(c3, false), conv(c3, true),
+                {"fc1.weight", &fc1_w, &dfc1_w, &fc_dev[0], &fc_dev[1]},
+                {"fc1.bias", &fc1_b, &dfc1_b, &fc_dev[2], &fc_dev[3]},
+                {"fc2.weight", &fc2_w, &dfc2_w, &fc_dev[4], &fc_dev[5]},
+                {"fc2.bias", &fc2_b, &dfc2_b, &fc_dev[6], &fc_dev[7]}};
     }
+    // (weight, gradient) pointers on the backend: indices into params().
+    float* W(size_t i) { return params()[i].W(); }
+    float* G(size_t i) { return params()[i].G(); }
 
-    // images [n, c, s, s] -> h (features, after ReLU) and logits.
+    // images [n, c, s, s] (host) -> h (features, after ReLU) and logits, in the backend's memory.
     void forward(const float* images, int64_t n) {
-        const int64_t s = cfg.image_size;
-        nn::ensure(x, {n, cfg.channels, s, s});
-        std::memcpy(x.data(), images, sizeof(float) * static_cast<size_t>(x.numel()));
-        c1.forward(*be, x, a1); nn::relu_forward(a1, a1);
-        c2.forward(*be, a1, a2); nn::relu_forward(a2, a2);
-        c3.forward(*be, a2, a3); nn::relu_forward(a3, a3);
-        nn::ensure(h, {n, cfg.feature_dim});
-        be->matmul(cmat(a3.data(), n, flat()), false, cmat(fc1_w.data(), cfg.feature_dim, flat()), true, h.mat());
-        nn::ops::add_bias(h.data(), cfg.feature_dim, fc1_b.data(), n, cfg.feature_dim);
-        nn::relu_forward(h, h);
-        nn::ensure(logits, {n, cfg.num_classes});
-        be->matmul(h.mat(), false, cmat(fc2_w.data(), cfg.num_classes, cfg.feature_dim), true, logits.mat());
-        nn::ops::add_bias(logits.data(), cfg.num_classes, fc2_b.data(), n, cfg.num_classes);
+        Backend& b = *be;
+        sync.to_device(b, params());
+        const int64_t s = cfg.image_size, F = cfg.feature_dim, C = cfg.num_classes;
+        x.ensure(b, {n, cfg.channels, s, s});
+        b.upload(x.data(), images, static_cast<size_t>(x.numel()));
+        c1.forward(b, x, a1); b.relu(a1.data(), a1.data(), a1.numel());
+        c2.forward(b, a1, a2); b.relu(a2.data(), a2.data(), a2.numel());
+        c3.forward(b, a2, a3); b.relu(a3.data(), a3.data(), a3.numel());
+        h.ensure(b, {n, F});
+        b.matmul(cmat(a3.data(), n, flat()), false, cmat(W(6), F, flat()), true, mat(h.data(), n, F));
+        b.add_bias(h.data(), F, W(7), n, F);
+        b.relu(h.data(), h.data(), h.numel());
+        logits.ensure(b, {n, C});
+        b.matmul(cmat(h.data(), n, F), false, cmat(W(8), C, F), true, mat(logits.data(), n, C));
+        b.add_bias(logits.data(), C, W(9), n, C);
     }
 
     // Backward from dlogits; fills every gradient.
     void backward(int64_t n) {
+        Backend& b = *be;
         const int64_t C = cfg.num_classes, F = cfg.feature_dim;
-        be->matmul(dlogits.mat(), true, h.mat(), false, dfc2_w.mat());
-        dfc2_b.zero();
-        nn::ops::bias_backward(dlogits.data(), C, dfc2_b.data(), n, C);
-        nn::ensure(dh, {n, F});
-        be->matmul(dlogits.mat(), false, fc2_w.mat(), false, dh.mat());
-        nn::relu_backward(h, dh, dh);
-        be->matmul(dh.mat(), true, cmat(a3.data(), n, flat()), false, dfc1_w.mat());
-        dfc1_b.zero();
-        nn::ops::bias_backward(dh.data(), F, dfc1_b.data(), n, F);
-        nn::ensure(da3, a3.shape());
-        be->matmul(dh.mat(), false, fc1_w.mat(), false, mat(da3.data(), n, flat()));
-        nn::relu_backward(a3, da3, da3);
-        nn::ensure(da2, a2.shape());
-        c3.backward(*be, a2, da3, &da2);
-        nn::relu_backward(a2, da2, da2);
-        nn::ensure(da1, a1.shape());
-        c2.backward(*be, a1, da2, &da1);
-        nn::relu_backward(a1, da1, da1);
-        c1.backward(*be, x, da1, nullptr);
+        b.matmul(cmat(dlogits.data(), n, C), true, cmat(h.data(), n, F), false, mat(G(8), C, F));
+        b.zero(G(9), static_cast<size_t>(C));
+        b.bias_backward(dlogits.data(), C, G(9), n, C);
+        dh.ensure(b, {n, F});
+        b.matmul(cmat(dlogits.data(), n, C), false, cmat(W(8), C, F), false, mat(dh.data(), n, F));
+        b.relu_backward(h.data(), dh.data(), dh.data(), dh.numel());
+        b.matmul(cmat(dh.data(), n, F), true, cmat(a3.data(), n, flat()), false, mat(G(6), F, flat()));
+        b.zero(G(7), static_cast<size_t>(F));
+        b.bias_backward(dh.data(), F, G(7), n, F);
+        da3.ensure(b, a3.shape);
+        b.matmul(cmat(dh.data(), n, F), false, cmat(W(6), F, flat()), false, mat(da3.data(), n, flat()));
+        b.relu_backward(a3.data(), da3.data(), da3.data(), da3.numel());
+        c3.backward(b, a2, da3, &da2);
+        b.relu_backward(a2.data(), da2.data(), da2.data(), da2.numel());
+        c2.backward(b, a1, da2, &da1);
+        b.relu_backward(a1.data(), da1.data(), da1.data(), da1.numel());
+        c1.backward(b, x, da1, nullptr);
+    }
+
+    // Masked (all ones) cross-entropy of the logits against labels y [n] (host):
+    // fills dlogits; returns the loss sums.
+    Backend::LossSums loss(const int32_t* y, int64_t n) {
+        Backend& b = *be;
+        const int64_t C = cfg.num_classes;
+        targets.bind(b);
+        mask.bind(b);
+        b.upload(targets.grow(static_cast<size_t>(n)), reinterpret_cast<const float*>(y), static_cast<size_t>(n));
+        std::vector<float> ones((static_cast<size_t>(n) + 3) / 4);
+        std::memset(ones.data(), 1, static_cast<size_t>(n)); // n bytes of 1 (the rest of the last float unused)
+        b.upload(mask.grow(ones.size()), ones.data(), ones.size());
+        dlogits.ensure(b, logits.shape);
+        return b.masked_loss(logits.data(), C, nullptr, 0, targets.ints(), mask.bytes(), n, C, 0.0, 1.0, 1.0,
+                             dlogits.data(), C);
     }
 };
 
@@ -120,8 +150,9 @@ Classifier& Classifier::operator=(Classifier&&) noexcept = default;
 const ClassifierConfig& Classifier::config() const { return impl_->cfg; }
 
 std::string Classifier::hash() const {
+    impl_->sync.to_host(*impl_->be, impl_->params());
     std::map<std::string, Tensor> w;
-    for (auto& [n, p] : impl_->params()) w[n] = *p.first;
+    for (auto& p : impl_->params()) w[p.name] = *p.w;
     return weights_hash(w);
 }
 
@@ -138,6 +169,7 @@ void Classifier::init(uint64_t seed) {
     }
     impl_->fc1_b.zero();
     impl_->fc2_b.zero();
+    impl_->sync.host_changed();
 }
 
 void Classifier::save(const std::string& path, const std::string& creator, const Attrs& extra) const {
@@ -146,24 +178,27 @@ void Classifier::save(const std::string& path, const std::string& creator, const
     ck.format_version = classifier_format_version;
     impl_->cfg.to_attrs(ck.attrs);
     for (const auto& [k, v] : extra) ck.attrs[k] = v;
-    for (auto& [n, p] : impl_->params()) ck.weights[n] = *p.first;
+    impl_->sync.to_host(*impl_->be, impl_->params());
+    for (auto& p : impl_->params()) ck.weights[p.name] = *p.w;
     write_checkpoint(path, ck, creator);
 }
 
 Classifier Classifier::load(const std::string& path, std::shared_ptr<Backend> backend) {
     Checkpoint ck = read_checkpoint(path, classifier_format, classifier_format_version, false);
     Classifier c(ClassifierConfig::from_attrs(ck.attrs, path), std::move(backend));
-    for (auto& [n, p] : c.impl_->params()) {
+    for (auto& p : c.impl_->params()) {
+        const std::string& n = p.name;
         auto it = ck.weights.find(n);
-        if (it == ck.weights.end() || it->second.shape() != p.first->shape())
+        if (it == ck.weights.end() || it->second.shape() != p.w->shape())
             throw Error("cannot load classifier", path, "weight '" + n + "' is missing or has another shape",
                         "the file is damaged; train it again with magnets-eval train-classifier");
-        *p.first = it->second.clone();
-        for (int64_t i = 0; i < p.first->numel(); ++i)
-            if (!std::isfinite(p.first->data()[i]))
+        *p.w = it->second.clone();
+        for (int64_t i = 0; i < p.w->numel(); ++i)
+            if (!std::isfinite(p.w->data()[i]))
                 throw Error("cannot load classifier", path, "weight '" + n + "' holds a non-finite value",
                             "train it again");
     }
+    c.impl_->sync.host_changed();
     return c;
 }
 
@@ -172,13 +207,18 @@ void Classifier::features(const float* images, int64_t n, float* feats, float* p
     const int64_t per = m.cfg.channels * m.cfg.image_size * m.cfg.image_size, F = m.cfg.feature_dim,
                   C = m.cfg.num_classes;
     constexpr int64_t chunk = 256;
+    std::vector<float> logits;
     for (int64_t first = 0; first < n; first += chunk) {
         const int64_t b = std::min(chunk, n - first);
         m.forward(images + first * per, b);
-        if (feats) std::memcpy(feats + first * F, m.h.data(), sizeof(float) * static_cast<size_t>(b * F));
+        if (feats) m.be->download(feats + first * F, m.h.data(), static_cast<size_t>(b * F));
+        if (probs) {
+            logits.resize(static_cast<size_t>(b * C));
+            m.be->download(logits.data(), m.logits.data(), logits.size());
+        }
         if (probs)
             for (int64_t i = 0; i < b; ++i) {
-                const float* l = m.logits.data() + i * C;
+                const float* l = logits.data() + i * C;
                 float* p = probs + (first + i) * C;
                 const float mx = *std::max_element(l, l + C);
                 double s = 0;
@@ -197,18 +237,18 @@ void Classifier::train(const ImageSet& data, const ClassifierTrainConfig& tc, co
         check(y >= 0 && y < m.cfg.num_classes, "cannot train classifier",
               "label " + std::to_string(y) + " outside 0.." + std::to_string(m.cfg.num_classes - 1),
               "every training image needs a class (an image folder: one sub-folder per class)");
-    nn::Adam adam({}, *m.be); // a CPU backend: host memory
-    for (auto& [n, p] : m.params()) {
-        check(p.first->is_contiguous() && p.second->is_contiguous(), "cannot train classifier",
-              "parameter " + n + " is not contiguous");
-        adam.add(n, p.first->data(), p.second->data(), p.first->shape(), false);
+    nn::Adam adam({}, *m.be); // on the backend's copies of the weights
+    m.sync.to_device(*m.be, m.params());
+    for (auto& p : m.params()) {
+        check(p.w->is_contiguous() && p.g->is_contiguous(), "cannot train classifier",
+              "parameter " + p.name + " is not contiguous");
+        adam.add(p.name, p.W(), p.G(), p.w->shape(), false);
     }
     const int64_t B = tc.batch_size, steps = tc.epochs * ((data.count() + B - 1) / B);
     nn::DataOrder order(tc.seed, data.count());
     std::vector<int64_t> idx(static_cast<size_t>(B));
     std::vector<float> batch(static_cast<size_t>(B * data.pixels_per_item()));
     std::vector<int32_t> y(static_cast<size_t>(B));
-    const std::vector<uint8_t> mask(static_cast<size_t>(B), 1);
     double t0 = now_seconds(), loss_acc = 0, ok_acc = 0;
     int64_t seen = 0;
     for (int64_t step = 0; step < steps; ++step) {
@@ -218,15 +258,13 @@ void Classifier::train(const ImageSet& data, const ClassifierTrainConfig& tc, co
         }
         data.gather_float(idx.data(), B, batch.data());
         m.forward(batch.data(), B);
-        nn::ensure(m.dlogits, m.logits.shape());
-        const nn::ops::LossSums L = nn::ops::masked_loss<float>(m.logits.data(), m.cfg.num_classes, nullptr, 0, y.data(),
-                                                               mask.data(), B, m.cfg.num_classes, 0.0, 1.0, 1.0,
-                                                               m.dlogits.data(), m.cfg.num_classes);
+        const Backend::LossSums L = m.loss(y.data(), B);
         if (!std::isfinite(L.loss))
             throw Error("classifier training diverged", {}, "loss is " + std::to_string(L.loss), "lower --lr");
         m.backward(B);
         const double lr = nn::warmup_cosine_lr(step, steps, std::min<int64_t>(100, steps / 10), tc.lr, 0.05);
         adam.step(lr);
+        m.sync.device_changed(*m.be);
         loss_acc += L.loss;
         ok_acc += static_cast<double>(L.correct) / static_cast<double>(B);
         ++seen;

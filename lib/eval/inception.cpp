@@ -6,7 +6,8 @@
 // b' = beta - mean * g with g = gamma / sqrt(var + eps) (in double, then f32).
 // Convs with unequal padding per axis (1x7 / 7x1 / 1x3 / 3x1 kernels) get an
 // explicitly zero-padded copy of their input and run with pad 0, because
-// Conv2dShape has one symmetric pad.
+// Conv2dShape has one symmetric pad. Every op is a Backend operation on
+// backend memory, so the network runs on a GPU as on the CPU.
 #include "magnets/inception.h"
 
 #include "magnets/error.h"
@@ -111,203 +112,135 @@ const char* const bn_parts[] = {"bn.weight", "bn.bias", "bn.running_mean", "bn.r
 struct FoldedConv {
     ConvSpec spec;
     Tensor w, b; // BatchNorm folded in: [c_out, c_in, kh, kw], [c_out]
+    nn::BackendBuffer wd, bd; // copies in a device backend's memory (empty on the CPU)
+    const float* W() const { return wd.data() ? wd.data() : w.data(); }
+    const float* B() const { return bd.data() ? bd.data() : b.data(); }
 };
-
-// ---- elementwise helpers (NCHW, contiguous) ---------------------------------------
-
-void relu_inplace(Tensor& t) { nn::relu_forward(t, t); }
-
-// y [n, c, h + 2ph, w + 2pw] = x with a zero border.
-void zero_pad(const Tensor& x, int64_t ph, int64_t pw, Tensor& y) {
-    const int64_t n = x.dim(0), c = x.dim(1), h = x.dim(2), w = x.dim(3);
-    const int64_t H = h + 2 * ph, W = w + 2 * pw;
-    y = Tensor({n, c, H, W}); // zero-filled
-    const float* src = x.data();
-    float* dst = y.data();
-#pragma omp parallel for schedule(static) if (n * c > 16)
-    for (int64_t p = 0; p < n * c; ++p)
-        for (int64_t i = 0; i < h; ++i)
-            std::memcpy(dst + (p * H + i + ph) * W + pw, src + (p * h + i) * w, sizeof(float) * static_cast<size_t>(w));
-}
-
-// 3x3 max pool, stride s, padding p (padding never wins: as -inf), floor mode.
-void max_pool3(const Tensor& x, int64_t s, int64_t p, Tensor& y) {
-    const int64_t n = x.dim(0), c = x.dim(1), h = x.dim(2), w = x.dim(3);
-    const int64_t oh = (h + 2 * p - 3) / s + 1, ow = (w + 2 * p - 3) / s + 1;
-    y = Tensor({n, c, oh, ow});
-    const float* src = x.data();
-    float* dst = y.data();
-#pragma omp parallel for schedule(static) if (n * c > 16)
-    for (int64_t q = 0; q < n * c; ++q) {
-        const float* a = src + q * h * w;
-        float* b = dst + q * oh * ow;
-        for (int64_t i = 0; i < oh; ++i) {
-            const int64_t y0 = std::max<int64_t>(i * s - p, 0), y1 = std::min<int64_t>(i * s - p + 3, h);
-            for (int64_t j = 0; j < ow; ++j) {
-                const int64_t x0 = std::max<int64_t>(j * s - p, 0), x1 = std::min<int64_t>(j * s - p + 3, w);
-                float m = -std::numeric_limits<float>::infinity();
-                for (int64_t yy = y0; yy < y1; ++yy)
-                    for (int64_t xx = x0; xx < x1; ++xx) m = std::max(m, a[yy * w + xx]);
-                b[i * ow + j] = m;
-            }
-        }
-    }
-}
-
-// 3x3 average pool, stride 1, padding 1, count_include_pad=False (the divisor is
-// the number of in-image elements: 9 inside, 6 on edges, 4 in corners).
-void avg_pool3_same(const Tensor& x, Tensor& y) {
-    const int64_t n = x.dim(0), c = x.dim(1), h = x.dim(2), w = x.dim(3);
-    y = Tensor({n, c, h, w});
-    const float* src = x.data();
-    float* dst = y.data();
-#pragma omp parallel for schedule(static) if (n * c > 16)
-    for (int64_t q = 0; q < n * c; ++q) {
-        const float* a = src + q * h * w;
-        float* b = dst + q * h * w;
-        for (int64_t i = 0; i < h; ++i) {
-            const int64_t y0 = std::max<int64_t>(i - 1, 0), y1 = std::min<int64_t>(i + 2, h);
-            for (int64_t j = 0; j < w; ++j) {
-                const int64_t x0 = std::max<int64_t>(j - 1, 0), x1 = std::min<int64_t>(j + 2, w);
-                float sum = 0.0f;
-                for (int64_t yy = y0; yy < y1; ++yy)
-                    for (int64_t xx = x0; xx < x1; ++xx) sum += a[yy * w + xx];
-                b[i * w + j] = sum / static_cast<float>((y1 - y0) * (x1 - x0));
-            }
-        }
-    }
-}
-
-// y [n, sum c_i, h, w] = channel concatenation of parts (same n, h, w).
-void concat(const std::vector<const Tensor*>& parts, Tensor& y) {
-    const int64_t n = parts[0]->dim(0), h = parts[0]->dim(2), w = parts[0]->dim(3);
-    int64_t c = 0;
-    for (const Tensor* t : parts) {
-        check(t->dim(0) == n && t->dim(2) == h && t->dim(3) == w, "inception: concat",
-              "branch shapes differ: " + parts[0]->shape_str() + " vs " + t->shape_str());
-        c += t->dim(1);
-    }
-    y = Tensor({n, c, h, w});
-    const int64_t plane = h * w;
-    for (int64_t b = 0; b < n; ++b) {
-        int64_t off = 0;
-        for (const Tensor* t : parts) {
-            const int64_t ct = t->dim(1);
-            std::memcpy(y.data() + (b * c + off) * plane, t->data() + b * ct * plane,
-                        sizeof(float) * static_cast<size_t>(ct * plane));
-            off += ct;
-        }
-    }
-}
-
-// Bilinear resize as torch's F.interpolate(mode="bilinear", align_corners=False,
-// antialias=False): src = (dst + 0.5) * in / out - 0.5, clamped below at 0.
-struct Taps {
-    std::vector<int64_t> i0, i1;
-    std::vector<float> l0, l1;
-};
-Taps resize_taps(int64_t in, int64_t out) {
-    Taps t;
-    const float scale = static_cast<float>(in) / static_cast<float>(out);
-    for (int64_t o = 0; o < out; ++o) {
-        float src = scale * (static_cast<float>(o) + 0.5f) - 0.5f;
-        if (src < 0.0f) src = 0.0f;
-        const int64_t a = std::min<int64_t>(static_cast<int64_t>(src), in - 1);
-        const int64_t b = a + (a < in - 1 ? 1 : 0);
-        const float l1 = src - static_cast<float>(a);
-        t.i0.push_back(a);
-        t.i1.push_back(b);
-        t.l1.push_back(l1);
-        t.l0.push_back(1.0f - l1);
-    }
-    return t;
-}
 
 } // namespace
 
+// The network runs on its backend: activations are nn::DTensors in the
+// backend's memory (a GPU's included), every op a Backend operation.
 struct InceptionV3::Impl {
     std::shared_ptr<Backend> be;
     std::map<std::string, FoldedConv> convs;
     std::string hash;
     StageHook hook;
 
-    void stage(const std::string& name, const Tensor& t) const {
-        if (hook) hook(name, t);
+    using DT = nn::DTensor;
+
+    void stage(const std::string& name, const DT& t) const {
+        if (!hook) return;
+        Tensor h(t.shape);
+        be->download(h.data(), t.data(), static_cast<size_t>(t.numel()));
+        hook(name, h);
     }
 
     // y = relu(bn(conv(x))) with BatchNorm folded.
-    void conv(const std::string& name, const Tensor& x, Tensor& y) const {
+    void conv(const std::string& name, const DT& x, DT& y) const {
+        Backend& b = *be;
         const FoldedConv& c = convs.at(name);
         const ConvSpec& s = c.spec;
-        check(x.rank() == 4 && x.dim(1) == s.c_in, "inception: " + name,
+        check(x.shape.size() == 4 && x.dim(1) == s.c_in, "inception: " + name,
               "input " + x.shape_str() + " does not have " + std::to_string(s.c_in) + " channels");
-        Tensor padded;
-        const Tensor* in = &x;
+        DT padded;
+        const DT* in = &x;
         int64_t pad = s.pad_h;
         if (s.pad_h != s.pad_w) {
-            zero_pad(x, s.pad_h, s.pad_w, padded);
+            padded.ensure(b, {x.dim(0), x.dim(1), x.dim(2) + 2 * s.pad_h, x.dim(3) + 2 * s.pad_w});
+            b.zero_pad(x.data(), padded.data(), x.dim(0) * x.dim(1), x.dim(2), x.dim(3), s.pad_h, s.pad_w);
             in = &padded;
             pad = 0;
         }
         Conv2dShape cs;
         cs.n = in->dim(0); cs.c_in = s.c_in; cs.h = in->dim(2); cs.w = in->dim(3);
         cs.c_out = s.c_out; cs.kh = s.kh; cs.kw = s.kw; cs.stride = s.stride; cs.pad = pad;
-        y = Tensor({cs.n, cs.c_out, cs.out_h(), cs.out_w()});
-        be->conv2d_forward(cs, in->data(), c.w.data(), c.b.data(), y.data());
-        relu_inplace(y);
+        y.ensure(b, {cs.n, cs.c_out, cs.out_h(), cs.out_w()});
+        b.conv2d_forward(cs, in->data(), c.W(), c.B(), y.data());
+        b.relu(y.data(), y.data(), y.numel());
     }
 
-    Tensor chain(const Tensor& x, std::initializer_list<const char*> names, const std::string& prefix) const {
-        Tensor cur, next;
-        const Tensor* in = &x;
+    DT chain(const DT& x, std::initializer_list<const char*> names, const std::string& prefix) const {
+        DT cur, next;
+        const DT* in = &x;
         for (const char* n : names) {
             conv(prefix + "." + n, *in, next);
             cur = std::move(next);
-            next = Tensor();
+            next = DT();
             in = &cur;
         }
         return cur;
     }
 
+    // 3x3 max pool, stride s, padding p; 3x3 average pool, stride 1, padding 1.
+    void max_pool(const DT& x, int64_t s, int64_t p, DT& y) const {
+        const int64_t h = x.dim(2), w = x.dim(3);
+        y.ensure(*be, {x.dim(0), x.dim(1), (h + 2 * p - 3) / s + 1, (w + 2 * p - 3) / s + 1});
+        be->max_pool3(x.data(), y.data(), x.dim(0) * x.dim(1), h, w, s, p);
+    }
+    void avg_pool(const DT& x, DT& y) const {
+        y.ensure(*be, x.shape);
+        be->avg_pool3(x.data(), y.data(), x.dim(0) * x.dim(1), x.dim(2), x.dim(3));
+    }
+
+    // y [n, sum c_i, h, w] = channel concatenation of parts (same n, h, w).
+    void concat(const std::vector<const DT*>& parts, DT& y) const {
+        const int64_t n = parts[0]->dim(0), h = parts[0]->dim(2), w = parts[0]->dim(3);
+        int64_t c = 0;
+        for (const DT* t : parts) {
+            check(t->dim(0) == n && t->dim(2) == h && t->dim(3) == w, "inception: concat",
+                  "branch shapes differ: " + parts[0]->shape_str() + " vs " + t->shape_str());
+            c += t->dim(1);
+        }
+        y.ensure(*be, {n, c, h, w});
+        const int64_t plane = h * w;
+        int64_t off = 0;
+        for (const DT* t : parts) {
+            const int64_t ct = t->dim(1);
+            be->copy2d(y.data() + off * plane, c * plane, t->data(), ct * plane, n, ct * plane);
+            off += ct;
+        }
+    }
+
     // FIDInceptionA (Mixed_5b..5d).
-    void block_a(const std::string& p, const Tensor& x, Tensor& y) const {
-        Tensor b1, b5, b3, pooled, bp;
+    void block_a(const std::string& p, const DT& x, DT& y) const {
+        DT b1, b5, b3, pooled, bp;
         conv(p + ".branch1x1", x, b1);
         b5 = chain(x, {"branch5x5_1", "branch5x5_2"}, p);
         b3 = chain(x, {"branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"}, p);
-        avg_pool3_same(x, pooled);
+        avg_pool(x, pooled);
         conv(p + ".branch_pool", pooled, bp);
         concat({&b1, &b5, &b3, &bp}, y);
     }
     // InceptionB (Mixed_6a).
-    void block_b(const std::string& p, const Tensor& x, Tensor& y) const {
-        Tensor b3, bd, pooled;
+    void block_b(const std::string& p, const DT& x, DT& y) const {
+        DT b3, bd, pooled;
         conv(p + ".branch3x3", x, b3);
         bd = chain(x, {"branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"}, p);
-        max_pool3(x, 2, 0, pooled);
+        max_pool(x, 2, 0, pooled);
         concat({&b3, &bd, &pooled}, y);
     }
     // FIDInceptionC (Mixed_6b..6e).
-    void block_c(const std::string& p, const Tensor& x, Tensor& y) const {
-        Tensor b1, b7, bd, pooled, bp;
+    void block_c(const std::string& p, const DT& x, DT& y) const {
+        DT b1, b7, bd, pooled, bp;
         conv(p + ".branch1x1", x, b1);
         b7 = chain(x, {"branch7x7_1", "branch7x7_2", "branch7x7_3"}, p);
         bd = chain(x, {"branch7x7dbl_1", "branch7x7dbl_2", "branch7x7dbl_3", "branch7x7dbl_4", "branch7x7dbl_5"}, p);
-        avg_pool3_same(x, pooled);
+        avg_pool(x, pooled);
         conv(p + ".branch_pool", pooled, bp);
         concat({&b1, &b7, &bd, &bp}, y);
     }
     // InceptionD (Mixed_7a).
-    void block_d(const std::string& p, const Tensor& x, Tensor& y) const {
-        Tensor b3, b7, pooled;
+    void block_d(const std::string& p, const DT& x, DT& y) const {
+        DT b3, b7, pooled;
         b3 = chain(x, {"branch3x3_1", "branch3x3_2"}, p);
         b7 = chain(x, {"branch7x7x3_1", "branch7x7x3_2", "branch7x7x3_3", "branch7x7x3_4"}, p);
-        max_pool3(x, 2, 0, pooled);
+        max_pool(x, 2, 0, pooled);
         concat({&b3, &b7, &pooled}, y);
     }
     // FIDInceptionE_1 (Mixed_7b, average pool) and FIDInceptionE_2 (Mixed_7c, max pool).
-    void block_e(const std::string& p, const Tensor& x, bool max_pool_branch, Tensor& y) const {
-        Tensor b1, t, a, b, b3, bd, pooled, bp;
+    void block_e(const std::string& p, const DT& x, bool max_pool_branch, DT& y) const {
+        DT b1, t, a, b, b3, bd, pooled, bp;
         conv(p + ".branch1x1", x, b1);
         conv(p + ".branch3x3_1", x, t);
         conv(p + ".branch3x3_2a", t, a);
@@ -317,52 +250,48 @@ struct InceptionV3::Impl {
         conv(p + ".branch3x3dbl_3a", t, a);
         conv(p + ".branch3x3dbl_3b", t, b);
         concat({&a, &b}, bd);
-        a = Tensor(); b = Tensor(); t = Tensor();
+        a = DT(); b = DT(); t = DT();
         if (max_pool_branch)
-            max_pool3(x, 1, 1, pooled);
+            max_pool(x, 1, 1, pooled);
         else
-            avg_pool3_same(x, pooled);
+            avg_pool(x, pooled);
         conv(p + ".branch_pool", pooled, bp);
         concat({&b1, &b3, &bd, &bp}, y);
     }
 
-    // x [b, 3, 299, 299] in [-1, 1] -> out [b, 2048].
-    void forward(Tensor x, float* out) const {
-        Tensor y;
+    // x [b, 3, 299, 299] in [-1, 1] -> out [b, 2048] (host memory).
+    void forward(DT x, float* out) const {
+        DT y;
         stage("input", x);
         auto step = [&](const std::string& name, auto&& fn) {
             fn(x, y);
             x = std::move(y);
-            y = Tensor();
+            y = DT();
             stage(name, x);
         };
         for (const char* n : {"Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"})
-            step(n, [&](const Tensor& a, Tensor& b) { conv(n, a, b); });
-        step("maxpool1", [&](const Tensor& a, Tensor& b) { max_pool3(a, 2, 0, b); });
+            step(n, [&](const DT& a, DT& b) { conv(n, a, b); });
+        step("maxpool1", [&](const DT& a, DT& b) { max_pool(a, 2, 0, b); });
         for (const char* n : {"Conv2d_3b_1x1", "Conv2d_4a_3x3"})
-            step(n, [&](const Tensor& a, Tensor& b) { conv(n, a, b); });
-        step("maxpool2", [&](const Tensor& a, Tensor& b) { max_pool3(a, 2, 0, b); });
+            step(n, [&](const DT& a, DT& b) { conv(n, a, b); });
+        step("maxpool2", [&](const DT& a, DT& b) { max_pool(a, 2, 0, b); });
         for (const char* n : {"Mixed_5b", "Mixed_5c", "Mixed_5d"})
-            step(n, [&](const Tensor& a, Tensor& b) { block_a(n, a, b); });
-        step("Mixed_6a", [&](const Tensor& a, Tensor& b) { block_b("Mixed_6a", a, b); });
+            step(n, [&](const DT& a, DT& b) { block_a(n, a, b); });
+        step("Mixed_6a", [&](const DT& a, DT& b) { block_b("Mixed_6a", a, b); });
         for (const char* n : {"Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"})
-            step(n, [&](const Tensor& a, Tensor& b) { block_c(n, a, b); });
-        step("Mixed_7a", [&](const Tensor& a, Tensor& b) { block_d("Mixed_7a", a, b); });
-        step("Mixed_7b", [&](const Tensor& a, Tensor& b) { block_e("Mixed_7b", a, false, b); });
-        step("Mixed_7c", [&](const Tensor& a, Tensor& b) { block_e("Mixed_7c", a, true, b); });
+            step(n, [&](const DT& a, DT& b) { block_c(n, a, b); });
+        step("Mixed_7a", [&](const DT& a, DT& b) { block_d("Mixed_7a", a, b); });
+        step("Mixed_7b", [&](const DT& a, DT& b) { block_e("Mixed_7b", a, false, b); });
+        step("Mixed_7c", [&](const DT& a, DT& b) { block_e("Mixed_7c", a, true, b); });
 
         // Adaptive average pool to 1x1 (a mean over the 8x8 map for 299 inputs).
         const int64_t n = x.dim(0), c = x.dim(1), plane = x.dim(2) * x.dim(3);
         check(c == feature_dim, "inception: final pool", "expected 2048 channels, got " + x.shape_str());
-        Tensor pooled({n, c, 1, 1});
-        const float* src = x.data();
-        for (int64_t q = 0; q < n * c; ++q) {
-            double s = 0.0;
-            for (int64_t i = 0; i < plane; ++i) s += src[q * plane + i];
-            pooled.data()[q] = static_cast<float>(s / static_cast<double>(plane));
-        }
+        DT pooled;
+        pooled.ensure(*be, {n, c, 1, 1});
+        be->mean_planes(x.data(), pooled.data(), n * c, plane);
         stage("avgpool", pooled);
-        std::memcpy(out, pooled.data(), sizeof(float) * static_cast<size_t>(n * c));
+        be->download(out, pooled.data(), static_cast<size_t>(n * c));
     }
 };
 
@@ -397,10 +326,6 @@ InceptionV3 InceptionV3::load(const std::string& path, std::shared_ptr<Backend> 
 InceptionV3 InceptionV3::from_checkpoint(const Checkpoint& ck, std::shared_ptr<Backend> backend,
                                          const std::string& path) {
     check(backend != nullptr, "inception: no backend", "a null backend was passed");
-    const std::string be_name = backend->name();
-    if (be_name != "ref" && be_name != "onednn")
-        throw Error("inception: unsupported backend '" + be_name + "'", {},
-                    "the FID network runs pools and padding on host memory", "use the ref or onednn backend");
     const std::string what = "invalid " + std::string(inception_format) + " file";
     if (ck.format != inception_format)
         throw Error(what, path, "its format is '" + ck.format + "', expected '" + inception_format + "'",
@@ -454,6 +379,13 @@ InceptionV3 InceptionV3::from_checkpoint(const Checkpoint& ck, std::shared_ptr<B
                 f.w.data()[o * per_out + i] = static_cast<float>(static_cast<double>(w.data()[o * per_out + i]) * g);
             f.b.data()[o] = static_cast<float>(static_cast<double>(beta[o]) - static_cast<double>(mean[o]) * g);
         }
+        if (!impl->be->host_memory()) { // the weights go to the device once
+            Backend& b = *impl->be;
+            f.wd.bind(b);
+            f.bd.bind(b);
+            b.upload(f.wd.grow(static_cast<size_t>(f.w.numel())), f.w.data(), static_cast<size_t>(f.w.numel()));
+            b.upload(f.bd.grow(static_cast<size_t>(f.b.numel())), f.b.data(), static_cast<size_t>(f.b.numel()));
+        }
         impl->convs.emplace(s.name, std::move(f));
     }
     return InceptionV3(std::move(impl));
@@ -470,28 +402,18 @@ void InceptionV3::features(const float* images, int64_t n, int64_t h, int64_t w,
           std::to_string(channels) + " channels (expected 1 gray or 3 RGB)", "convert other layouts first");
     check(batch > 0, "inception features", "batch " + std::to_string(batch) + " is not positive");
 
-    const Taps ty = resize_taps(h, input_size), tx = resize_taps(w, input_size);
+    // The images go to the backend as they are; resizing to 299 x 299 (gray
+    // to RGB) and scaling [0, 1] to [-1, 1] happen there.
     const int64_t S = input_size;
+    Backend& be = *impl_->be;
+    nn::DTensor raw;
     for (int64_t start = 0; start < n; start += batch) {
         const int64_t b = std::min(batch, n - start);
-        Tensor x({b, 3, S, S});
-#pragma omp parallel for collapse(2) schedule(static)
-        for (int64_t i = 0; i < b; ++i)
-            for (int64_t c = 0; c < 3; ++c) {
-                const float* src = images + ((start + i) * channels + (channels == 1 ? 0 : c)) * h * w;
-                float* dst = x.data() + (i * 3 + c) * S * S;
-                for (int64_t oy = 0; oy < S; ++oy) {
-                    const float* r0 = src + ty.i0[oy] * w;
-                    const float* r1 = src + ty.i1[oy] * w;
-                    const float h0 = ty.l0[oy], h1 = ty.l1[oy];
-                    for (int64_t ox = 0; ox < S; ++ox) {
-                        const int64_t a = tx.i0[ox], bb = tx.i1[ox];
-                        const float w0 = tx.l0[ox], w1 = tx.l1[ox];
-                        const float v = h0 * (w0 * r0[a] + w1 * r0[bb]) + h1 * (w0 * r1[a] + w1 * r1[bb]);
-                        dst[oy * S + ox] = 2.0f * v - 1.0f; // [0, 1] -> [-1, 1]
-                    }
-                }
-            }
+        raw.ensure(be, {b, channels, h, w});
+        be.upload(raw.data(), images + start * channels * h * w, static_cast<size_t>(raw.numel()));
+        nn::DTensor x;
+        x.ensure(be, {b, 3, S, S});
+        be.resize_bilinear(raw.data(), b, channels, h, w, x.data(), 3, S, S, 2.0f, -1.0f);
         impl_->forward(std::move(x), out + start * feature_dim);
     }
 }

@@ -234,6 +234,32 @@ public:
     // The commitment term: dze = dzq + g * (ze - zq); returns the sum of (ze - zq)^2.
     virtual double commit_backward(const float* ze, const float* zq, const float* dzq, float* dze, int64_t n,
                                    float g) = 0;
+
+    // ---- the evaluation networks' operations (lib/eval: Inception, the classifier) ----
+    // NCHW f32, contiguous, in this backend's memory; CPU: lib/nn/image_ops.h.
+    // y [planes, h + 2ph, w + 2pw] = x [planes, h, w] inside a zero border.
+    virtual void zero_pad(const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t ph, int64_t pw) = 0;
+    // 3x3 max pool, stride s, padding p (padding never wins: as -inf), floor
+    // mode: y [planes, (h + 2p - 3) / s + 1, (w + 2p - 3) / s + 1].
+    virtual void max_pool3(const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t s, int64_t p) = 0;
+    // 3x3 average pool, stride 1, padding 1, count_include_pad = false (the
+    // divisor counts in-image elements): y [planes, h, w]. The sum runs over
+    // the window's rows, then columns, in float.
+    virtual void avg_pool3(const float* x, float* y, int64_t planes, int64_t h, int64_t w) = 0;
+    // y [planes] = the mean of each plane of `plane` values (summed in double).
+    virtual void mean_planes(const float* x, float* y, int64_t planes, int64_t plane) = 0;
+    // dst[i * ld_dst + j] = src[i * ld_src + j] for i < rows, j < cols (a
+    // channel concatenation is one call per part, rows = images).
+    virtual void copy2d(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows, int64_t cols) = 0;
+    // Bilinear resize as torch's F.interpolate(mode="bilinear",
+    // align_corners=False, antialias=False), then y = mul * v + add:
+    // x [n, c_in, h, w] -> y [n, c_out, oh, ow], c_in 1 (copied to every
+    // output channel) or c_out. Per axis, in float: scale = in / out, src =
+    // scale * (dst + 0.5) - 0.5 clamped below at 0, i0 = min(int(src), in - 1),
+    // i1 = i0 + (i0 < in - 1), l1 = src - i0, l0 = 1 - l1; v = l0y * (l0x * x[i0y, i0x] +
+    // l1x * x[i0y, i1x]) + l1y * (l0x * x[i1y, i0x] + l1x * x[i1y, i1x]).
+    virtual void resize_bilinear(const float* x, int64_t n, int64_t c_in, int64_t h, int64_t w, float* y,
+                                 int64_t c_out, int64_t oh, int64_t ow, float mul, float add) = 0;
 };
 
 // "ref", "onednn", "cuda", or "auto" (best CPU backend built in). Throws Error

@@ -232,6 +232,116 @@ void argmin_codes(const float* d, const float* e, int64_t m, int64_t k, int64_t 
     }
 }
 
+void zero_pad(const float* src, float* dst, int64_t planes, int64_t h, int64_t w, int64_t ph, int64_t pw) {
+    const int64_t H = h + 2 * ph, W = w + 2 * pw;
+#pragma omp parallel for schedule(static) if (planes > 16)
+    for (int64_t p = 0; p < planes; ++p) {
+        float* d = dst + p * H * W;
+        std::fill(d, d + H * W, 0.0f);
+        for (int64_t i = 0; i < h; ++i)
+            std::memcpy(d + (i + ph) * W + pw, src + (p * h + i) * w, sizeof(float) * static_cast<size_t>(w));
+    }
+}
+
+void max_pool3(const float* src, float* dst, int64_t planes, int64_t h, int64_t w, int64_t s, int64_t p) {
+    const int64_t oh = (h + 2 * p - 3) / s + 1, ow = (w + 2 * p - 3) / s + 1;
+#pragma omp parallel for schedule(static) if (planes > 16)
+    for (int64_t q = 0; q < planes; ++q) {
+        const float* a = src + q * h * w;
+        float* b = dst + q * oh * ow;
+        for (int64_t i = 0; i < oh; ++i) {
+            const int64_t y0 = std::max<int64_t>(i * s - p, 0), y1 = std::min<int64_t>(i * s - p + 3, h);
+            for (int64_t j = 0; j < ow; ++j) {
+                const int64_t x0 = std::max<int64_t>(j * s - p, 0), x1 = std::min<int64_t>(j * s - p + 3, w);
+                float m = -std::numeric_limits<float>::infinity();
+                for (int64_t yy = y0; yy < y1; ++yy)
+                    for (int64_t xx = x0; xx < x1; ++xx) m = std::max(m, a[yy * w + xx]);
+                b[i * ow + j] = m;
+            }
+        }
+    }
+}
+
+void avg_pool3(const float* src, float* dst, int64_t planes, int64_t h, int64_t w) {
+#pragma omp parallel for schedule(static) if (planes > 16)
+    for (int64_t q = 0; q < planes; ++q) {
+        const float* a = src + q * h * w;
+        float* b = dst + q * h * w;
+        for (int64_t i = 0; i < h; ++i) {
+            const int64_t y0 = std::max<int64_t>(i - 1, 0), y1 = std::min<int64_t>(i + 2, h);
+            for (int64_t j = 0; j < w; ++j) {
+                const int64_t x0 = std::max<int64_t>(j - 1, 0), x1 = std::min<int64_t>(j + 2, w);
+                float sum = 0.0f;
+                for (int64_t yy = y0; yy < y1; ++yy)
+                    for (int64_t xx = x0; xx < x1; ++xx) sum += a[yy * w + xx];
+                b[i * w + j] = sum / static_cast<float>((y1 - y0) * (x1 - x0));
+            }
+        }
+    }
+}
+
+void mean_planes(const float* src, float* dst, int64_t planes, int64_t plane) {
+#pragma omp parallel for schedule(static) if (planes * plane > 65536)
+    for (int64_t q = 0; q < planes; ++q) {
+        double s = 0.0;
+        for (int64_t i = 0; i < plane; ++i) s += src[q * plane + i];
+        dst[q] = static_cast<float>(s / static_cast<double>(plane));
+    }
+}
+
+void copy2d(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (int64_t i = 0; i < rows; ++i)
+        std::memcpy(dst + i * ld_dst, src + i * ld_src, sizeof(float) * static_cast<size_t>(cols));
+}
+
+namespace {
+struct Taps {
+    std::vector<int64_t> i0, i1;
+    std::vector<float> l0, l1;
+};
+// Bilinear taps as torch's F.interpolate(mode="bilinear", align_corners=False,
+// antialias=False): src = (dst + 0.5) * in / out - 0.5, clamped below at 0.
+Taps resize_taps(int64_t in, int64_t out) {
+    Taps t;
+    const float scale = static_cast<float>(in) / static_cast<float>(out);
+    for (int64_t o = 0; o < out; ++o) {
+        float src = scale * (static_cast<float>(o) + 0.5f) - 0.5f;
+        if (src < 0.0f) src = 0.0f;
+        const int64_t a = std::min<int64_t>(static_cast<int64_t>(src), in - 1);
+        const int64_t b = a + (a < in - 1 ? 1 : 0);
+        const float l1 = src - static_cast<float>(a);
+        t.i0.push_back(a);
+        t.i1.push_back(b);
+        t.l1.push_back(l1);
+        t.l0.push_back(1.0f - l1);
+    }
+    return t;
+}
+} // namespace
+
+void resize_bilinear(const float* x, int64_t n, int64_t c_in, int64_t h, int64_t w, float* y, int64_t c_out,
+                     int64_t oh, int64_t ow, float mul, float add) {
+    const Taps ty = resize_taps(h, oh), tx = resize_taps(w, ow);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < c_out; ++c) {
+            const float* src = x + (i * c_in + (c_in == 1 ? 0 : c)) * h * w;
+            float* dst = y + (i * c_out + c) * oh * ow;
+            for (int64_t oy = 0; oy < oh; ++oy) {
+                const float* r0 = src + ty.i0[static_cast<size_t>(oy)] * w;
+                const float* r1 = src + ty.i1[static_cast<size_t>(oy)] * w;
+                const float h0 = ty.l0[static_cast<size_t>(oy)], h1 = ty.l1[static_cast<size_t>(oy)];
+                for (int64_t ox = 0; ox < ow; ++ox) {
+                    const int64_t a = tx.i0[static_cast<size_t>(ox)], b = tx.i1[static_cast<size_t>(ox)];
+                    const float w0 = tx.l0[static_cast<size_t>(ox)], w1 = tx.l1[static_cast<size_t>(ox)];
+                    const float v = h0 * (w0 * r0[a] + w1 * r0[b]) + h1 * (w0 * r1[a] + w1 * r1[b]);
+                    dst[oy * ow + ox] = mul * v + add;
+                }
+            }
+        }
+}
+
 } // namespace img
 
 // ---- host tensors ------------------------------------------------------------------

@@ -106,31 +106,6 @@ std::vector<Tokenizer::Impl::ParamRef> Tokenizer::Impl::params() {
     return p;
 }
 
-void Tokenizer::Impl::params_to_device() {
-    if (!on_device() || !host_newer) return;
-    for (const ParamRef& p : params()) {
-        const size_t n = static_cast<size_t>(p.w->numel());
-        p.wd->bind(*be);
-        p.gd->bind(*be);
-        be->upload(p.wd->grow(n), p.w->data(), n);
-        if (!p.gd->data()) be->zero(p.gd->grow(n), n);
-    }
-    host_newer = false;
-}
-
-void Tokenizer::Impl::params_to_host() {
-    if (!on_device() || !device_newer) return;
-    for (const ParamRef& p : params())
-        if (p.wd->data()) be->download(p.w->data(), p.wd->data(), static_cast<size_t>(p.w->numel()));
-    device_newer = false;
-}
-
-void Tokenizer::Impl::grads_to_host() {
-    if (!on_device()) return;
-    for (const ParamRef& p : params())
-        if (p.gd->data()) be->download(p.g->data(), p.gd->data(), static_cast<size_t>(p.g->numel()));
-}
-
 void Tokenizer::Impl::codebook_to_host() {
     if (on_device() && codebook_dev.data())
         be->download(codebook.data(), codebook_dev.data(), static_cast<size_t>(codebook.numel()));
@@ -304,7 +279,7 @@ std::vector<std::string> Tokenizer::param_names() const {
 
 Tensor& Tokenizer::param(const std::string& name) {
     impl_->params_to_host();
-    impl_->host_newer = true; // the caller may change it
+    impl_->sync.host_changed(); // the caller may change it
     for (auto& p : impl_->params()) if (p.name == name) return *p.w;
     throw Error("unknown tokenizer parameter '" + name + "'");
 }
@@ -336,8 +311,7 @@ void Tokenizer::init(uint64_t seed) {
         m.codebook.data()[i] = rng.normal(s, static_cast<uint64_t>(i)) * scale;
     m.ema_count.fill(1.0f);
     nn::copy(m.codebook, m.ema_sum);
-    m.host_newer = true;
-    m.device_newer = false;
+    m.sync.host_changed();
 }
 
 void Tokenizer::encode(const float* images, int64_t n, uint16_t* tokens) {

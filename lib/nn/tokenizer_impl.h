@@ -5,13 +5,13 @@
 // The network runs on any backend: activations are DTensors in the
 // backend's memory. The parameters' master copies are host Tensors
 // (checkpoints, init, param()); on a device backend each has a device copy
-// (Conv2d::weight_dev ..., codebook_dev), kept in step by params_to_device
-// and params_to_host as in Transformer::Impl. The quantizer's bookkeeping
+// (Conv2d::weight_dev ..., codebook_dev), kept in step by nn::ParamSync. The quantizer's bookkeeping
 // (code counts, EMA statistics, dead-code restarts) is host code on the
 // downloaded codes and encoder rows: small next to the convolutions.
 #pragma once
 #include "magnets/tokenizer.h"
 #include "nn/layers.h"
+#include "nn/param_sync.h"
 
 #include <map>
 
@@ -55,32 +55,20 @@ struct Tokenizer::Impl {
     // Backward scratch, kept between steps so training allocates only once.
     nn::DTensor bw_g, bw_g2, bw_s2d, bw_tail, bw_dxhat, bw_dzq, bw_dze;
 
-    struct ParamRef {
-        std::string name;
-        Tensor* w;               // host master copy
-        Tensor* g;               // host gradient (CPU backends; device: downloaded by grads_to_host)
-        nn::BackendBuffer* wd;   // device copies
-        nn::BackendBuffer* gd;
-        float* W() const { return wd->data() ? wd->data() : w->data(); }
-        float* G() const { return gd->data() ? gd->data() : g->data(); }
-    };
+    using ParamRef = nn::ParamRef;
+    nn::ParamSync sync;
 
     Impl(const TokenizerConfig& c, std::shared_ptr<Backend> b);
     // Every learnable parameter and its gradient, in a stable order.
     std::vector<ParamRef> params();
 
     bool on_device() const { return !be->host_memory(); }
-    // Device backends: upload the host weights where they are newer (first
-    // use, after init or load); allocate the gradients. No-op on the CPU.
-    void params_to_device();
-    // Device backends: download the weights where the device's are newer (after optimizer steps).
-    void params_to_host();
-    void grads_to_host();
+    void params_to_device() { sync.to_device(*be, params()); }
+    void params_to_host() { sync.to_host(*be, params()); }
+    void grads_to_host() { nn::ParamSync::grads_to_host(*be, params()); }
     // The codebook alone (the quantizer's host bookkeeping changes it every step).
     void codebook_to_host();
     void codebook_to_device();
-    bool host_newer = true;  // host weights changed since the last upload
-    bool device_newer = false; // device weights changed since the last download
     const float* codebook_ptr() const { return codebook_dev.data() ? codebook_dev.data() : codebook.data(); }
 
     // Upload n images [n, C, S, S] into x.

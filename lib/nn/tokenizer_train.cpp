@@ -107,7 +107,7 @@ static void load_weights(Tokenizer& tok, const Checkpoint& ck, const std::string
                             "weight '" + n + "' holds a non-finite value (NaN or infinity) at index " + std::to_string(i),
                             "the run that wrote it diverged or the file is damaged; use an earlier checkpoint or retrain");
     }
-    tok.impl().host_newer = true;
+    tok.impl().sync.host_changed();
 }
 
 Tokenizer Tokenizer::load(const std::string& path, std::shared_ptr<Backend> backend) {
@@ -281,7 +281,7 @@ int64_t train_tokenizer(Tokenizer& tok, const ImageSet& data, const TokenizerTra
         Tokenizer::StepLosses L = tok.forward_backward(batch.data(), B, true);
         const double lr = nn::warmup_cosine_lr(step, tc.steps, tc.warmup, tc.lr, tc.lr_min_ratio);
         adam.step(lr);
-        m.device_newer = m.on_device();
+        m.sync.device_changed(*m.be);
         for (int64_t k = 0; k < K; ++k) {
             window[static_cast<size_t>(k)] += L.code_counts[static_cast<size_t>(k)];
             log_window[static_cast<size_t>(k)] += L.code_counts[static_cast<size_t>(k)];

@@ -25,6 +25,14 @@ run "$eval_" train-classifier -o "$tmp/cls.h5" --limit 1024 --epochs 1 --batch-s
 expect_rc 0; expect_file "$tmp/cls.h5"; expect_err "test accuracy"
 done_case "train-classifier writes a checkpoint and reports test accuracy"
 
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi >/dev/null 2>&1; then
+    # the feature networks run on the GPU (--device cuda); without one it says so
+    run "$eval_" train-classifier -o "$tmp/gpu.h5" --limit 64 --epochs 1 --device cuda
+    expect_runtime_error magnets-eval "backend not available: cuda"
+    expect_no_file "$tmp/gpu.h5"
+    done_case "--device cuda without a GPU: a clear error, nothing written"
+fi
+
 m=(metrics --classifier "$tmp/cls.h5" --limit 300 --kid-subsets 5 --kid-subset-size 100)
 run "$eval_" "${m[@]}" --real fashion-mnist:test --generated fashion-mnist:train
 expect_rc 0; expect_out "FID (classifier features)"; expect_out "floor"; expect_out "feature network: magnets-classifier"
