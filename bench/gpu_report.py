@@ -61,6 +61,7 @@ def main(argv):
     train = [r for r in every if r.get("mode") == "train"]
     if not rows and not train:
         print("gpu_report.py: no sampling results in " + " ".join(argv[1:]), file=sys.stderr)
+        pipeline_report(argv[1:])
         return 1
     best = {}
     if not rows:
@@ -113,7 +114,39 @@ def main(argv):
     if ours is not None and torch_eager is not None:
         r = ours / torch_eager
         print(f"  magnets training / PyTorch eager bf16: {r:5.2f}x  target >= 1.0x: {'met' if r >= 1.0 else 'NOT met'}")
+    pipeline_report(argv[1:])
     return 0
+
+
+def pipeline_report(paths):
+    """The demo pipeline stage: FID of the GPU's samples against the CPU's (same
+    seed) and the seed noise (two CPU seeds), all measured on the GPU."""
+    rows = {}
+    for p in paths:
+        f = os.path.join(p, "pipeline.jsonl") if os.path.isdir(p) else None
+        if not f or not os.path.exists(f):
+            continue
+        with open(f) as fh:
+            for line in fh:
+                if line.startswith("{"):
+                    try:
+                        r = json.loads(line)
+                        rows[r["set"]] = r["metrics"]
+                    except (ValueError, KeyError):
+                        pass
+    if not rows:
+        return
+    print()
+    print("demo pipeline (magnets-eval --device cuda, 1,000 samples, classifier features):")
+    for k in ("gpu_s1", "cpu_s1", "cpu_s2"):
+        m = rows.get(k)
+        print(f"  {k:<7} FID {m['fid']:.3f}  precision {m['precision']:.3f}  recall {m['recall']:.3f}" if m
+              else f"  {k:<7} missing")
+    if all(k in rows for k in ("gpu_s1", "cpu_s1", "cpu_s2")):
+        noise = abs(rows["cpu_s1"]["fid"] - rows["cpu_s2"]["fid"])
+        d = abs(rows["gpu_s1"]["fid"] - rows["cpu_s1"]["fid"])
+        print(f"  |FID gpu - FID cpu| (seed 1) = {d:.3f}; seed noise |FID cpu s1 - cpu s2| = {noise:.3f}: "
+              f"{'within' if d <= max(noise, 0.5) else 'OUTSIDE'} noise")
 
 
 if __name__ == "__main__":

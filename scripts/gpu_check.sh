@@ -11,6 +11,7 @@
 #                                    # sampling throughput on the GPU, then the
 #                                    # PyTorch baselines of issue 6 (torch_baselines)
 #   scripts/gpu_check.sh baselines   # there: only the PyTorch baselines
+#   scripts/gpu_check.sh pipeline    # there: only the demo pipeline stage (below)
 #
 # With the device tool: run(command="scripts/gpu_check.sh run", carry=["gpu-bundle"]).
 # Prints one line per test binary and ends with "N passed, N failed".
@@ -27,6 +28,12 @@
 # --backend cuda (the joint training step, bf16 and f32 products), JSON lines
 # in $OUT/magnets-gpu.jsonl. Last,
 # bench/gpu_report.py prints the side-by-side table and the issue's ratios.
+# The demo pipeline stage (when prepare found out/demo/model.h5 and out/tok.h5):
+# magnets-sample --device cuda with the demo model (1,000 images, 100 per class,
+# CFG 2, MaGNeTS schedule, seed 1), then magnets-eval metrics --device cuda
+# (tokenizer decode and classifier features on the GPU) of the GPU's samples
+# and of two CPU sample sets made here by prepare (seeds 1 and 2: their FID
+# difference is the seed noise); JSON lines in $OUT/pipeline.jsonl.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -44,6 +51,19 @@ prepare() {
     rm -rf "$bundle" && mkdir -p "$bundle"
     for t in "${tests[@]}"; do cp "build-gpu/tests/$t" "$bundle/"; done
     for b in "${benches[@]}"; do cp "build-gpu/bench/$b" "$bundle/"; done
+    # The demo pipeline stage: the tools, the demo model and tokenizer, CPU
+    # samples for seeds 1 and 2 (made here with the main build), Fashion-MNIST's test split.
+    if [[ -f out/demo/model.h5 && -f out/tok.h5 && -x build/tools/magnets-sample ]]; then
+        ninja -C build-gpu tools/magnets-sample tools/magnets-eval
+        mkdir -p "$bundle/demo" "$bundle/fashion-mnist"
+        cp build-gpu/tools/magnets-sample build-gpu/tools/magnets-eval "$bundle/"
+        cp out/demo/model.h5 out/tok.h5 "$bundle/demo/"
+        for seed in 1 2; do
+            build/tools/magnets-sample --model out/demo/model.h5 --per-class 100 --cfg 2 \
+                --schedule 8:3,4:3,2:3,1:3 --seed "$seed" -o "$bundle/demo/cpu_s$seed.h5" -q
+        done
+        cp "${MAGNETS_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}"/t10k-* "$bundle/fashion-mnist/"
+    fi
     # Shared libraries the GPU machine lacks (stb); CUDA, HDF5 and libgomp are there.
     for lib in libstb.so.0; do
         p="$(ldconfig -p | awk -v l="$lib" '$1 == l && !f {print $NF; f = 1}')"
@@ -97,6 +117,26 @@ magnets_gpu() {
     done
 }
 
+# The demo pipeline on this card: sampling and evaluation with --device cuda.
+pipeline() {
+    [[ -f "$bundle/demo/model.h5" && -x "$bundle/magnets-sample" ]] ||
+        { echo "gpu_check.sh: no demo model in $bundle (prepare needs out/demo/model.h5 and out/tok.h5)"; return 0; }
+    export MAGNETS_FASHION_MNIST="$PWD/$bundle/fashion-mnist"
+    # PIPELINE_DEVICE=cpu PIPELINE_PER_CLASS=10: a dry run of this stage without a GPU
+    local out="${OUT:-/tmp}" cap="${GPU_RUN_TIMEOUT:-240}" d="$bundle/demo" dev="${PIPELINE_DEVICE:-cuda}"
+    echo "== demo pipeline: magnets-sample --device $dev (100 per class, 8:3,4:3,2:3,1:3, CFG 2, seed 1)"
+    timeout "$cap" "$bundle/magnets-sample" --device "$dev" --model "$d/model.h5" \
+        --per-class "${PIPELINE_PER_CLASS:-100}" --cfg 2 \
+        --schedule 8:3,4:3,2:3,1:3 --seed 1 -o "$out/gpu_s1.h5" 2>&1 | tail -6 || echo "(failed or over ${cap} s)"
+    for g in "$out/gpu_s1.h5" "$d/cpu_s1.h5" "$d/cpu_s2.h5"; do
+        [[ -f "$g" ]] || continue
+        echo "== demo pipeline: magnets-eval metrics --device $dev --generated $(basename "$g")"
+        timeout "$cap" "$bundle/magnets-eval" metrics --device "$dev" --classifier data/fmnist_classifier.h5 \
+            --tokenizer "$d/tok.h5" --real fashion-mnist:test --generated "$g" --floor '' --json \
+            | sed "s|^{|{\"set\":\"$(basename "$g" .h5)\",|" | tee -a "$out/pipeline.jsonl" || echo "(failed or over ${cap} s)"
+    done
+}
+
 # The issue-6 PyTorch baselines on this card (python3 = the machine's PyTorch).
 torch_baselines() {
     local py="${PYTHON:-python3}" out="${OUT:-/tmp}/torch-baselines.jsonl" cap="${GPU_RUN_TIMEOUT:-240}"
@@ -124,10 +164,12 @@ case "${1:-}" in
     prepare) prepare ;;
     run)
         run; rc=$?
+        pipeline
         magnets_gpu
         [[ "${GPU_BASELINES:-1}" != 0 ]] && torch_baselines
         "${PYTHON:-python3}" bench/gpu_report.py "${OUT:-/tmp}" || true
         exit $rc ;;
     baselines) torch_baselines ;;
-    *) sed -n '2,28s/^# \{0,1\}//p' "$0"; exit 2 ;;
+    pipeline) pipeline ;;
+    *) sed -n '2,35s/^# \{0,1\}//p' "$0"; exit 2 ;;
 esac

@@ -12,16 +12,24 @@
 #include "cuda/cuda_ops.h"
 #include "magnets/backend.h"
 #include "magnets/error.h"
+#include "magnets/classifier.h"
+#include "magnets/dataset.h"
+#include "magnets/formats.h"
+#include "magnets/inception.h"
 #include "magnets/sampler.h"
+#include "magnets/tokenizer.h"
 #include "magnets/transformer.h"
 #include "nn/optim.h"
 #include "nn/transformer_impl.h"
 #include "nn/transformer_ops.h"
+#include "inception_weights.h"
+#include "test_util.h"
 
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -1080,4 +1088,128 @@ TEST_CASE("cuda resize_bilinear: the documented float formula's bits, the CPU's 
                                    << m << " differ in bits from the CPU backend's (FMA contraction there), max "
                                    << rel_err(got, y) << " of the largest value");
     }
+}
+
+// ---- whole models on the GPU against the CPU ------------------------------------
+
+namespace {
+
+std::string fixture_file(const std::string& name) {
+    const std::string built_in = std::string(MAGNETS_FIXTURES) + "/" + name;
+    if (std::filesystem::exists(built_in)) return built_in;
+    return "tests/fixtures/" + name; // the GPU machine runs the bundle from the repository root
+}
+
+ImageSet random_images(int64_t count, int64_t size, int64_t classes, uint32_t seed) {
+    ImageSet s;
+    s.channels = 1; s.height = size; s.width = size; s.source = "random"; s.split = "train";
+    for (int64_t c = 0; c < classes; ++c) s.class_names.push_back("c" + std::to_string(c));
+    std::mt19937 g(seed);
+    s.pixels.resize(static_cast<size_t>(count * size * size));
+    for (auto& p : s.pixels) p = static_cast<uint8_t>(g() & 255);
+    for (int64_t i = 0; i < count; ++i) s.labels.push_back(static_cast<int32_t>(g() % static_cast<uint32_t>(classes)));
+    return s;
+}
+
+double rel(double a, double b) { return std::fabs(a - b) / std::max(1e-12, std::fabs(b)); }
+
+} // namespace
+
+TEST_CASE("the tokenizer on the GPU matches the CPU: fixture step, encode, decode, training") {
+    std::shared_ptr<Backend> g = gpu();
+    if (!g) return;
+    // Tolerances: the PyTorch-fixture test's (tests/test_tokenizer.cpp): f32
+    // through ~10 conv layers whose sums cuDNN orders differently, 1e-4 of the
+    // largest gradient; losses 1e-5 relative. A code can flip only where two
+    // codes are equally near within round-off: at least 99% must agree.
+    const std::string fx = fixture_file("tokenizer_fixture.h5");
+    Tokenizer tc = Tokenizer::load(fx, make_backend("ref"));
+    Tokenizer tg = Tokenizer::load(fx, g);
+    const auto x = test::read_ds<float>(fx, "/fixture/x", H5T_NATIVE_FLOAT);
+    const int64_t per = tc.config().channels * tc.config().image_size * tc.config().image_size;
+    const int64_t n = static_cast<int64_t>(x.size()) / per;
+    const Tokenizer::StepLosses lc = tc.forward_backward(x.data(), n, false), lg = tg.forward_backward(x.data(), n, false);
+    CHECK(rel(lg.loss, lc.loss) < 1e-5);
+    CHECK(rel(lg.recon, lc.recon) < 1e-5);
+    CHECK(rel(lg.commit, lc.commit) < 1e-5);
+    for (const auto& name : tc.param_names()) {
+        CAPTURE(name);
+        const Tensor &gc = tc.grad(name), &gg = tg.grad(name);
+        CHECK(nerr(std::vector<float>(gg.data(), gg.data() + gg.numel()),
+                   std::vector<float>(gc.data(), gc.data() + gc.numel())) < 1e-4);
+    }
+    std::vector<uint16_t> ic(static_cast<size_t>(n * tc.tokens_per_image())), ig(ic.size());
+    tc.encode(x.data(), n, ic.data());
+    tg.encode(x.data(), n, ig.data());
+    size_t same = 0;
+    for (size_t i = 0; i < ic.size(); ++i) same += ic[i] == ig[i];
+    MESSAGE("tokenizer codes equal on GPU and CPU: " << same << " of " << ic.size());
+    CHECK(same * 100 >= ic.size() * 99);
+    std::vector<float> yc(x.size()), yg(x.size());
+    tc.decode(ic.data(), n, yc.data());
+    tg.decode(ic.data(), n, yg.data());
+    CHECK(nerr(yg, yc) < 1e-5);
+
+    // A few training steps (EMA quantizer, a dead-code restart): the same run.
+    const ImageSet data = random_images(64, 16, 1, 3);
+    TokenizerPreset p = tokenizer_preset("tiny");
+    p.model.image_size = 16;
+    p.train.steps = 6; p.train.log_every = 6; p.train.restart_every = 3;
+    std::vector<double> losses;
+    for (std::shared_ptr<Backend> be : {std::shared_ptr<Backend>(make_backend("ref")), g}) {
+        Tokenizer t(p.model, be);
+        t.init(p.train.seed);
+        TokenizerTrainOptions o;
+        o.train = p.train;
+        o.output = (std::filesystem::temp_directory_path() / ("magnets-gpu-tok-" + std::string(be->name()) + ".h5")).string();
+        train_tokenizer(t, data, o, [&](const TokenizerLog& l) { losses.push_back(l.loss); });
+        std::filesystem::remove(o.output);
+    }
+    REQUIRE(losses.size() == 2);
+    MESSAGE("tokenizer loss after 6 steps: CPU " << losses[0] << ", GPU " << losses[1]);
+    CHECK(std::isfinite(losses[1]));
+    CHECK(rel(losses[1], losses[0]) < 1e-2);
+}
+
+TEST_CASE("Inception-v3 and the feature classifier on the GPU match the CPU") {
+    std::shared_ptr<Backend> g = gpu();
+    if (!g) return;
+    // Inception: random weights, two gray 28x28 images; tolerance as the
+    // PyTorch fixture's (tests/test_inception.cpp): 1e-4 of the largest feature.
+    const Checkpoint ck = test::random_inception_checkpoint();
+    InceptionV3 ic = InceptionV3::from_checkpoint(ck, make_backend("auto")), ig = InceptionV3::from_checkpoint(ck, g);
+    const int64_t n = 2, s = 28;
+    const std::vector<float> img = [&] {
+        std::vector<float> v = rnd(static_cast<size_t>(n * s * s), 41, 0.5f);
+        for (float& a : v) a += 0.5f;
+        return v;
+    }();
+    std::vector<float> fc(static_cast<size_t>(n * InceptionV3::feature_dim)), fg(fc.size());
+    ic.features(img.data(), n, s, s, 1, fc.data());
+    ig.features(img.data(), n, s, s, 1, fg.data());
+    MESSAGE("inception features: normalised GPU-CPU difference " << nerr(fg, fc));
+    CHECK(nerr(fg, fc) < 1e-4);
+
+    // The classifier: same init, features and probabilities, then one epoch of training.
+    ClassifierConfig cc;
+    cc.image_size = 16; cc.channels = 1; cc.num_classes = 3; cc.width1 = 8; cc.width2 = 16; cc.feature_dim = 32;
+    cc.dataset = "random"; cc.class_names = {"c0", "c1", "c2"};
+    const ImageSet data = random_images(96, 16, 3, 5);
+    Classifier cc_cpu(cc, make_backend("ref")), cc_gpu(cc, g);
+    cc_cpu.init(3);
+    cc_gpu.init(3);
+    std::vector<float> x(static_cast<size_t>(16 * 16 * 16));
+    data.to_float(0, 16, x.data());
+    std::vector<float> f1(16 * 32), f2(f1.size()), p1(16 * 3), p2(p1.size());
+    cc_cpu.features(x.data(), 16, f1.data(), p1.data());
+    cc_gpu.features(x.data(), 16, f2.data(), p2.data());
+    CHECK(nerr(f2, f1) < kTol);
+    CHECK(nerr(p2, p1) < kTol);
+    ClassifierTrainConfig tc;
+    tc.epochs = 1; tc.batch_size = 16; tc.log_every = 6;
+    double l1 = 0, l2 = 0;
+    cc_cpu.train(data, tc, [&](const Classifier::Log& l) { l1 = l.loss; });
+    cc_gpu.train(data, tc, [&](const Classifier::Log& l) { l2 = l.loss; });
+    MESSAGE("classifier loss after one epoch: CPU " << l1 << ", GPU " << l2);
+    CHECK(rel(l2, l1) < 1e-3);
 }

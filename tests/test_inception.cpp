@@ -7,6 +7,7 @@
 #include <doctest.h>
 
 #include "device_proxy.h"
+#include "inception_weights.h"
 #include "test_util.h"
 
 #include "magnets/backend.h"
@@ -55,30 +56,6 @@ double mean_of(const Tensor& t) {
 
 // Random weights of the right shapes: He-normal-ish convs (uniform with the
 // same variance), identity BatchNorm. Deterministic (a 64-bit LCG).
-Checkpoint random_checkpoint() {
-    Checkpoint ck;
-    ck.format = inception_format;
-    ck.attrs["variant"] = std::string("fid");
-    ck.attrs["bn_eps"] = 0.001;
-    uint64_t state = 12345;
-    auto uniform = [&state]() { // [-1, 1)
-        state = state * 6364136223846793005ull + 1442695040888963407ull;
-        return static_cast<double>(state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-    };
-    for (const auto& [name, shape] : InceptionV3::weight_shapes()) {
-        Tensor t(shape);
-        const std::string tail = name.substr(name.rfind('.') + 1);
-        if (shape.size() == 4) {
-            const double bound = std::sqrt(6.0 / static_cast<double>(shape[1] * shape[2] * shape[3]));
-            for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = static_cast<float>(uniform() * bound);
-        } else if (tail == "weight" || tail == "running_var") {
-            t.fill(1.0f);
-        }
-        ck.weights.emplace(name, std::move(t));
-    }
-    return ck;
-}
-
 } // namespace
 
 TEST_CASE("InceptionV3 pool3 features match PyTorch's FID Inception-v3") {
@@ -148,7 +125,7 @@ TEST_CASE("InceptionV3::load rejects foreign and damaged files with a clear Erro
     CHECK_THROWS_AS(InceptionV3::load(dir / "missing.h5", be), Error);
 
     // The right format, but a tensor missing, misshapen, non-finite, or no variant.
-    Checkpoint ck = random_checkpoint();
+    Checkpoint ck = test::random_inception_checkpoint();
     Checkpoint c1 = ck;
     c1.weights.erase("Mixed_6e.branch7x7dbl_3.conv.weight");
     write_checkpoint(dir / "missing_tensor.h5", c1, "test");
@@ -171,7 +148,7 @@ TEST_CASE("InceptionV3::load rejects foreign and damaged files with a clear Erro
 
 TEST_CASE("InceptionV3: gray equals replicated RGB, batching and file round trip do not change features") {
     std::shared_ptr<Backend> be = make_backend("auto");
-    Checkpoint ck = random_checkpoint();
+    Checkpoint ck = test::random_inception_checkpoint();
     test::TempDir dir;
     write_checkpoint(dir / "inc.h5", ck, "test");
     InceptionV3 net = InceptionV3::load(dir / "inc.h5", be);
@@ -218,7 +195,7 @@ TEST_CASE("InceptionV3: gray equals replicated RGB, batching and file round trip
 TEST_CASE("InceptionV3's device code path gives the CPU path's bits") {
     // tests/device_proxy.h: memory the host cannot touch, the same CPU backend
     // computing underneath; upload, resize, every block, the pool, download.
-    Checkpoint ck = random_checkpoint();
+    Checkpoint ck = test::random_inception_checkpoint();
     InceptionV3 host = InceptionV3::from_checkpoint(ck, make_backend("auto"));
     InceptionV3 dev = InceptionV3::from_checkpoint(ck, std::make_shared<test::DeviceProxy>(make_backend("auto")));
     const int64_t n = 1, h = 19, w = 27;
