@@ -270,7 +270,8 @@ std::unique_ptr<Backend> make_backend(const std::string& name);
 std::vector<std::string> available_backends();
 // Device backends built into this library ({"cuda"} with CUDA). They compute on
 // device memory from their alloc(); make_backend throws when no device is
-// visible. The transformer (training, sampling) and the tokenizer run on them.
+// visible. Every model runs on them: the transformer (training, sampling), the
+// tokenizer and the evaluation networks.
 std::vector<std::string> device_backends();
 // Threads used by CPU backends (OpenMP); 0 = library default.
 void set_num_threads(int n);
