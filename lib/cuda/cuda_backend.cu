@@ -222,8 +222,12 @@ public:
 
     float* alloc(size_t count) override { return pool_.get(count); }
     void free(float* p) override {
-        // The stream may still use p: wait before it can be handed out again.
-        cudaStreamSynchronize(stream_);
+        // No wait: every use of this backend's memory (kernels, cuBLAS, cuDNN,
+        // copies) is on its one stream, so work queued after p is handed out
+        // again runs after the work still using it (PyTorch's caching
+        // allocator relies on the same stream order). Models can then free
+        // temporaries (Inception's branches, a step's scratch) without a
+        // host round trip.
         pool_.put(p);
     }
     void upload(float* dst, const float* host_src, size_t count) override {
