@@ -9,7 +9,8 @@
 #                           when a test failed
 #
 # Also: "deps" (install only) and "build" (install and build). MAGNETS_DEVICE=cuda
-# runs the demo's transformer (training, sampling) on the GPU of a CUDA build.
+# runs every stage of the demo (tokenizer, training, sampling, evaluation) on the
+# GPU of a CUDA build.
 # Packages already installed are not touched; apt-get runs only for missing ones.
 set -euo pipefail
 
@@ -72,23 +73,23 @@ build() {
 
 run_demo() {
     local tools="$build_dir/tools"
-    # MAGNETS_DEVICE=cuda: the transformer (training, sampling) on the GPU
+    # MAGNETS_DEVICE=cuda: every stage on the GPU
     local device="${MAGNETS_DEVICE:-cpu}"
     mkdir -p "$out_dir"
     set -x
-    "$tools/magnets-tokenize" train --dataset fashion-mnist --preset demo -o "$out_dir/tok.h5" \
+    "$tools/magnets-tokenize" train --device "$device" --dataset fashion-mnist --preset demo -o "$out_dir/tok.h5" \
         --recon-png "$out_dir/recon.png" --log "$out_dir/train_log.jsonl"
-    "$tools/magnets-tokenize" eval --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split test | tee "$out_dir/eval.txt"
-    "$tools/magnets-tokenize" encode --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split train -o "$out_dir/train_tokens.h5"
-    "$tools/magnets-tokenize" encode --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split test -o "$out_dir/test_tokens.h5"
-    "$tools/magnets-tokenize" decode --tokenizer "$out_dir/tok.h5" -i "$out_dir/test_tokens.h5" --limit 64 -o "$out_dir/samples"
+    "$tools/magnets-tokenize" eval --device "$device" --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split test | tee "$out_dir/eval.txt"
+    "$tools/magnets-tokenize" encode --device "$device" --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split train -o "$out_dir/train_tokens.h5"
+    "$tools/magnets-tokenize" encode --device "$device" --tokenizer "$out_dir/tok.h5" --dataset fashion-mnist --split test -o "$out_dir/test_tokens.h5"
+    "$tools/magnets-tokenize" decode --device "$device" --tokenizer "$out_dir/tok.h5" -i "$out_dir/test_tokens.h5" --limit 64 -o "$out_dir/samples"
     "$tools/magnets-train" --preset demo --tokens "$out_dir/train_tokens.h5" --val "$out_dir/test_tokens.h5" \
         -o "$out_dir/model.h5" --log "$out_dir/model_log.jsonl" --plot "$out_dir/model_curves.png" --device "$device"
     "$tools/magnets-sample" --model "$out_dir/model.h5" --tokenizer "$out_dir/tok.h5" --per-class 8 --cfg 2 \
         --device "$device" \
         --schedule 8:3,4:3,2:3,1:3 --batch-size 80 -o "$out_dir/generated.h5" --png "$out_dir/generated" \
         --animate "$out_dir/decode.mp4"
-    "$tools/magnets-eval" sweep --classifier "$root/data/fmnist_classifier.h5" --model "$out_dir/model.h5" \
+    "$tools/magnets-eval" sweep --device "$device" --classifier "$root/data/fmnist_classifier.h5" --model "$out_dir/model.h5" \
         --tokenizer "$out_dir/tok.h5" --per-class 20 --kid-subset-size 200 -o "$out_dir/sweep.md"
     { set +x; } 2>/dev/null
     cat "$out_dir/sweep.md"
