@@ -28,7 +28,8 @@
 # --backend cuda (the joint training step, bf16 and f32 products), JSON lines
 # in $OUT/magnets-gpu.jsonl. Last,
 # bench/gpu_report.py prints the side-by-side table and the ratios.
-# The demo pipeline stage (when prepare found out/demo/model.h5 and out/tok.h5):
+# The demo pipeline stage (when prepare found the demo's out/model.h5 and out/tok.h5,
+# or DEMO_MODEL and DEMO_TOK):
 # magnets-sample --device cuda with the demo model (1,000 images, 100 per class,
 # CFG 2, MaGNeTS schedule, seed 1), then magnets-eval metrics --device cuda
 # (tokenizer decode and classifier features on the GPU) of the GPU's samples
@@ -53,13 +54,16 @@ prepare() {
     for b in "${benches[@]}"; do cp "build-gpu/bench/$b" "$bundle/"; done
     # The demo pipeline stage: the tools, the demo model and tokenizer, CPU
     # samples for seeds 1 and 2 (made here with the main build), Fashion-MNIST's test split.
-    if [[ -f out/demo/model.h5 && -f out/tok.h5 && -x build/tools/magnets-sample ]]; then
+    # DEMO_MODEL and DEMO_TOK: the demo's model and tokenizer (scripts/setup.sh demo writes both to out/).
+    local model="${DEMO_MODEL:-out/model.h5}" tok="${DEMO_TOK:-out/tok.h5}"
+    if [[ -f "$model" && -f "$tok" && -x build/tools/magnets-sample ]]; then
         ninja -C build-gpu tools/magnets-sample tools/magnets-eval
         mkdir -p "$bundle/demo" "$bundle/fashion-mnist"
         cp build-gpu/tools/magnets-sample build-gpu/tools/magnets-eval "$bundle/"
-        cp out/demo/model.h5 out/tok.h5 "$bundle/demo/"
+        cp "$model" "$bundle/demo/model.h5"
+        cp "$tok" "$bundle/demo/tok.h5"
         for seed in 1 2; do
-            build/tools/magnets-sample --model out/demo/model.h5 --per-class 100 --cfg 2 \
+            build/tools/magnets-sample --model "$model" --per-class 100 --cfg 2 \
                 --schedule 8:3,4:3,2:3,1:3 --seed "$seed" -o "$bundle/demo/cpu_s$seed.h5" -q
         done
         cp "${MAGNETS_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}"/t10k-* "$bundle/fashion-mnist/"
@@ -120,7 +124,7 @@ magnets_gpu() {
 # The demo pipeline on this card: sampling and evaluation with --device cuda.
 pipeline() {
     [[ -f "$bundle/demo/model.h5" && -x "$bundle/magnets-sample" ]] ||
-        { echo "gpu_check.sh: no demo model in $bundle (prepare needs out/demo/model.h5 and out/tok.h5)"; return 0; }
+        { echo "gpu_check.sh: no demo model in $bundle (prepare needs out/model.h5 and out/tok.h5)"; return 0; }
     export MAGNETS_FASHION_MNIST="$PWD/$bundle/fashion-mnist"
     # PIPELINE_DEVICE=cpu PIPELINE_PER_CLASS=10: a dry run of this stage without a GPU
     local out="${OUT:-/tmp}" cap="${GPU_RUN_TIMEOUT:-240}" d="$bundle/demo" dev="${PIPELINE_DEVICE:-cuda}"
