@@ -17,6 +17,7 @@
 #include <cstring>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -57,6 +58,20 @@ ImageSet synthetic_images(int64_t count, int64_t size, uint32_t seed) {
             }
     }
     return s;
+}
+
+// A training run of preset p on data (stopped after stop_after steps, or resumed).
+Tokenizer train_run(const TokenizerPreset& p, const ImageSet& data, std::shared_ptr<Backend> be, const std::string& out,
+                    int64_t stop_after, bool resume, const std::function<void(const TokenizerLog&)>& on_log) {
+    Tokenizer tok(p.model, std::move(be));
+    tok.init(p.train.seed);
+    TokenizerTrainOptions opt;
+    opt.train = p.train;
+    opt.output = out;
+    opt.resume = resume;
+    opt.stop_after = stop_after;
+    train_tokenizer(tok, data, opt, on_log);
+    return tok;
 }
 
 } // namespace
@@ -119,15 +134,8 @@ TEST_CASE("tokenizer training learns, and resume continues bit-identically") {
     p.train.log_every = 5;
     p.train.restart_every = 10;
     auto run = [&](const std::string& out, int64_t stop_after, bool resume) {
-        Tokenizer tok(p.model, make_backend("auto"));
-        tok.init(p.train.seed);
-        TokenizerTrainOptions opt;
-        opt.train = p.train;
-        opt.output = out;
-        opt.resume = resume;
-        opt.stop_after = stop_after;
         std::vector<TokenizerLog> logs;
-        train_tokenizer(tok, data, opt, [&](const TokenizerLog& l) { logs.push_back(l); });
+        train_run(p, data, make_backend("auto"), out, stop_after, resume, [&](const TokenizerLog& l) { logs.push_back(l); });
         return logs;
     };
     test::TempDir dir;
@@ -191,15 +199,9 @@ TEST_CASE("the tokenizer's device code path gives the CPU path's bits") {
         p.train.log_every = 4;
         p.train.restart_every = 4; // dead-code restarts write the codebook on the host
         auto run = [&](std::shared_ptr<Backend> be, const std::string& out, int64_t stop_after, bool resume) {
-            Tokenizer tok(p.model, std::move(be));
-            tok.init(p.train.seed);
-            TokenizerTrainOptions opt;
-            opt.train = p.train;
-            opt.output = out;
-            opt.resume = resume;
-            opt.stop_after = stop_after;
             std::vector<double> losses;
-            train_tokenizer(tok, data, opt, [&](const TokenizerLog& l) { losses.push_back(l.loss); });
+            Tokenizer tok = train_run(p, data, std::move(be), out, stop_after, resume,
+                                      [&](const TokenizerLog& l) { losses.push_back(l.loss); });
             return std::make_pair(losses, tok.hash());
         };
         test::TempDir dir;
