@@ -131,13 +131,18 @@ def pipeline_report(paths):
                 if line.startswith("{"):
                     try:
                         r = json.loads(line)
-                        rows[r["set"]] = r["metrics"]
+                        rows[r["set"]] = r if r["set"] == "agreement" else r["metrics"]
                     except (ValueError, KeyError):
                         pass
     if not rows:
         return
     print()
     print("demo pipeline (magnets-eval --device cuda, 1,000 samples, classifier features):")
+    ag = rows.get("agreement")
+    if ag:
+        print(f"  GPU tokens equal to the CPU's (seed 1): {ag['tokens_equal']} of {ag['tokens']} tokens "
+              f"({100.0 * ag['tokens_equal'] / max(ag['tokens'], 1):.2f}%), "
+              f"{ag['images_equal']} of {ag['images']} whole images")
     for k in ("gpu_s1", "cpu_s1", "cpu_s2"):
         m = rows.get(k)
         print(f"  {k:<7} FID {m['fid']:.3f}  precision {m['precision']:.3f}  recall {m['recall']:.3f}" if m

@@ -67,6 +67,8 @@ prepare() {
                 --schedule 8:3,4:3,2:3,1:3 --seed "$seed" -o "$bundle/demo/cpu_s$seed.h5" -q
         done
         cp "${MAGNETS_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}"/t10k-* "$bundle/fashion-mnist/"
+        # h5dump (HDF5 1.10, the GPU machine's ABI) to compare the GPU's tokens with the CPU's
+        if command -v h5dump >/dev/null; then cp "$(command -v h5dump)" "$bundle/"; fi
     fi
     # Shared libraries the GPU machine lacks (stb); CUDA, HDF5 and libgomp are there.
     for lib in libstb.so.0; do
@@ -132,6 +134,22 @@ pipeline() {
     timeout "$cap" "$bundle/magnets-sample" --device "$dev" --model "$d/model.h5" \
         --per-class "${PIPELINE_PER_CLASS:-100}" --cfg 2 \
         --schedule 8:3,4:3,2:3,1:3 --seed 1 -o "$out/gpu_s1.h5" 2>&1 | tail -6 || echo "(failed or over ${cap} s)"
+    # How often the GPU's tokens equal the CPU's for the same seed (1,000 x 64 tokens).
+    local h5dump="$bundle/h5dump"
+    command -v h5dump >/dev/null && h5dump="$(command -v h5dump)"
+    if [[ -f "$out/gpu_s1.h5" ]] && "$h5dump" -d /tokens -b LE -o "$out/gpu_tokens.bin" "$out/gpu_s1.h5" >/dev/null 2>&1 &&
+        "$h5dump" -d /tokens -b LE -o "$out/cpu_tokens.bin" "$d/cpu_s1.h5" >/dev/null 2>&1; then
+        "${PYTHON:-python3}" - "$out/gpu_tokens.bin" "$out/cpu_tokens.bin" <<'PY' | tee -a "$out/pipeline.jsonl"
+import array, json, sys
+a, b = array.array("H"), array.array("H")
+a.frombytes(open(sys.argv[1], "rb").read()); b.frombytes(open(sys.argv[2], "rb").read())
+n = min(len(a), len(b)); same = sum(1 for i in range(n) if a[i] == b[i])
+imgs = n // 64; whole = sum(1 for k in range(imgs) if a[64 * k:64 * k + 64] == b[64 * k:64 * k + 64])
+print(json.dumps({"set": "agreement", "tokens": n, "tokens_equal": same, "images": imgs, "images_equal": whole}))
+PY
+    else
+        echo "(token agreement: no h5dump that runs here)"
+    fi
     for g in "$out/gpu_s1.h5" "$d/cpu_s1.h5" "$d/cpu_s2.h5"; do
         [[ -f "$g" ]] || continue
         echo "== demo pipeline: magnets-eval metrics --device $dev --generated $(basename "$g")"
