@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <array>
 #include <map>
 #include <mutex>
 #include <string>
@@ -448,49 +449,63 @@ public:
 #if MAGNETS_HAVE_CUDNN
     void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) override {
         check_conv2d_shape("cuda", Op::conv2d_forward, s);
-        Descs d(s);
-        cudnnConvolutionFwdAlgoPerf_t perf[8];
-        int found = 0;
-        cudnn_check(cudnnGetConvolutionForwardAlgorithm_v7(dnn_, d.x, d.w, d.conv, d.y, 8, &found, perf), "conv algo");
-        const cudnnConvolutionFwdAlgo_t algo = pick(perf, found).algo;
-        size_t ws = 0;
-        cudnn_check(cudnnGetConvolutionForwardWorkspaceSize(dnn_, d.x, d.w, d.conv, d.y, algo, &ws), "conv workspace");
+        Plan& p = plan(s);
+        const Descs& d = p.d;
+        if (!p.fwd_ready) {
+            cudnnConvolutionFwdAlgoPerf_t perf[8];
+            int found = 0;
+            cudnn_check(cudnnGetConvolutionForwardAlgorithm_v7(dnn_, d.x, d.w, d.conv, d.y, 8, &found, perf),
+                        "conv algo");
+            p.fwd = pick(perf, found).algo;
+            cudnn_check(cudnnGetConvolutionForwardWorkspaceSize(dnn_, d.x, d.w, d.conv, d.y, p.fwd, &p.fwd_ws),
+                        "conv workspace");
+            p.fwd_ready = true;
+        }
         const float one = 1.0f, zero = 0.0f;
-        cudnn_check(cudnnConvolutionForward(dnn_, &one, d.x, x, d.w, w, d.conv, algo, workspace(ws), ws, &zero, d.y, y),
+        cudnn_check(cudnnConvolutionForward(dnn_, &one, d.x, x, d.w, w, d.conv, p.fwd, workspace(p.fwd_ws), p.fwd_ws,
+                                            &zero, d.y, y),
                     "conv2d_forward");
         if (bias) cudnn_check(cudnnAddTensor(dnn_, &one, d.b, bias, &one, d.y, y), "conv2d_forward bias");
     }
     void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) override {
         check_conv2d_shape("cuda", Op::conv2d_backward_data, s);
-        Descs d(s);
-        cudnnConvolutionBwdDataAlgoPerf_t perf[8];
-        int found = 0;
-        cudnn_check(cudnnGetConvolutionBackwardDataAlgorithm_v7(dnn_, d.w, d.y, d.conv, d.x, 8, &found, perf),
-                    "conv bwd-data algo");
-        const cudnnConvolutionBwdDataAlgo_t algo = pick(perf, found).algo;
-        size_t ws = 0;
-        cudnn_check(cudnnGetConvolutionBackwardDataWorkspaceSize(dnn_, d.w, d.y, d.conv, d.x, algo, &ws),
-                    "conv bwd-data workspace");
+        Plan& p = plan(s);
+        const Descs& d = p.d;
+        if (!p.bwd_data_ready) {
+            cudnnConvolutionBwdDataAlgoPerf_t perf[8];
+            int found = 0;
+            cudnn_check(cudnnGetConvolutionBackwardDataAlgorithm_v7(dnn_, d.w, d.y, d.conv, d.x, 8, &found, perf),
+                        "conv bwd-data algo");
+            p.bwd_data = pick(perf, found).algo;
+            cudnn_check(cudnnGetConvolutionBackwardDataWorkspaceSize(dnn_, d.w, d.y, d.conv, d.x, p.bwd_data,
+                                                                     &p.bwd_data_ws),
+                        "conv bwd-data workspace");
+            p.bwd_data_ready = true;
+        }
         const float one = 1.0f, zero = 0.0f;
-        cudnn_check(cudnnConvolutionBackwardData(dnn_, &one, d.w, w, d.y, dy, d.conv, algo, workspace(ws), ws, &zero,
-                                                 d.x, dx),
+        cudnn_check(cudnnConvolutionBackwardData(dnn_, &one, d.w, w, d.y, dy, d.conv, p.bwd_data,
+                                                 workspace(p.bwd_data_ws), p.bwd_data_ws, &zero, d.x, dx),
                     "conv2d_backward_data");
     }
     void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy, float* dw,
                                  float* dbias) override {
         check_conv2d_shape("cuda", Op::conv2d_backward_weights, s);
-        Descs d(s);
-        cudnnConvolutionBwdFilterAlgoPerf_t perf[8];
-        int found = 0;
-        cudnn_check(cudnnGetConvolutionBackwardFilterAlgorithm_v7(dnn_, d.x, d.y, d.conv, d.w, 8, &found, perf),
-                    "conv bwd-weights algo");
-        const cudnnConvolutionBwdFilterAlgo_t algo = pick(perf, found).algo;
-        size_t ws = 0;
-        cudnn_check(cudnnGetConvolutionBackwardFilterWorkspaceSize(dnn_, d.x, d.y, d.conv, d.w, algo, &ws),
-                    "conv bwd-weights workspace");
+        Plan& p = plan(s);
+        const Descs& d = p.d;
+        if (!p.bwd_filter_ready) {
+            cudnnConvolutionBwdFilterAlgoPerf_t perf[8];
+            int found = 0;
+            cudnn_check(cudnnGetConvolutionBackwardFilterAlgorithm_v7(dnn_, d.x, d.y, d.conv, d.w, 8, &found, perf),
+                        "conv bwd-weights algo");
+            p.bwd_filter = pick(perf, found).algo;
+            cudnn_check(cudnnGetConvolutionBackwardFilterWorkspaceSize(dnn_, d.x, d.y, d.conv, d.w, p.bwd_filter,
+                                                                       &p.bwd_filter_ws),
+                        "conv bwd-weights workspace");
+            p.bwd_filter_ready = true;
+        }
         const float one = 1.0f, zero = 0.0f;
-        cudnn_check(cudnnConvolutionBackwardFilter(dnn_, &one, d.x, x, d.y, dy, d.conv, algo, workspace(ws), ws, &zero,
-                                                   d.w, dw),
+        cudnn_check(cudnnConvolutionBackwardFilter(dnn_, &one, d.x, x, d.y, dy, d.conv, p.bwd_filter,
+                                                   workspace(p.bwd_filter_ws), p.bwd_filter_ws, &zero, d.w, dw),
                     "conv2d_backward_weights");
         if (dbias) cudnn_check(cudnnConvolutionBackwardBias(dnn_, &one, d.y, dy, &zero, d.b, dbias), "conv bias grad");
     }
@@ -637,6 +652,25 @@ private:
         throw Error("cuDNN has no algorithm for this convolution", {}, "every candidate failed",
                     "report the shape; use --backend onednn meanwhile");
     }
+    // A convolution's descriptors and chosen algorithms, made on its first use
+    // and kept by shape: Inception's ~100 convolutions (or a tokenizer step's)
+    // then cost no descriptor set-up or heuristic query per call.
+    struct Plan {
+        Descs d;
+        bool fwd_ready = false, bwd_data_ready = false, bwd_filter_ready = false;
+        cudnnConvolutionFwdAlgo_t fwd{};
+        cudnnConvolutionBwdDataAlgo_t bwd_data{};
+        cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
+        size_t fwd_ws = 0, bwd_data_ws = 0, bwd_filter_ws = 0;
+        explicit Plan(const Conv2dShape& s) : d(s) {}
+    };
+    Plan& plan(const Conv2dShape& s) {
+        const std::array<int64_t, 9> key = {s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad};
+        auto it = plans_.find(key);
+        if (it == plans_.end()) it = plans_.emplace(key, std::make_unique<Plan>(s)).first;
+        return *it->second;
+    }
+    std::map<std::array<int64_t, 9>, std::unique_ptr<Plan>> plans_;
     cudnnHandle_t dnn_{};
 #endif
 
