@@ -603,12 +603,14 @@ private:
     }
 
 #if MAGNETS_HAVE_CUDNN
-    // Descriptors of one convolution, f32 NCHW, FMA math (no TF32).
+    // Descriptors of one convolution, f32 NCHW: FMA math (no TF32), or in the
+    // bf16 mode cuDNN's default math, which lets it use TF32 tensor cores (as
+    // PyTorch does for f32 convolutions unless allow_tf32 is turned off).
     struct Descs {
         cudnnTensorDescriptor_t x{}, y{}, b{};
         cudnnFilterDescriptor_t w{};
         cudnnConvolutionDescriptor_t conv{};
-        explicit Descs(const Conv2dShape& s) {
+        Descs(const Conv2dShape& s, bool tf32) {
             cudnn_check(cudnnCreateTensorDescriptor(&x), "descriptor");
             cudnn_check(cudnnCreateTensorDescriptor(&y), "descriptor");
             cudnn_check(cudnnCreateTensorDescriptor(&b), "descriptor");
@@ -629,7 +631,7 @@ private:
             cudnn_check(cudnnSetConvolution2dDescriptor(conv, pad, pad, stride, stride, 1, 1, CUDNN_CROSS_CORRELATION,
                                                         CUDNN_DATA_FLOAT),
                         "conv descriptor");
-            cudnn_check(cudnnSetConvolutionMathType(conv, CUDNN_FMA_MATH), "conv math type");
+            cudnn_check(cudnnSetConvolutionMathType(conv, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH), "conv math type");
         }
         ~Descs() {
             cudnnDestroyConvolutionDescriptor(conv);
@@ -662,12 +664,12 @@ private:
         cudnnConvolutionBwdDataAlgo_t bwd_data{};
         cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
         size_t fwd_ws = 0, bwd_data_ws = 0, bwd_filter_ws = 0;
-        explicit Plan(const Conv2dShape& s) : d(s) {}
+        Plan(const Conv2dShape& s, bool tf32) : d(s, tf32) {}
     };
     Plan& plan(const Conv2dShape& s) {
         const std::array<int64_t, 9> key = {s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad};
         auto it = plans_.find(key);
-        if (it == plans_.end()) it = plans_.emplace(key, std::make_unique<Plan>(s)).first;
+        if (it == plans_.end()) it = plans_.emplace(key, std::make_unique<Plan>(s, bf16_)).first;
         return *it->second;
     }
     std::map<std::array<int64_t, 9>, std::unique_ptr<Plan>> plans_;
