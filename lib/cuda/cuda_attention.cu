@@ -13,12 +13,14 @@
 // 2^-9 relative per product term); tests/test_cuda_ops.cpp checks it.
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_ops.h"
+#include "magnets/error.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 
 #include <cmath>
+#include <string>
 
 namespace magnets::cuda {
 
@@ -166,12 +168,14 @@ template <int HD>
 void launch_wmma(Backend& be, const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq,
                  int64_t S, int64_t heads) {
     constexpr int bytes = AttnSmem<HD>::bytes;
-    static bool configured = false; // the attribute is per kernel, set once
-    if (!configured) {
-        check(cudaFuncSetAttribute(attention_rows_wmma_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-              "attention_rows (bf16): shared memory");
-        configured = true;
-    }
+    // Per launch: the attribute belongs to the current device's context (a
+    // cheap host call; a process-wide "done" flag would miss a second GPU).
+    check(cudaFuncSetAttribute(attention_rows_wmma_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+          "attention_rows (bf16): shared memory");
+    if (seqs > 65535 || heads > 65535)
+        throw Error("attention_rows (bf16): too many sequences for one launch", {},
+                    std::to_string(seqs) + " sequences x " + std::to_string(heads) + " heads (grid limit 65535)",
+                    "decode with a smaller --batch-size");
     const dim3 grid(static_cast<unsigned>((rq + kQT - 1) / kQT), static_cast<unsigned>(heads),
                     static_cast<unsigned>(seqs));
     const float scale = 1.0f / sqrtf(static_cast<float>(HD));

@@ -162,14 +162,16 @@ __global__ void sampler_rows_kernel(const int32_t* masked, const int32_t* fresh,
     int32_t* pb = pos + b * rq;
     int32_t* ob = out_rows + b * ro;
     int64_t cnt = 0, out = 0;
+    // The caller's rq and ro are the counts of this state (the CPU checks it);
+    // the guards keep a wrong count from writing into the next sequence.
     if (refresh) {
-        for (int64_t j = 0; j <= N; ++j) pb[j] = static_cast<int32_t>(j);
+        for (int64_t j = 0; j <= N && j < rq; ++j) pb[j] = static_cast<int32_t>(j);
         for (int64_t j = 0; j < N; ++j)
-            if (mk[j]) ob[out++] = static_cast<int32_t>(1 + j);
+            if (mk[j] && out < ro) ob[out++] = static_cast<int32_t>(1 + j);
     } else {
         for (int64_t j = 0; j < N; ++j)
-            if (mk[j] || fr[j]) {
-                if (mk[j]) ob[out++] = static_cast<int32_t>(cnt);
+            if ((mk[j] || fr[j]) && cnt < rq) {
+                if (mk[j] && out < ro) ob[out++] = static_cast<int32_t>(cnt);
                 pb[cnt++] = static_cast<int32_t>(1 + j);
             }
     }
@@ -181,7 +183,8 @@ __global__ void draw_meta_kernel(const int32_t* masked, int64_t nb, int64_t N, i
     const int64_t img = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (img >= nb) return;
     int64_t i = img * ro;
-    for (int64_t j = 0; j < N; ++j)
+    const int64_t end = i + ro;
+    for (int64_t j = 0; j < N && i < end; ++j)
         if (masked[img * N + j]) {
             meta[2 * i] = static_cast<int32_t>(img);
             meta[2 * i + 1] = static_cast<int32_t>(step * N + j);
@@ -280,7 +283,11 @@ void draw_rows(Backend& be, const float* logits, int64_t n, const Backend::DrawS
     a.K = d.K; a.n = n; a.top_k = d.top_k; a.cfg = d.cfg ? 1 : 0;
     a.guidance = d.guidance; a.tau = d.tau; a.choice = d.choice; a.seed = d.seed;
     const size_t shared = sizeof(float) * static_cast<size_t>(d.K);
-    if (shared > 48 * 1024)
+    // The default dynamic limit is 48 KiB less the kernel's static shared
+    // memory (segments and reduction scratch): opt in beyond what is left.
+    cudaFuncAttributes fa{};
+    check(cudaFuncGetAttributes(&fa, draw_rows_kernel), "draw_rows (attributes)");
+    if (shared > static_cast<size_t>(fa.maxDynamicSharedSizeBytes))
         check(cudaFuncSetAttribute(draw_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    static_cast<int>(shared)),
               "draw_rows (codebook too large for one block's shared memory)");
