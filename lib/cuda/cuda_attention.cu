@@ -114,16 +114,22 @@ __global__ void __launch_bounds__(kQT * 2) attention_rows_wmma_kernel(const floa
         {
             const int r = wr + lane / 2, half = lane % 2;
             const float* sr = Ss + r * kKT + half * 32;
+            // Each lane starts at its own column (jj = j + lane mod 32): the
+            // rows are 64 floats apart, so a common j would put all 32 lanes
+            // on one shared-memory bank.
             float mx = -INFINITY;
-            for (int j = 0; j < 32; ++j)
-                if (j0 + half * 32 + j < S) mx = fmaxf(mx, sr[j] * scale);
+            for (int j = 0; j < 32; ++j) {
+                const int jj = (j + lane) & 31;
+                if (j0 + half * 32 + jj < S) mx = fmaxf(mx, sr[jj] * scale);
+            }
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             const float m_old = Ms[r], m_new = fmaxf(m_old, mx);
             float sum = 0.0f;
             __nv_bfloat16* pr = Ps + r * kKT + half * 32;
             for (int j = 0; j < 32; ++j) {
-                const float e = j0 + half * 32 + j < S ? __expf(sr[j] * scale - m_new) : 0.0f;
-                pr[j] = __float2bfloat16(e);
+                const int jj = (j + lane) & 31;
+                const float e = j0 + half * 32 + jj < S ? __expf(sr[jj] * scale - m_new) : 0.0f;
+                pr[jj] = __float2bfloat16(e);
                 sum += e;
             }
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
