@@ -7,7 +7,9 @@
 #include "cuda/cuda_ops.h"
 #include "magnets/error.h"
 
+#include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 namespace magnets::cuda {
@@ -305,6 +307,7 @@ __global__ void masked_loss_kernel(const float* logits, int64_t ld, const float*
         row_ce[i] = -logq_y;
         row_ok[i] = arg == y ? 1 : 0;
     }
+    __syncthreads(); // every read of li[y] is done before dlogits (which may be logits) is written
     if (di) {
         const float inv = static_cast<float>(1.0 / static_cast<double>(sum));
         const float on = (1.0f - eps) * alpha, off = eps / static_cast<float>(K) * alpha;
