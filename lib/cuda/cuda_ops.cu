@@ -257,10 +257,14 @@ __device__ inline void block_argmax(const float* x, int64_t n, float* sh, float&
 
 __global__ void masked_loss_kernel(const float* logits, int64_t ld, const float* teacher, int64_t ld_t,
                                    const int32_t* targets, const uint8_t* mask, int64_t K, float eps, float alpha,
-                                   float scale, float* dlogits, int64_t ld_d, double* row_loss, double* row_ce,
-                                   int32_t* row_ok) {
+                                   const int32_t* count, double weight, float* dlogits, int64_t ld_d,
+                                   double* row_loss, double* row_ce, int32_t* row_ok) {
     __shared__ float sh[2 * kLossThreads / kWarp];
     const int64_t i = blockIdx.x;
+    // weight / (masked rows), as the host would round it: read on the device,
+    // so the host waits once per call (for the results), not twice.
+    const int32_t masked = *count;
+    const float scale = masked ? static_cast<float>(weight / static_cast<double>(masked)) : 0.0f;
     float* di = dlogits ? dlogits + i * ld_d : nullptr;
     if (!mask[i]) {
         if (di)
@@ -498,22 +502,19 @@ LossSums masked_loss(Backend& be, const float* logits, int64_t ld, const float* 
     int32_t* row_ok = reinterpret_cast<int32_t*>(row_ce + rows);
     int32_t* count = row_ok + rows;
     count_mask_kernel<<<1, 256, 0, st>>>(mask, rows, count);
-    int32_t masked = 0;
-    check(cudaMemcpyAsync(&masked, count, sizeof masked, cudaMemcpyDeviceToHost, st), "masked_loss");
-    check(cudaStreamSynchronize(st), "masked_loss");
-    out.masked = masked;
-    const float scale = masked ? static_cast<float>(weight / static_cast<double>(masked)) : 0.0f;
     masked_loss_kernel<<<static_cast<unsigned>(rows), kLossThreads, 0, st>>>(
         logits, ld, teacher, ld_teacher, targets, mask, n_classes, static_cast<float>(eps), static_cast<float>(alpha),
-        scale, dlogits, ld_d, row_loss, row_ce, row_ok);
+        count, weight, dlogits, ld_d, row_loss, row_ce, row_ok);
     check(cudaGetLastError(), "masked_loss");
-    if (masked == 0) return out;
     std::vector<double> l(static_cast<size_t>(rows)), c(static_cast<size_t>(rows));
-    std::vector<int32_t> ok(static_cast<size_t>(rows));
+    std::vector<int32_t> ok(static_cast<size_t>(rows) + 1); // the rows' correct flags, then the count
     check(cudaMemcpyAsync(l.data(), row_loss, sizeof(double) * l.size(), cudaMemcpyDeviceToHost, st), "masked_loss");
     check(cudaMemcpyAsync(c.data(), row_ce, sizeof(double) * c.size(), cudaMemcpyDeviceToHost, st), "masked_loss");
     check(cudaMemcpyAsync(ok.data(), row_ok, sizeof(int32_t) * ok.size(), cudaMemcpyDeviceToHost, st), "masked_loss");
     check(cudaStreamSynchronize(st), "masked_loss");
+    const int32_t masked = ok[static_cast<size_t>(rows)];
+    out.masked = masked;
+    if (masked == 0) return out;
     for (int64_t i = 0; i < rows; ++i) { // the CPU's order
         out.loss += l[static_cast<size_t>(i)];
         out.ce += c[static_cast<size_t>(i)];
