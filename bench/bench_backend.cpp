@@ -193,6 +193,22 @@ Case matmul_case(std::string name, int64_t m, int64_t n, int64_t k, bool ta, boo
             }};
 }
 
+// C [m, n] = A [m, k] W[n, k]^T + bias through the row-stable (batch-invariant)
+// kernel the sampler uses, optionally with the GELU epilogue.
+Case rowstable_case(std::string name, int64_t m, int64_t n, int64_t k, bool gelu = false) {
+    return {std::move(name), 2.0 * m * n * k, [=](Backend& be) -> std::function<void()> {
+                auto a = std::make_shared<Buffer>(be, random_vec(size_t(m * k), 1));
+                auto w = std::make_shared<Buffer>(be, random_vec(size_t(n * k), 2));
+                auto bias = std::make_shared<Buffer>(be, random_vec(size_t(n), 3));
+                auto c = std::make_shared<Buffer>(be, random_vec(size_t(m * n), 4));
+                Backend* pb = &be;
+                return [=] {
+                    pb->matmul_rowstable(ConstMat(a->get(), m, k, k), ConstMat(w->get(), n, k, k), bias->get(),
+                                         Mat{c->get(), m, n, n}, gelu ? Backend::Act::gelu : Backend::Act::none);
+                };
+            }};
+}
+
 Case conv_case(const std::string& label, Op op, int64_t n, int64_t c_in, int64_t hw, int64_t c_out,
                int64_t k, int64_t stride, int64_t pad) {
     Conv2dShape s;
@@ -229,6 +245,14 @@ std::vector<Case> all_cases() {
     // Nested sub-model: X [4096, 384] of [4096, 768], W [768, 384] of [3072, 768],
     // Y [4096, 768] of [4096, 3072]; no copies.
     c.push_back(matmul_case("matmul slice 4096x384 * W[768,384]^T", 4096, 768, 384, false, true, 768, 768, 3072));
+    // The sampler's products at the small shape (D=256, batch 64 with CFG: 128
+    // sequences of 65 rows): QKV, output projection, MLP in (GELU) and out, head.
+    c.push_back(rowstable_case("rowstable 8320x256 * W[768,256]^T", 8320, 768, 256));
+    c.push_back(rowstable_case("rowstable 8320x256 * W[256,256]^T", 8320, 256, 256));
+    c.push_back(rowstable_case("rowstable 8320x256 * W[1024,256]^T gelu", 8320, 1024, 256, true));
+    c.push_back(rowstable_case("rowstable 8320x256 * W[1024,256]^T", 8320, 1024, 256));
+    c.push_back(rowstable_case("rowstable 8320x1024 * W[256,1024]^T", 8320, 256, 1024));
+    c.push_back(rowstable_case("rowstable 8192x256 * W[512,256]^T", 8192, 512, 256));
     struct S {
         const char* label;
         int64_t n, c_in, hw, c_out, k, stride, pad;

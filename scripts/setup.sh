@@ -23,7 +23,7 @@ out_dir=${MAGNETS_OUT_DIR:-out}
 build_packages=(meson ninja-build pkg-config cmake libdnnl-dev ocl-icd-opencl-dev opencl-c-headers
     libcxxopts-dev libstb-dev doctest-dev zlib1g-dev
     libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libhdf5-dev hdf5-tools
-    g++ dataset-fashion-mnist)
+    libopenmpi-dev openmpi-bin g++ dataset-fashion-mnist)
 # Reference tooling used by the tests (fixture checks through h5py; /usr/bin/python3).
 test_packages=(python3 python3-torch python3-torchvision python3-h5py python3-scipy ffmpeg)
 

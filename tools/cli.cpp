@@ -2,6 +2,7 @@
 // handling shared by the magnets tools (see cli.h).
 #include "cli.h"
 
+#include "magnets/dist.h"
 #include "magnets/error.h"
 #include "magnets/log.h"
 #include "magnets/version.h"
@@ -147,6 +148,14 @@ int usage_error(const Tool& t, const std::string& msg, const char* command) {
 
 } // namespace
 
+namespace {
+// " (rank 3)" in a data-parallel run, so a message says which process wrote it.
+std::string rank_tag() {
+    const int r = dist::group_rank();
+    return r < 0 ? std::string() : " (rank " + std::to_string(r) + ")";
+}
+} // namespace
+
 int run_tool(const Tool& tool, int argc, char** argv) {
     const CommandSpec* cmd = nullptr;
     int skip = 0; // argv entries before the command's options
@@ -187,16 +196,22 @@ int run_tool(const Tool& tool, int argc, char** argv) {
         check_required(*cmd, args);
         return cmd->run(args);
     } catch (const UsageError& e) {
-        return usage_error(tool, e.what(), cmd->name);
+        const int rc = usage_error(tool, e.what(), cmd->name);
+        dist::abort_group_on_error(rc);
+        return rc;
     } catch (const Error& e) {
-        std::fprintf(stderr, "%s: error: %s\n", tool.prog, e.what());
+        std::fprintf(stderr, "%s%s: error: %s\n", tool.prog, rank_tag().c_str(), e.what());
         if (!e.hint().empty()) std::fprintf(stderr, "hint: %s\n", e.hint().c_str());
+        dist::abort_group_on_error(1); // data-parallel training: the other ranks would wait for this one
         return 1;
     } catch (const std::bad_alloc&) {
-        std::fprintf(stderr, "%s: error: out of memory\nhint: use a smaller --batch-size or --limit\n", tool.prog);
+        std::fprintf(stderr, "%s%s: error: out of memory\nhint: use a smaller --batch-size or --limit\n", tool.prog,
+                     rank_tag().c_str());
+        dist::abort_group_on_error(1);
         return 1;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "%s: error: %s\n", tool.prog, e.what());
+        std::fprintf(stderr, "%s%s: error: %s\n", tool.prog, rank_tag().c_str(), e.what());
+        dist::abort_group_on_error(1);
         return 1;
     }
 }
@@ -287,14 +302,16 @@ extern "C" void magnets_cli_on_stop_signal(int sig) {
     stop_requested.store(true);
 }
 
-void install_stop_handlers() {
+void install_stop_handlers(bool repeatable) {
     struct sigaction sa;
     std::memset(&sa, 0, sizeof sa);
     sa.sa_handler = magnets_cli_on_stop_signal;
-    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    sa.sa_flags = (repeatable ? 0 : SA_RESETHAND) | SA_RESTART;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR1, &sa, nullptr);
 }
 
 int exit_status_after_stop() { return stop_signal ? 128 + static_cast<int>(stop_signal) : 0; }

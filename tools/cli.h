@@ -112,11 +112,15 @@ std::string json_number(double v);
 std::string json_attr(const AttrValue& v);
 std::string json_attrs(const Attrs& attrs);
 
-// First SIGINT/SIGTERM sets stop_requested (long runs checkpoint and return);
-// the default action is restored so a second signal ends the process at once.
+// Long runs watch stop_requested: they checkpoint and return.
 extern std::atomic<bool> stop_requested;
 extern volatile std::sig_atomic_t stop_signal;
-void install_stop_handlers();
+// SIGINT, SIGTERM and SIGUSR1 set stop_requested (checkpoint, then stop).
+// A second SIGINT/SIGTERM kills at once, unless `repeatable`: an MPI rank can
+// get one signal from the terminal and another from mpirun, and mpirun itself
+// escalates to SIGKILL. SIGUSR1 is what Open MPI's mpirun forwards to every
+// rank without ending the job (and what SLURM's --signal=USR1@T sends).
+void install_stop_handlers(bool repeatable = false);
 // Exit status after a run that stopped: 128 + signal, or 0 when no signal came.
 int exit_status_after_stop();
 

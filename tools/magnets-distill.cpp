@@ -54,6 +54,7 @@ void print_defaults() {
 
 int run(const Args& a) {
     const std::string backend_name = apply_global(a);
+    join_training_group(); // under mpirun: one rank of a data-parallel run
     const std::string output = a.text("output"), from = a.text("from");
     const bool resume = a.flag("resume");
     if (from == output) throw UsageError("--output must differ from --from (the source checkpoint is kept)");

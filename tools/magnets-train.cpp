@@ -61,6 +61,7 @@ const std::vector<std::string> changeable = {"steps", "log-every", "checkpoint-e
 
 int run(const Args& a) {
     const std::string backend_name = apply_global(a);
+    join_training_group(); // under mpirun: one rank of a data-parallel run
     const std::string output = a.text("output");
     const bool resume = a.flag("resume");
     const std::string preset_name = a.text("preset");

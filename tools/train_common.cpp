@@ -153,11 +153,19 @@ std::string human_count(double v) {
 
 } // namespace
 
+std::shared_ptr<dist::Comm> join_training_group() {
+    std::shared_ptr<dist::Comm> comm = dist::world();
+    if (!comm->root() && log_level() > LogLevel::warn) set_log_level(LogLevel::warn); // rank 0 reports
+    return comm;
+}
+
 int run_training(const Args& a, const RunSpec& spec, Transformer& model, const TokenData& data,
                  const TransformerTrainOptions& opt, std::vector<SubModelStats>* first_val,
                  std::vector<SubModelStats>* final_val) {
     const TransformerConfig& cfg = model.config();
     const TransformerTrainConfig& tc = opt.train;
+    const std::shared_ptr<dist::Comm> comm = join_training_group();
+    const bool root = comm->root();
     log_info("%s: resolved configuration", spec.prog);
     std::vector<std::pair<std::string, std::string>> rows = spec.header_rows;
     rows.emplace_back("train tokens", data.train.source + " (" + std::to_string(data.train.count()) + " items, " +
@@ -168,7 +176,16 @@ int run_training(const Args& a, const RunSpec& spec, Transformer& model, const T
     rows.emplace_back("output", opt.output);
     rows.emplace_back("resume", opt.resume ? "yes" : "no");
     rows.emplace_back("backend", model.backend().name());
-    rows.emplace_back("threads", std::to_string(num_threads()));
+    rows.emplace_back("threads", std::to_string(num_threads()) + (comm->size() > 1 ? " per rank" : ""));
+    if (comm->size() > 1) {
+        const auto [lo, hi] = dist::split_range(tc.batch_size, 0, comm->size());
+        const auto [lo1, hi1] = dist::split_range(tc.batch_size, comm->size() - 1, comm->size());
+        const int64_t most = hi - lo, least = hi1 - lo1;
+        rows.emplace_back("data parallel", comm->describe() + "; each step's batch of " + std::to_string(tc.batch_size) +
+                                               " split " + std::to_string(most) +
+                                               (least != most ? "-" + std::to_string(least) : std::string()) +
+                                               " per rank, gradients summed by MPI_Allreduce");
+    }
     rows.emplace_back("parameters", human_count(static_cast<double>(cfg.num_params())));
     std::string flops;
     for (int64_t p : cfg.factors) {
@@ -185,7 +202,7 @@ int run_training(const Args& a, const RunSpec& spec, Transformer& model, const T
     print_table(rows);
 
     std::FILE* log_file = nullptr;
-    if (a.has("log")) {
+    if (a.has("log") && root) {
         log_file = std::fopen(a.text("log").c_str(), opt.resume ? "a" : "w");
         if (!log_file)
             throw Error("cannot open log file", a.text("log"), std::strerror(errno),
@@ -222,15 +239,18 @@ int run_training(const Args& a, const RunSpec& spec, Transformer& model, const T
 
     TransformerTrainOptions o = opt;
     o.stop = &stop_requested;
-    install_stop_handlers();
+    o.comm = comm;
+    install_stop_handlers(comm->size() > 1);
     const double t0 = now_seconds();
     const int64_t last = train_transformer(model, data.train, data.has_val ? &data.val : nullptr, o, on_log);
     const double elapsed = now_seconds() - t0;
     if (last < tc.steps) {
+        if (!root) return exit_status_after_stop(); // rank 0 reports
         const int sig = stop_signal;
         log_warn("stopped at step %" PRId64 " of %" PRId64 "%s; checkpoint saved to %s", last, tc.steps,
                  sig ? (std::string(" by ") + strsignal(sig)).c_str() : "", opt.output.c_str());
-        std::string cmd = spec.resume_command;
+        std::string cmd = (comm->size() > 1 ? "mpirun -n " + std::to_string(comm->size()) + " " : std::string()) +
+                          spec.resume_command;
         // oneDNN sums in a thread-dependent order: same threads and backend for a bit-identical run.
         if (a.has("threads")) cmd += " --threads " + std::to_string(a.integer("threads"));
         if (a.has("backend")) cmd += " --backend " + a.text("backend");
@@ -239,7 +259,7 @@ int run_training(const Args& a, const RunSpec& spec, Transformer& model, const T
     }
     log_info("reached step %" PRId64 " in %.1f s; wrote %s (weights hash %s)", last, elapsed, opt.output.c_str(),
              model.hash().c_str());
-    if (a.has("plot")) {
+    if (a.has("plot") && root) {
         if (!a.has("log")) throw UsageError("--plot draws the --log file: give --log FILE too");
         std::fflush(log_file);
         plot_training_log(a.text("log"), a.text("plot"), std::string(spec.prog) + ": " + opt.output);

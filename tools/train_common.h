@@ -7,6 +7,7 @@
 
 #include "magnets/transformer.h"
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,11 @@ struct RunSpec {
     std::string resume_command; // printed after an interrupt, e.g. "magnets-train --resume -o X ..."
     std::vector<std::pair<std::string, std::string>> header_rows; // shown before the hyperparameters
 };
+
+// The data-parallel group this run belongs to (magnets/dist.h): MPI's world
+// under mpirun/srun, else one process. Ranks other than 0 log warnings and
+// errors only. Call first, so that only rank 0 reports.
+std::shared_ptr<dist::Comm> join_training_group();
 
 // Runs train_transformer with the log callbacks, the config table and signal
 // handling; returns the exit status (0, or 128 + signal after an interrupt).

@@ -177,6 +177,23 @@ private:
     std::map<void*, size_t> live_;
 };
 
+// The GPU this process uses: MAGNETS_CUDA_DEVICE when set; under an MPI
+// launcher (data-parallel training, magnets/dist.h) the rank's index on its
+// host, so the ranks of a node share its GPUs out one each; otherwise 0.
+int pick_device(int count) {
+    if (const char* s = std::getenv("MAGNETS_CUDA_DEVICE")) {
+        char* end = nullptr;
+        const long d = std::strtol(s, &end, 10);
+        if (end == s || *end != '\0' || d < 0 || d >= count)
+            throw Error("bad MAGNETS_CUDA_DEVICE", {}, "'" + std::string(s) + "' with " + std::to_string(count) +
+                        " visible device(s)", "give an index from 0 to " + std::to_string(count - 1));
+        return static_cast<int>(d);
+    }
+    for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"})
+        if (const char* s = std::getenv(v)) return std::atoi(s) % count;
+    return 0;
+}
+
 class CudaBackend final : public Backend {
 public:
     CudaBackend() {
@@ -188,6 +205,8 @@ public:
                         e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device is visible",
                         "run on a machine with an NVIDIA GPU and driver, or use --backend onednn");
         }
+        device_ = pick_device(n);
+        cuda_check(cudaSetDevice(device_), "cudaSetDevice");
         cuda_check(cudaStreamCreate(&stream_), "cudaStreamCreate");
         cublas_check(cublasCreate(&blas_), "cublasCreate");
         cublas_check(cublasSetStream(blas_, stream_), "cublasSetStream");
@@ -678,6 +697,7 @@ private:
 
     Pool pool_;
     cudaStream_t stream_{};
+    int device_ = 0;
     cublasHandle_t blas_{};
     float* workspace_ = nullptr;
     size_t workspace_bytes_ = 0;

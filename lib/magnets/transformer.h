@@ -26,6 +26,7 @@
 #pragma once
 #include "magnets/backend.h"
 #include "magnets/formats.h"
+#include "magnets/dist.h"
 
 #include <atomic>
 #include <cstdint>
@@ -195,6 +196,10 @@ struct TransformerTrainOptions {
     int64_t stop_after = -1;           // testing aid: behave as if stopped after this step
     std::string creator = "magnets";
     std::string init_from;             // distillation: the checkpoint the weights came from
+    // Data parallelism (magnets/dist.h): each rank takes its share of every
+    // global batch and the gradients are summed over the ranks; rank 0 alone
+    // writes checkpoints and receives on_log calls. Null: one process.
+    std::shared_ptr<dist::Comm> comm;
 };
 
 // Trains (or resumes) `model` on `train` (validating on `val` when given).
@@ -207,8 +212,11 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
 
 // Masked-token validation of every sub-model with fixed masks (seeded by
 // `seed`, independent of the training step): CE and accuracy on masked positions.
+// With `comm`, the batches are shared out over its ranks and every rank
+// returns the numbers of the whole set.
 std::vector<SubModelStats> validate_transformer(Transformer& model, const TokenFile& val, int64_t items,
-                                                uint64_t seed = 12345, int64_t batch_size = 64);
+                                                uint64_t seed = 12345, int64_t batch_size = 64,
+                                                dist::Comm* comm = nullptr);
 
 // Checks that a token file fits a model (codebook, grid, classes, labels);
 // throws Error with a hint.

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <functional>
 #include <numeric>
 
 namespace magnets {
@@ -216,7 +218,8 @@ void fill_batch(const TransformerConfig& cfg, const TokenFile& tf, const int64_t
 } // namespace
 
 std::vector<SubModelStats> validate_transformer(Transformer& model, const TokenFile& val, int64_t items, uint64_t seed,
-                                                int64_t batch_size) {
+                                                int64_t batch_size, dist::Comm* comm) {
+    const int ranks = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
     Transformer::Impl& m = model.impl();
     const TransformerConfig& cfg = m.cfg;
     const int64_t N = cfg.tokens(), S = cfg.seq();
@@ -229,7 +232,8 @@ std::vector<SubModelStats> validate_transformer(Transformer& model, const TokenF
     int64_t masked = 0;
     Batch b;
     std::vector<int64_t> idx;
-    for (int64_t first = 0; first < n; first += batch_size) {
+    for (int64_t first = 0, batch_no = 0; first < n; first += batch_size, ++batch_no) {
+        if (batch_no % ranks != rank) continue; // the masks depend on the item, not on who computes it
         const int64_t cnt = std::min(batch_size, n - first);
         b.resize(cnt, S, N);
         idx.resize(static_cast<size_t>(cnt));
@@ -247,6 +251,15 @@ std::vector<SubModelStats> validate_transformer(Transformer& model, const TokenF
             ok[k] += st.accuracy * static_cast<double>(mk);
         }
         masked += mk;
+    }
+    if (ranks > 1) { // the sums of every rank's batches
+        std::vector<double> sums(ce);
+        sums.insert(sums.end(), ok.begin(), ok.end());
+        sums.push_back(static_cast<double>(masked));
+        comm->allreduce_sum(sums.data(), sums.size());
+        std::copy(sums.begin(), sums.begin() + static_cast<std::ptrdiff_t>(F), ce.begin());
+        std::copy(sums.begin() + static_cast<std::ptrdiff_t>(F), sums.begin() + static_cast<std::ptrdiff_t>(2 * F), ok.begin());
+        masked = static_cast<int64_t>(sums.back());
     }
     std::vector<SubModelStats> out(F);
     for (size_t k = 0; k < F; ++k) {
@@ -287,6 +300,30 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
     check_tokens_fit(cfg, train, train.source);
     if (val) check_tokens_fit(cfg, *val, val->source);
 
+    // Data parallelism: this rank's share [lo, hi) of every global batch.
+    const std::shared_ptr<dist::Comm> comm = opt.comm ? opt.comm : dist::single();
+    const int ranks = comm->size();
+    const bool root = comm->root();
+    check(B >= ranks, "cannot train transformer",
+          "the batch size " + std::to_string(B) + " is smaller than the number of ranks " + std::to_string(ranks),
+          "use a --batch-size of at least " + std::to_string(ranks) + ", or fewer ranks");
+    const auto [lo, hi] = dist::split_range(B, comm->rank(), ranks);
+    // Runs f on every rank; when it throws on any rank, every rank throws (the
+    // failing ones their own error), so none is left waiting in a collective.
+    auto collectively = [&](const std::string& what, const std::function<void()>& f) {
+        if (ranks == 1) return f();
+        std::exception_ptr err;
+        try {
+            f();
+        } catch (...) {
+            err = std::current_exception();
+        }
+        int64_t failed = err ? 1 : 0;
+        comm->allreduce_max(&failed, 1);
+        if (err) std::rethrow_exception(err);
+        if (failed) throw Error(what + " failed on another rank", opt.output, {}, "see that rank's message");
+    };
+
     nn::AdamConfig ac;
     ac.beta1 = tc.beta1; ac.beta2 = tc.beta2; ac.eps = 1e-8; ac.weight_decay = tc.weight_decay;
     ac.clip_norm = tc.clip_norm;
@@ -315,7 +352,7 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
 
     Philox rng(tc.seed);
     int64_t step = 0, last_saved = -1;
-    if (opt.resume) {
+    if (opt.resume) collectively("reading the checkpoint", [&] {
         Checkpoint ck = read_checkpoint(opt.output, transformer_format, transformer_format_version, true);
         Attrs a1, a2;
         TransformerConfig::from_attrs(ck.attrs, opt.output).to_attrs(a1);
@@ -352,11 +389,30 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
         adam.load(ck, opt.output);
         step = attr_int(ck.state_attrs, "step", opt.output);
         last_saved = step;
-        log_info("resuming from step %lld of %lld (%s)", static_cast<long long>(step), static_cast<long long>(tc.steps),
-                 opt.output.c_str());
-    }
+        if (root)
+            log_info("resuming from step %lld of %lld (%s)", static_cast<long long>(step),
+                     static_cast<long long>(tc.steps), opt.output.c_str());
+    });
 
+    // Every rank takes the same optimizer step on the same summed gradients,
+    // so the weights must agree bit for bit; checked before each checkpoint.
+    auto check_ranks_agree = [&](int64_t done) {
+        const std::string h = model.hash();
+        uint64_t v = 1469598103934665603ull; // FNV-1a of the hash string
+        for (char c : h) v = (v ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+        int64_t mn = static_cast<int64_t>(v >> 1), mx = mn;
+        comm->allreduce_min(&mn, 1);
+        comm->allreduce_max(&mx, 1);
+        if (mn != mx)
+            throw Error("the ranks' weights differ at step " + std::to_string(done), opt.output,
+                        "rank " + std::to_string(comm->rank()) + " has weights hash " + h +
+                            "; the MPI all-reduce did not give every rank the same sums",
+                        "report this with the MPI library and launcher used; meanwhile train with fewer ranks");
+    };
     auto save = [&](int64_t done) {
+        if (ranks > 1) check_ranks_agree(done);
+        collectively("writing the checkpoint", [&] {
+        if (!root) return; // rank 0 writes for everyone
         Checkpoint ck = make_checkpoint(model);
         tc.to_attrs(ck.attrs);
         if (!opt.init_from.empty()) ck.attrs["init_from"] = opt.init_from;
@@ -376,6 +432,7 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
         ck.state_attrs["data_count"] = train.count();
         ck.state_attrs["data_tokenizer"] = train.tokenizer_hash;
         write_checkpoint(opt.output, ck, opt.creator);
+        });
         last_saved = done;
     };
     auto diverged = [&](const std::string& why) {
@@ -391,8 +448,8 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
         if (!val || !on_log) return;
         TransformerLog lg;
         lg.step = done; lg.steps = tc.steps; lg.validation = true;
-        lg.subs = validate_transformer(model, *val, tc.val_items);
-        on_log(lg);
+        lg.subs = validate_transformer(model, *val, tc.val_items, 12345, 64, comm.get());
+        if (root) on_log(lg);
     };
 
     nn::DataOrder order(tc.seed, train.count());
@@ -406,9 +463,13 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
     if (step == 0 && !opt.init_from.empty()) run_validation(0); // distillation: the starting point
 
     while (step < tc.steps) {
-        if ((opt.stop && opt.stop->load()) || (opt.stop_after >= 0 && step >= opt.stop_after)) {
+        int64_t stop_now = (opt.stop && opt.stop->load()) || (opt.stop_after >= 0 && step >= opt.stop_after);
+        if (ranks > 1) comm->allreduce_max(&stop_now, 1); // a signal seen by any rank stops them all
+        if (stop_now) {
             save(step);
-            log_info("stopped at step %lld; checkpoint written to %s", static_cast<long long>(step), opt.output.c_str());
+            if (root)
+                log_info("stopped at step %lld; checkpoint written to %s", static_cast<long long>(step),
+                         opt.output.c_str());
             return step;
         }
         const uint64_t rs = stream_id("mask-ratio", static_cast<uint64_t>(step));
@@ -423,9 +484,43 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
 
         const double alpha = tc.alpha_at(step);
         double total = 0;
-        std::vector<SubModelStats> subs = m.joint_forward_backward(b.ids.data(), b.targets.data(), b.mask.data(), B,
-                                                                   tc.objective, alpha, tc.loss_weights,
-                                                                   tc.label_smoothing, &total);
+        std::vector<SubModelStats> subs;
+        if (ranks == 1) {
+            subs = m.joint_forward_backward(b.ids.data(), b.targets.data(), b.mask.data(), B, tc.objective, alpha,
+                                            tc.loss_weights, tc.label_smoothing, &total);
+        } else {
+            // Each rank's loss is its sum over its masked positions divided by
+            // the whole batch's count, so the ranks' gradients add up to the
+            // one-process gradient of the global batch.
+            const auto count = [&](int64_t from, int64_t to) {
+                return static_cast<int64_t>(std::count(b.mask.begin() + from * N, b.mask.begin() + to * N, uint8_t{1}));
+            };
+            const int64_t mg = count(0, B), ml = count(lo, hi);
+            const size_t F = cfg.factors.size();
+            std::vector<double> w(F);
+            for (size_t k = 0; k < F; ++k)
+                w[k] = (tc.loss_weights.empty() ? 1.0 : tc.loss_weights[k]) * static_cast<double>(ml) / static_cast<double>(mg);
+            subs = m.joint_forward_backward(b.ids.data() + lo * S, b.targets.data() + lo * N, b.mask.data() + lo * N,
+                                            hi - lo, tc.objective, alpha, w, tc.label_smoothing, nullptr);
+            std::vector<double> sums(3 * F);
+            for (size_t k = 0; k < F; ++k) {
+                sums[k] = subs[k].loss * static_cast<double>(ml);
+                sums[F + k] = subs[k].ce * static_cast<double>(ml);
+                sums[2 * F + k] = subs[k].accuracy * static_cast<double>(ml);
+            }
+            comm->allreduce_sum(sums.data(), sums.size());
+            for (size_t k = 0; k < F; ++k) {
+                subs[k].loss = sums[k] / static_cast<double>(mg);
+                subs[k].ce = sums[F + k] / static_cast<double>(mg);
+                subs[k].accuracy = sums[2 * F + k] / static_cast<double>(mg);
+                subs[k].masked = mg;
+                total += (tc.loss_weights.empty() ? 1.0 : tc.loss_weights[k]) * subs[k].loss;
+            }
+            std::vector<std::pair<float*, size_t>> grads;
+            for (const std::string& n : m.order)
+                grads.emplace_back(m.params[n].G(), static_cast<size_t>(m.params[n].w.numel()));
+            comm->allreduce_sum(*m.be, grads);
+        }
         if (!std::isfinite(total)) diverged("the loss is " + std::to_string(total));
         double wsum = 0;
         for (size_t k = 0; k < cfg.factors.size(); ++k) wsum += tc.loss_weights.empty() ? 1.0 : tc.loss_weights[k];
@@ -454,7 +549,7 @@ int64_t train_transformer(Transformer& model, const TokenFile& train, const Toke
             lg.tokens_per_s = static_cast<double>(tokens_since_log) / std::max(now - t_log, 1e-9);
             t_log = now;
             tokens_since_log = 0;
-            if (on_log) on_log(lg);
+            if (on_log && root) on_log(lg);
         }
         const bool last = step == tc.steps;
         if (!last && tc.val_every > 0 && step % tc.val_every == 0) { run_validation(step); t_log = now_seconds(); }
