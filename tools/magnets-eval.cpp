@@ -38,6 +38,13 @@
 namespace {
 
 using namespace magnets::cli;
+
+// Video metrics (per-frame FD, a spatio-temporal classifier) are not built yet.
+[[noreturn]] void throw_video_not_evaluated(const std::string& tok_path) {
+    throw magnets::Error("video is not evaluated yet", tok_path,
+                         "this is a video tokenizer; magnets-eval measures images only",
+                         "look at the clips: magnets-tokenize decode or magnets-sample --png write filmstrips and MP4s");
+}
 constexpr const char* prog = "magnets-eval";
 
 const std::vector<OptionSpec> train_classifier_options = {
@@ -388,6 +395,7 @@ int run_metrics(const Args& a) {
     auto be = backend_for(backend_name);
     std::unique_ptr<magnets::Tokenizer> tok;
     if (a.has("tokenizer")) tok = std::make_unique<magnets::Tokenizer>(magnets::Tokenizer::load(a.text("tokenizer"), be));
+    if (tok && tok->config().video()) throw_video_not_evaluated(a.text("tokenizer"));
     FeatureNet net = load_feature_net(a, be, tok.get());
     const magnets::ClassifierConfig& cc = net.cc;
     const int64_t limit = a.limit();
@@ -484,6 +492,7 @@ int run_sweep(const Args& a) {
     const std::string backend_name = apply_global(a);
     auto be = backend_for(backend_name);
     magnets::Tokenizer tok = magnets::Tokenizer::load(a.text("tokenizer"), be);
+    if (tok.config().video()) throw_video_not_evaluated(a.text("tokenizer"));
     FeatureNet net = load_feature_net(a, be, &tok);
     const magnets::ClassifierConfig& cc = net.cc;
     const std::string out = a.text("output");

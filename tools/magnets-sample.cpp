@@ -6,6 +6,7 @@
 // per-step accounting, and, given the tokenizer, one PNG per sample, a grid,
 // an MP4 of the decoding and a JSON-lines trace. Exit status as in tools/cli.h.
 #include "cli.h"
+#include "clip_output.h"
 
 #include "magnets/error.h"
 #include "magnets/formats.h"
@@ -118,6 +119,14 @@ std::vector<magnets::Image> decode_images(magnets::Tokenizer& tok, const uint16_
         out.push_back(std::move(im));
     }
     return out;
+}
+
+// Video tokens -> clips (each grid_t slots of stacked frames).
+std::vector<Clip> decode_clips(magnets::Tokenizer& tok, const uint16_t* tokens, int64_t n) {
+    const magnets::TokenizerConfig& tc = tok.config();
+    std::vector<float> y(static_cast<size_t>(n * tc.clip_frames * tc.channels * tc.image_size * tc.image_size));
+    tok.decode(tokens, n * tc.grid_t(), y.data());
+    return clips_from_float(y.data(), n, tc.clip_frames, tc.channels, tc.image_size);
 }
 
 magnets::Image to_rgb(const magnets::Image& im) {
@@ -242,13 +251,18 @@ int run(const Args& a) {
         tok = std::make_unique<magnets::Tokenizer>(
             magnets::Tokenizer::load(a.text("tokenizer"), be));
         const magnets::TokenizerConfig& tc = tok->config();
-        if (tc.codebook_size != mc.codebook_size || tc.tokens_side() != mc.grid_h || tc.tokens_side() != mc.grid_w)
+        if (tc.codebook_size != mc.codebook_size || tc.grid_t() != mc.grid_t || tc.tokens_side() != mc.grid_h ||
+            tc.tokens_side() != mc.grid_w)
             throw magnets::Error("tokenizer does not match the model", a.text("tokenizer"),
                                  "it has " + std::to_string(tc.codebook_size) + " codes and " +
-                                     std::to_string(tc.tokens_side()) + "x" + std::to_string(tc.tokens_side()) +
-                                     " tokens; the model " + std::to_string(mc.codebook_size) + " codes and " +
-                                     std::to_string(mc.grid_h) + "x" + std::to_string(mc.grid_w),
+                                     std::to_string(tc.grid_t()) + "x" + std::to_string(tc.tokens_side()) + "x" +
+                                     std::to_string(tc.tokens_side()) + " tokens; the model " +
+                                     std::to_string(mc.codebook_size) + " codes and " + std::to_string(mc.grid_t) +
+                                     "x" + std::to_string(mc.grid_h) + "x" + std::to_string(mc.grid_w),
                                  "decode with the tokenizer whose tokens the model was trained on");
+        if (tc.video() && want_video)
+            throw UsageError("--animate shows the decoding of image grids; for a video model use --png DIR "
+                             "(a filmstrip PNG and an MP4 per sample, grid.png and grid.mp4)");
         if (!model_tok_hash.empty() && tok->hash() != model_tok_hash)
             magnets::log_warn("the tokenizer's hash %s differs from the one the model was trained with (%s)",
                               tok->hash().c_str(), model_tok_hash.c_str());
@@ -414,9 +428,18 @@ int run(const Args& a) {
         std::filesystem::create_directories(dir, ec);
         if (ec) throw magnets::Error("cannot create folder", dir, ec.message(), "check the path");
         std::vector<magnets::Image> all;
+        std::vector<Clip> grid_clips; // video
+        const magnets::TokenizerConfig& tc = tok->config();
         for (int64_t s0 = 0; s0 < count; s0 += 256) {
             const int64_t nb = std::min<int64_t>(256, count - s0);
-            auto imgs = decode_images(*tok, res.tokens.data() + s0 * N, nb, K, false);
+            std::vector<magnets::Image> imgs;
+            std::vector<Clip> clips;
+            if (tc.video()) { // a filmstrip per sample, and an MP4
+                clips = decode_clips(*tok, res.tokens.data() + s0 * N, nb);
+                for (const Clip& c : clips) imgs.push_back(filmstrip(c));
+            } else {
+                imgs = decode_images(*tok, res.tokens.data() + s0 * N, nb, K, false);
+            }
             for (int64_t i = 0; i < nb; ++i) {
                 const int64_t g = first + s0 + i;
                 const int32_t c = wanted[static_cast<size_t>(g)];
@@ -441,9 +464,19 @@ int run(const Args& a) {
                 std::snprintf(name, sizeof name, "/%06" PRId64 ".png", g);
                 magnets::write_png(dir + name, imgs[static_cast<size_t>(i)], text);
                 if (static_cast<int64_t>(all.size()) < 256) all.push_back(imgs[static_cast<size_t>(i)]);
+                if (tc.video()) {
+                    std::snprintf(name, sizeof name, "/%06" PRId64 ".mp4", g);
+                    write_clip_mp4(dir + name, clips[static_cast<size_t>(i)], scale);
+                    if (static_cast<int64_t>(grid_clips.size()) < 64) grid_clips.push_back(clips[static_cast<size_t>(i)]);
+                }
             }
         }
-        magnets::Image grid = magnets::upscale(magnets::make_grid(all, cols), scale);
+        // Video: one filmstrip per row (x2), and grid.mp4 tiles the first 64 clips.
+        magnets::Image grid = tc.video() ? magnets::upscale(magnets::make_grid(all, 1), 2)
+                                         : magnets::upscale(magnets::make_grid(all, cols), scale);
+        if (tc.video() && write_clip_grid_mp4(dir + "/grid.mp4", grid_clips,
+                                              std::min<int64_t>(cols, static_cast<int64_t>(grid_clips.size())), scale))
+            magnets::log_info("wrote %" PRId64 " MP4s and %s/grid.mp4", count, dir.c_str());
         magnets::write_png(dir + "/grid.png", grid,
                            {{"magnets-schedule", magnets::size_schedule_to_string(sc.schedule)},
                             {"magnets-seed", std::to_string(sc.seed)},

@@ -9,6 +9,7 @@
 // 128 + signal number when training was interrupted by SIGINT/SIGTERM (the
 // checkpoint is complete and --resume continues it).
 #include "cli.h"
+#include "clip_output.h"
 
 #include "magnets/backend.h"
 #include "magnets/dataset.h"
@@ -45,11 +46,11 @@ constexpr const char* prog = "magnets-tokenize";
 
 const std::vector<OptionSpec> train_options = {
     {"o,output", ArgKind::text, "FILE", "tokenizer checkpoint to write (HDF5)", nullptr, true},
-    {"dataset", ArgKind::text, "SPEC", "fashion-mnist or an image folder (one sub-folder per class)",
+    {"dataset", ArgKind::text, "SPEC", "fashion-mnist, moving-fashion-mnist (video presets; the default for them) or an image folder (one sub-folder per class)",
      "fashion-mnist"},
     {"split", ArgKind::text, "NAME", "train, test or all", "train"},
-    {"limit", ArgKind::integer, "N", "use only the first N images"},
-    {"preset", ArgKind::text, "NAME", "tiny, demo or quality: every default below", "demo"},
+    {"limit", ArgKind::integer, "N", "use only the first N images (clips for video)"},
+    {"preset", ArgKind::text, "NAME", "tiny, demo, quality, video-tiny or video-demo: every default below", "demo"},
     {"resume", ArgKind::flag, nullptr, "continue the run saved in --output (bit-identical)"},
     {"steps", ArgKind::integer, "N", "optimizer steps", nullptr, false, true},
     {"batch-size", ArgKind::integer, "N", "images per step", nullptr, false, true},
@@ -63,6 +64,8 @@ const std::vector<OptionSpec> train_options = {
     {"res-blocks", ArgKind::integer, "N", "residual blocks in the encoder and in the decoder", nullptr, false, true},
     {"image-size", ArgKind::integer, "N", "input side in pixels (Fashion-MNIST is padded to it)", nullptr, false, true},
     {"channels", ArgKind::integer, "N", "1 (gray) or 3 (RGB)", nullptr, false, true},
+    {"frames", ArgKind::integer, "N", "video: frames per token slot (time is downsampled by N)", nullptr, false, true},
+    {"clip-frames", ArgKind::integer, "N", "video: frames per clip (a multiple of --frames; 1 = images)", nullptr, false, true},
     {"quantizer", ArgKind::text, "NAME", "ema (EMA codebook) or loss (codebook + commitment loss)", nullptr, false, true},
     {"recon", ArgKind::text, "NAME", "reconstruction loss: l2 or l1", nullptr, false, true},
     {"checkpoint-every", ArgKind::integer, "N", "write a checkpoint every N steps (0 = only at the end)", nullptr, false, true},
@@ -76,9 +79,9 @@ const std::vector<OptionSpec> train_options = {
 const std::vector<OptionSpec> encode_options = {
     {"tokenizer", ArgKind::text, "FILE", "tokenizer checkpoint", nullptr, true},
     {"o,output", ArgKind::text, "FILE", "token file to write (HDF5)", nullptr, true},
-    {"dataset", ArgKind::text, "SPEC", "fashion-mnist or an image folder", "fashion-mnist"},
+    {"dataset", ArgKind::text, "SPEC", "fashion-mnist, moving-fashion-mnist (the default of a video tokenizer) or an image folder", "fashion-mnist"},
     {"split", ArgKind::text, "NAME", "train, test or all", "test"},
-    {"limit", ArgKind::integer, "N", "encode only the first N images"},
+    {"limit", ArgKind::integer, "N", "encode only the first N images (clips for video)"},
     {"batch-size", ArgKind::integer, "N", "images per batch", "256"},
 };
 
@@ -96,7 +99,7 @@ const std::vector<OptionSpec> decode_options = {
 
 const std::vector<OptionSpec> eval_options = {
     {"tokenizer", ArgKind::text, "FILE", "tokenizer checkpoint", nullptr, true},
-    {"dataset", ArgKind::text, "SPEC", "fashion-mnist or an image folder", "fashion-mnist"},
+    {"dataset", ArgKind::text, "SPEC", "fashion-mnist, moving-fashion-mnist (the default of a video tokenizer) or an image folder", "fashion-mnist"},
     {"split", ArgKind::text, "NAME", "train, test or all", "test"},
     {"limit", ArgKind::integer, "N", "evaluate only the first N images"},
     {"batch-size", ArgKind::integer, "N", "images per batch", "256"},
@@ -129,14 +132,37 @@ void keep_first(magnets::ImageSet& set, int64_t n) {
 }
 
 std::string describe_set(const magnets::ImageSet& s) {
-    return s.source + " (" + s.split + ", " + std::to_string(s.count()) + " images, " +
-           std::to_string(s.channels) + "x" + std::to_string(s.height) + "x" + std::to_string(s.width) + ")";
+    const std::string frames = s.frames > 1 ? std::to_string(s.frames) + " frames of " : std::string();
+    return s.source + " (" + s.split + ", " + std::to_string(s.count()) + (s.frames > 1 ? " clips, " : " images, ") +
+           frames + std::to_string(s.channels) + "x" + std::to_string(s.height) + "x" + std::to_string(s.width) + ")";
 }
 
-// Dataset for a tokenizer: its channel count and resolution.
+// The dataset a video tokenizer reads when the command line keeps the image default.
+std::string dataset_for(const magnets::TokenizerConfig& cfg, const std::string& spec) {
+    return cfg.video() && spec == "fashion-mnist" ? "moving-fashion-mnist" : spec;
+}
+
+// Dataset for a tokenizer: its channel count and resolution; for a video
+// tokenizer, clips of its clip_frames (--limit counts clips).
 magnets::ImageSet load_for(const magnets::TokenizerConfig& cfg, const std::string& spec,
                            const std::string& split, int64_t limit) {
-    magnets::ImageSet set = magnets::load_dataset(spec, split, cfg.channels, cfg.image_size);
+    magnets::ImageSet set;
+    if (cfg.video()) {
+        if (spec != "moving-fashion-mnist")
+            throw magnets::Error("no video clips in the dataset", spec,
+                                 "a video tokenizer (clips of " + std::to_string(cfg.clip_frames) +
+                                     " frames) reads clips, and only moving-fashion-mnist has them",
+                                 "use --dataset moving-fashion-mnist");
+        if (cfg.channels != 1)
+            throw magnets::Error("moving-fashion-mnist clips are gray", spec,
+                                 "the tokenizer takes " + std::to_string(cfg.channels) + " channels per frame",
+                                 "train the video tokenizer with --channels 1");
+        // Clip i depends only on (split, i): generating only the first --limit is the same as cutting.
+        set = magnets::load_moving_fashion_mnist(split, split != "all" && limit > 0 ? limit : 0, cfg.clip_frames,
+                                                 cfg.image_size);
+    } else {
+        set = magnets::load_dataset(spec, split, cfg.channels, cfg.image_size);
+    }
     keep_first(set, limit);
     if (set.count() == 0)
         throw magnets::Error("no images to process", spec, "the " + split + " split is empty",
@@ -164,6 +190,8 @@ void apply_overrides(const Args& a, magnets::TokenizerConfig& m, magnets::Tokeni
     if (a.has("res-blocks")) m.res_blocks = a.positive("res-blocks", true);
     if (a.has("image-size")) m.image_size = a.positive("image-size");
     if (a.has("channels")) m.channels = a.positive("channels");
+    if (a.has("frames")) m.frames = a.positive("frames");
+    if (a.has("clip-frames")) m.clip_frames = a.positive("clip-frames");
     try {
         if (a.has("quantizer")) m.quantizer = magnets::parse_quantizer(a.text("quantizer"));
         if (a.has("recon")) m.recon_loss = magnets::parse_recon_loss(a.text("recon"));
@@ -178,7 +206,7 @@ void apply_overrides(const Args& a, magnets::TokenizerConfig& m, magnets::Tokeni
 // change (a larger --steps extends a finished run).
 const std::vector<std::string> fixed_option_names = {
     "preset", "codebook-size", "code-dim", "tail-channels", "base-channels", "hidden-channels", "res-blocks",
-    "image-size", "channels", "quantizer", "recon", "batch-size", "lr", "seed"};
+    "image-size", "channels", "frames", "clip-frames", "quantizer", "recon", "batch-size", "lr", "seed"};
 
 // The configuration to resume with: the checkpoint's, after checking that the
 // options given agree with it.
@@ -215,9 +243,41 @@ void resolve_resume(const Args& a, const std::string& output, magnets::Tokenizer
     train = saved;
 }
 
+// Video: 8 test clips, each as two filmstrips (the clip, then its reconstruction).
+void write_recon_clips_png(magnets::Tokenizer& tok, const std::string& spec, const std::string& path,
+                           const std::string& tok_path) {
+    const auto& cfg = tok.config();
+    const int64_t n = 8;
+    magnets::ImageSet clips = load_for(cfg, spec, "test", n);
+    const int64_t m = clips.count(), ppi = clips.pixels_per_item();
+    std::vector<float> x(static_cast<size_t>(m * ppi)), y(x.size());
+    std::vector<uint16_t> ids(static_cast<size_t>(m * cfg.grid_t() * tok.tokens_per_image()));
+    clips.to_float(0, m, x.data());
+    tok.encode(x.data(), m * cfg.grid_t(), ids.data()); // a clip's floats are its slots' in order
+    tok.decode(ids.data(), m * cfg.grid_t(), y.data());
+    auto orig = clips_from_float(x.data(), m, cfg.clip_frames, cfg.channels, cfg.image_size);
+    auto rec = clips_from_float(y.data(), m, cfg.clip_frames, cfg.channels, cfg.image_size);
+    std::vector<magnets::Image> rows;
+    for (int64_t i = 0; i < m; ++i) {
+        rows.push_back(magnets::upscale(filmstrip(orig[static_cast<size_t>(i)]), 2));
+        rows.push_back(magnets::upscale(filmstrip(rec[static_cast<size_t>(i)]), 2));
+    }
+    magnets::write_png(path, magnets::make_grid(rows, 1, 4),
+                       {{"creator", prog},
+                        {"creator_version", magnets::version_string},
+                        {"tokenizer", tok_path},
+                        {"tokenizer_hash", tok.hash()},
+                        {"source", clips.source},
+                        {"split", clips.split},
+                        {"layout", "pairs of rows: a test clip's " + std::to_string(cfg.clip_frames) +
+                                       " frames, then their reconstruction"}});
+    magnets::log_info("wrote %s", path.c_str());
+}
+
 void write_recon_png(magnets::Tokenizer& tok, const std::string& spec, const std::string& path,
                      const std::string& tok_path) {
     const auto& cfg = tok.config();
+    if (cfg.video()) return write_recon_clips_png(tok, spec, path, tok_path);
     magnets::ImageSet set = magnets::load_dataset(spec, "test", cfg.channels, cfg.image_size);
     if (set.count() == 0) set = magnets::load_dataset(spec, "all", cfg.channels, cfg.image_size);
     const int64_t n = std::min<int64_t>(32, set.count());
@@ -279,7 +339,11 @@ int run_train(const Args& a) {
     }
 
     std::shared_ptr<magnets::Backend> be = backend_for(backend_name);
-    magnets::ImageSet data = load_for(model, spec, split, limit);
+    const std::string data_spec = dataset_for(model, spec);
+    // A video tokenizer trains on slots: `frames` consecutive frames of a clip stacked as channels.
+    magnets::ImageSet data = load_for(model, data_spec, split, limit);
+    const std::string data_desc = describe_set(data);
+    if (model.video()) data = magnets::clips_to_slots(std::move(data), model.frames);
 
     magnets::Tokenizer tok = resume ? magnets::Tokenizer::load(output, be) : magnets::Tokenizer(model, be);
     if (!resume) tok.init(train.seed);
@@ -287,13 +351,15 @@ int run_train(const Args& a) {
     magnets::log_info("%s train: resolved configuration", prog);
     std::vector<std::pair<std::string, std::string>> rows = {
         {"preset", resume ? "(from checkpoint)" : preset_name},
-        {"dataset", describe_set(data)},
+        {"dataset", data_desc + (model.video() ? "; " + std::to_string(data.count()) + " slots of " +
+                                                       std::to_string(model.frames) + " frames" : std::string())},
         {"limit", limit < 0 ? "none" : std::to_string(limit)},
         {"output", output},
         {"resume", resume ? "yes" : "no"},
         {"backend", be->name()},
         {"threads", std::to_string(magnets::num_threads())},
-        {"tokens", std::to_string(model.tokens_side()) + "x" + std::to_string(model.tokens_side())},
+        {"tokens", (model.video() ? std::to_string(model.grid_t()) + "x" : std::string()) +
+                       std::to_string(model.tokens_side()) + "x" + std::to_string(model.tokens_side())},
     };
     magnets::Attrs hp;
     model.to_attrs(hp);
@@ -362,7 +428,7 @@ int run_train(const Args& a) {
     }
     magnets::log_info("reached step %" PRId64 " in %.1f s; wrote %s (tokenizer hash %s)", last, elapsed,
                       output.c_str(), tok.hash().c_str());
-    if (a.has("recon-png")) write_recon_png(tok, spec, a.text("recon-png"), output);
+    if (a.has("recon-png")) write_recon_png(tok, data_spec, a.text("recon-png"), output);
     return 0;
 }
 
@@ -380,12 +446,12 @@ int run_encode(const Args& a) {
     const std::string tok_path = a.text("tokenizer");
     magnets::Tokenizer tok = magnets::Tokenizer::load(tok_path, be);
     const auto& cfg = tok.config();
-    magnets::ImageSet data = load_for(cfg, a.text("dataset"), split, limit);
+    magnets::ImageSet data = load_for(cfg, dataset_for(cfg, a.text("dataset")), split, limit);
     magnets::log_info("encoding %s with %s (%s, %s backend, %d threads)", describe_set(data).c_str(),
                       tok_path.c_str(), tok.hash().c_str(), be->name(), magnets::num_threads());
 
     magnets::TokenFile tf;
-    tf.grid_t = 1;
+    tf.grid_t = cfg.grid_t();
     tf.grid_h = tf.grid_w = cfg.tokens_side();
     tf.codebook_size = cfg.codebook_size;
     tf.split = data.split;
@@ -394,7 +460,9 @@ int run_encode(const Args& a) {
     tf.class_names = data.class_names;
     tf.labels = data.labels;
     tf.extra["tokenizer_file"] = tok_path;
-    const int64_t n = data.count(), tpi = tok.tokens_per_image(), ppi = data.pixels_per_item();
+    // Per item: grid_t slots (1 for images), a clip's floats are its slots' in order.
+    const int64_t g = cfg.grid_t();
+    const int64_t n = data.count(), tpi = g * tok.tokens_per_image(), ppi = data.pixels_per_item();
     tf.tokens.resize(static_cast<size_t>(n * tpi));
 
     std::vector<float> x(static_cast<size_t>(std::min(batch, n) * ppi));
@@ -402,13 +470,13 @@ int run_encode(const Args& a) {
     for (int64_t first = 0; first < n; first += batch) {
         const int64_t m = std::min(batch, n - first);
         data.to_float(first, m, x.data());
-        tok.encode(x.data(), m, tf.tokens.data() + first * tpi);
+        tok.encode(x.data(), m * g, tf.tokens.data() + first * tpi);
         bar.update(first + m);
     }
     bar.finish();
     magnets::write_token_file(output, tf, prog);
-    magnets::log_info("wrote %s (%" PRId64 " items, %" PRId64 "x%" PRId64 " tokens, K = %" PRId64 ")",
-                      output.c_str(), n, tf.grid_h, tf.grid_w, tf.codebook_size);
+    magnets::log_info("wrote %s (%" PRId64 " items, %" PRId64 "x%" PRId64 "x%" PRId64 " tokens, K = %" PRId64 ")",
+                      output.c_str(), n, tf.grid_t, tf.grid_h, tf.grid_w, tf.codebook_size);
     return 0;
 }
 
@@ -449,10 +517,11 @@ int run_decode(const Args& a) {
                                  "codebook size " + std::to_string(tf.codebook_size) + ", but " + tok_path +
                                      " has " + std::to_string(cfg.codebook_size) + " codes",
                                  hint);
-        if (tf.grid_t != 1 || tf.grid_h != cfg.tokens_side() || tf.grid_w != cfg.tokens_side())
+        if (tf.grid_t != cfg.grid_t() || tf.grid_h != cfg.tokens_side() || tf.grid_w != cfg.tokens_side())
             throw magnets::Error("token file does not match the tokenizer", path,
                                  "token grid " + std::to_string(tf.grid_t) + "x" + std::to_string(tf.grid_h) +
-                                     "x" + std::to_string(tf.grid_w) + ", but " + tok_path + " makes 1x" +
+                                     "x" + std::to_string(tf.grid_w) + ", but " + tok_path + " makes " +
+                                     std::to_string(cfg.grid_t()) + "x" +
                                      std::to_string(cfg.tokens_side()) + "x" + std::to_string(cfg.tokens_side()),
                                  hint);
         if (tf.tokenizer_hash != hash) {
@@ -479,11 +548,15 @@ int run_decode(const Args& a) {
                              "choose a folder under a writable directory");
     magnets::check_writable((std::filesystem::path(out_dir) / "grid.png").string());
 
-    const int64_t tpi = tok.tokens_per_image();
-    const int64_t c = cfg.channels, s = cfg.image_size, ppi = c * s * s;
+    // An item is grid_t slots (1 for images); a clip decodes to its frames in order.
+    const int64_t g = cfg.grid_t(), T = cfg.clip_frames;
+    const int64_t tpi = g * tok.tokens_per_image();
+    const int64_t c = cfg.channels, s = cfg.image_size, ppi = T * c * s * s;
     std::vector<uint16_t> ids(static_cast<size_t>(std::min(batch, n) * tpi));
     std::vector<float> y(static_cast<size_t>(std::min(batch, n) * ppi));
     std::vector<magnets::Image> tiles;
+    std::vector<Clip> grid_clips;
+    bool wrote_mp4 = false;
     magnets::Progress bar("decode", n);
     for (int64_t first = 0; first < n; first += batch) {
         const int64_t m = std::min(batch, n - first);
@@ -491,10 +564,12 @@ int run_decode(const Args& a) {
             const DecodeItem& it = items[static_cast<size_t>(first + j)];
             std::copy_n(it.file->tokens.data() + it.index * tpi, tpi, ids.data() + j * tpi);
         }
-        tok.decode(ids.data(), m, y.data());
+        tok.decode(ids.data(), m * g, y.data());
         for (int64_t j = 0; j < m; ++j) {
             const DecodeItem& it = items[static_cast<size_t>(first + j)];
-            magnets::Image img = magnets::image_from_float(y.data() + j * ppi, c, s, s);
+            Clip clip = clips_from_float(y.data() + j * ppi, 1, T, c, s).front();
+            // Video: the PNG is the clip's filmstrip, and an MP4 sits beside it.
+            magnets::Image img = cfg.video() ? filmstrip(clip) : clip.front();
             const int32_t label = it.file->labels[static_cast<size_t>(it.index)];
             std::map<std::string, std::string> text = {
                 {"creator", prog},
@@ -507,10 +582,16 @@ int run_decode(const Args& a) {
             };
             if (label >= 0 && static_cast<size_t>(label) < it.file->class_names.size())
                 text["class_name"] = it.file->class_names[static_cast<size_t>(label)];
+            if (cfg.video()) text["frames"] = std::to_string(T);
             char name[32];
             std::snprintf(name, sizeof name, "%06" PRId64 ".png", first + j);
             magnets::write_png((std::filesystem::path(out_dir) / name).string(), img, text);
-            if (first + j < grid_items) tiles.push_back(magnets::upscale(img, scale));
+            if (cfg.video()) {
+                std::snprintf(name, sizeof name, "%06" PRId64 ".mp4", first + j);
+                wrote_mp4 = write_clip_mp4((std::filesystem::path(out_dir) / name).string(), clip, scale);
+                if (first + j < grid_items) grid_clips.push_back(std::move(clip));
+            }
+            if (first + j < grid_items) tiles.push_back(magnets::upscale(img, cfg.video() ? 2 : scale));
         }
         bar.update(first + m);
     }
@@ -518,8 +599,10 @@ int run_decode(const Args& a) {
     if (!tiles.empty()) {
         std::string sources;
         for (const auto& p : inputs) sources += (sources.empty() ? "" : ", ") + p;
+        // Video: one filmstrip per row in grid.png; grid.mp4 tiles the clips.
+        const int64_t png_cols = cfg.video() ? 1 : std::min<int64_t>(cols, static_cast<int64_t>(tiles.size()));
         magnets::write_png((std::filesystem::path(out_dir) / "grid.png").string(),
-                           magnets::make_grid(tiles, std::min<int64_t>(cols, static_cast<int64_t>(tiles.size()))),
+                           magnets::make_grid(tiles, png_cols),
                            {{"creator", prog},
                             {"creator_version", magnets::version_string},
                             {"source", sources},
@@ -527,7 +610,15 @@ int run_decode(const Args& a) {
                             {"tokenizer", tok_path},
                             {"tokenizer_hash", hash}});
     }
-    magnets::log_info("wrote %" PRId64 " images and grid.png to %s", n, out_dir.c_str());
+    if (!grid_clips.empty())
+        write_clip_grid_mp4((std::filesystem::path(out_dir) / "grid.mp4").string(), grid_clips,
+                            std::min<int64_t>(cols, static_cast<int64_t>(grid_clips.size())), scale);
+    if (cfg.video())
+        magnets::log_info("wrote %" PRId64 " clips (filmstrip PNGs%s) and grid.png%s to %s", n,
+                          wrote_mp4 ? " and MP4s" : "; no MP4: this build has no libav",
+                          wrote_mp4 ? ", grid.mp4" : "", out_dir.c_str());
+    else
+        magnets::log_info("wrote %" PRId64 " images and grid.png to %s", n, out_dir.c_str());
     return 0;
 }
 
@@ -542,8 +633,9 @@ int run_eval(const Args& a) {
     std::shared_ptr<magnets::Backend> be = backend_for(backend_name);
     const std::string tok_path = a.text("tokenizer");
     magnets::Tokenizer tok = magnets::Tokenizer::load(tok_path, be);
-    magnets::ImageSet data = load_for(tok.config(), a.text("dataset"), split, limit);
+    magnets::ImageSet data = load_for(tok.config(), dataset_for(tok.config(), a.text("dataset")), split, limit);
     magnets::log_info("evaluating %s on %s", tok_path.c_str(), describe_set(data).c_str());
+    if (tok.config().video()) data = magnets::clips_to_slots(std::move(data), tok.config().frames);
     const double t0 = magnets::now_seconds();
     magnets::TokenizerEval ev = magnets::evaluate_tokenizer(tok, data, batch);
     const double elapsed = magnets::now_seconds() - t0;

@@ -221,18 +221,38 @@ ImageSet load_image_folder(const std::string& dir, const std::string& split, int
     return set;
 }
 
-ImageSet load_dataset(const std::string& spec, const std::string& split, int64_t channels, int64_t size) {
+ImageSet load_dataset(const std::string& spec, const std::string& split, int64_t channels, int64_t size,
+                      int64_t frames) {
+    // Gray planes [n, 1, h, w] -> the same replicated into R, G and B [n, 3, h, w];
+    // a plane is one frame of one item, so clips [count, T, 1, h, w] become
+    // [count, T, 3, h, w].
+    auto gray_to_rgb = [](const std::vector<uint8_t>& gray, int64_t planes, int64_t plane) {
+        std::vector<uint8_t> rgb(static_cast<size_t>(planes * 3 * plane));
+        for (int64_t i = 0; i < planes; ++i)
+            for (int k = 0; k < 3; ++k)
+                std::copy_n(gray.begin() + i * plane, plane, rgb.begin() + (i * 3 + k) * plane);
+        return rgb;
+    };
+    if (spec == "moving-fashion-mnist") {
+        check(channels == 1 || channels == 3, "moving-fashion-mnist: channels must be 1 or 3",
+              "got " + std::to_string(channels));
+        ImageSet set = load_moving_fashion_mnist(split, 0, frames, size);
+        if (channels == 3) { // gray replicated into R, G and B, frame by frame
+            set.pixels = gray_to_rgb(set.pixels, set.count() * set.frames, size * size);
+            set.channels = 3;
+        }
+        return set;
+    }
+    if (frames != 1)
+        throw Error("video clips need 'moving-fashion-mnist'", spec,
+                    "only moving-fashion-mnist has video clips; " + std::to_string(frames) + " frames asked",
+                    "use 1 frame for '" + spec + "', or the dataset 'moving-fashion-mnist'");
     if (spec == "fashion-mnist") {
         check(channels == 1 || channels == 3, "fashion-mnist: channels must be 1 or 3",
               "got " + std::to_string(channels));
         ImageSet set = load_fashion_mnist(split, size);
         if (channels == 3) { // gray replicated into R, G and B
-            const int64_t plane = size * size;
-            std::vector<uint8_t> rgb(static_cast<size_t>(set.count() * 3 * plane));
-            for (int64_t i = 0; i < set.count(); ++i)
-                for (int k = 0; k < 3; ++k)
-                    std::copy_n(set.pixels.begin() + i * plane, plane, rgb.begin() + (i * 3 + k) * plane);
-            set.pixels = std::move(rgb);
+            set.pixels = gray_to_rgb(set.pixels, set.count(), size * size);
             set.channels = 3;
         }
         return set;
@@ -240,8 +260,8 @@ ImageSet load_dataset(const std::string& spec, const std::string& split, int64_t
     std::error_code ec;
     if (!fs::is_directory(spec, ec))
         throw Error("unknown dataset", spec,
-                    fs::exists(spec, ec) ? "not 'fashion-mnist' and not a folder"
-                                         : "not 'fashion-mnist' and no such folder",
+                    fs::exists(spec, ec) ? "not 'fashion-mnist', not 'moving-fashion-mnist' and not a folder"
+                                         : "not 'fashion-mnist', not 'moving-fashion-mnist' and no such folder",
                     folder_hint);
     return load_image_folder(spec, split, channels, size);
 }

@@ -1,8 +1,10 @@
 // magnets/dataset.h: labelled image sets from real data.
 //
 // Sources: "fashion-mnist" (Debian's dataset-fashion-mnist IDX files, 28x28
-// padded to the requested size) or a folder of PNG/JPEG images with one
-// sub-folder per class (class = sub-folder name; images resized to size x size).
+// padded to the requested size), "moving-fashion-mnist" (video clips made from
+// those items, see load_moving_fashion_mnist) or a folder of PNG/JPEG images
+// with one sub-folder per class (class = sub-folder name; images resized to
+// size x size).
 //
 //   magnets::ImageSet train = magnets::load_dataset("fashion-mnist", "train", 1, 32);
 //   std::vector<float> batch(n * train.pixels_per_item());
@@ -15,16 +17,17 @@
 namespace magnets {
 
 struct ImageSet {
+    int64_t frames = 1;                     // frames per item: 1 for images, T for video clips
     int64_t channels = 1, height = 0, width = 0;
-    std::vector<uint8_t> pixels;            // [count, channels, height, width]
+    std::vector<uint8_t> pixels;            // [count, frames, channels, height, width]
     std::vector<int32_t> labels;            // [count]
     std::vector<std::string> class_names;   // index = label
     std::string source;                     // "fashion-mnist" or the folder path
     std::string split;                      // "train", "test", "all"
 
     int64_t count() const { return static_cast<int64_t>(labels.size()); }
-    int64_t pixels_per_item() const { return channels * height * width; }
-    // Items [first, first + n) as floats in [0, 1], [n, c, h, w].
+    int64_t pixels_per_item() const { return frames * channels * height * width; }
+    // Items [first, first + n) as floats in [0, 1], [n, frames, c, h, w].
     void to_float(int64_t first, int64_t n, float* out) const;
     // Items at the given indices, same layout.
     void gather_float(const int64_t* index, int64_t n, float* out) const;
@@ -48,8 +51,30 @@ ImageSet load_fashion_mnist(const std::string& split, int64_t size = 32,
 ImageSet load_image_folder(const std::string& dir, const std::string& split, int64_t channels,
                            int64_t size);
 
-// "fashion-mnist" or a folder path.
+// Moving Fashion-MNIST (the Moving-MNIST protocol of Srivastava et al. 2015 on
+// Fashion-MNIST items): `clips` clips of `frames` frames, size x size gray
+// (size >= 28), each with two items of one class bouncing off the frame's
+// edges, composited by the per-pixel maximum; the clip's label is that class.
+// Clip i of a split depends only on (split, i): its class is i mod 10 (so the
+// classes are balanced and any prefix is too), its two items are drawn from
+// that class's items of the split (train clips from the train items, test
+// clips from the test items, "all" = train clips then test clips), start
+// positions uniform, directions uniform, speeds in [2, 4) pixels per frame,
+// from the counter-based generator (core/philox.h) keyed by the clip index.
+// clips <= 0 gives the default count: 10,000 train clips, 2,000 test clips.
+// Throws Error as load_fashion_mnist for missing files or a small size.
+ImageSet load_moving_fashion_mnist(const std::string& split, int64_t clips = 0, int64_t frames = 16,
+                                   int64_t size = 64, const std::string& dir = fashion_mnist_dir());
+
+// Clips [count, T, c, h, w] -> slots of `per_slot` consecutive frames stacked
+// as channels: count * T / per_slot items of [1, per_slot * c, h, w] (the same
+// bytes, reinterpreted), each with its clip's label. T % per_slot == 0, else
+// Error. per_slot == T == 1 returns the set unchanged.
+ImageSet clips_to_slots(ImageSet clips, int64_t per_slot);
+
+// "fashion-mnist", "moving-fashion-mnist" (frames per clip, default count) or
+// a folder path. frames > 1 is only for "moving-fashion-mnist" (Error otherwise).
 ImageSet load_dataset(const std::string& spec, const std::string& split, int64_t channels,
-                      int64_t size);
+                      int64_t size, int64_t frames = 1);
 
 } // namespace magnets

@@ -57,7 +57,18 @@ struct TokenizerConfig {
     double ema_decay = 0.99;
     ReconLoss recon_loss = ReconLoss::l2;
 
+    // Video (our choice, METHOD section 2): a clip of clip_frames frames is cut
+    // into slots of `frames` consecutive frames; a slot's frames are stacked as
+    // input channels (frames x channels), so the first convolution mixes them
+    // and time is downsampled by `frames`. A clip becomes grid_t() x side x side
+    // tokens. Images: frames = clip_frames = 1.
+    int64_t frames = 1;          // frames per token slot (temporal downsampling)
+    int64_t clip_frames = 1;     // frames per clip; a multiple of frames
+
     int64_t tokens_side() const { return image_size >> num_down; }
+    int64_t in_channels() const { return frames * channels; } // the network's input/output channels
+    int64_t grid_t() const { return clip_frames / frames; }
+    bool video() const { return clip_frames > 1; }
     void validate() const;       // throws Error on inconsistent values
     void to_attrs(Attrs& a) const;
     static TokenizerConfig from_attrs(const Attrs& a, const std::string& path = {});

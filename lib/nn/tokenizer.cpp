@@ -34,6 +34,9 @@ void TokenizerConfig::validate() const {
     if (codebook_size < 2 || codebook_size > 65535) bad("codebook_size must be in 2..65535 (tokens are uint16)");
     if (!(commitment >= 0)) bad("commitment must be >= 0");
     if (!(ema_decay > 0 && ema_decay < 1)) bad("ema_decay must be in (0, 1)");
+    if (frames < 1 || frames > 16) bad("frames (per token slot) must be in 1..16");
+    if (clip_frames < 1 || clip_frames > 1024 || clip_frames % frames != 0)
+        bad("clip_frames must be a multiple of frames, at most 1024");
 }
 
 void TokenizerConfig::to_attrs(Attrs& a) const {
@@ -44,6 +47,9 @@ void TokenizerConfig::to_attrs(Attrs& a) const {
     a["quantizer"] = std::string(quantizer_name(quantizer)); a["commitment"] = commitment;
     a["ema_decay"] = ema_decay; a["recon_loss"] = std::string(recon_loss_name(recon_loss));
     a["tokens_h"] = tokens_side(); a["tokens_w"] = tokens_side();
+    if (video()) { // image tokenizers' files keep their attribute set
+        a["frames"] = frames; a["clip_frames"] = clip_frames; a["tokens_t"] = grid_t();
+    }
 }
 
 TokenizerConfig TokenizerConfig::from_attrs(const Attrs& a, const std::string& path) {
@@ -56,6 +62,9 @@ TokenizerConfig TokenizerConfig::from_attrs(const Attrs& a, const std::string& p
     c.quantizer = parse_quantizer(attr_string(a, "quantizer", path));
     c.commitment = attr_double(a, "commitment", path); c.ema_decay = attr_double(a, "ema_decay", path);
     c.recon_loss = parse_recon_loss(attr_string(a, "recon_loss", path));
+    if (a.count("clip_frames")) { // video tokenizers only
+        c.frames = attr_int(a, "frames", path); c.clip_frames = attr_int(a, "clip_frames", path);
+    }
     c.validate();
     return c;
 }
@@ -65,7 +74,7 @@ Tokenizer::Impl::Impl(const TokenizerConfig& c, std::shared_ptr<Backend> b) : cf
     const int64_t B = cfg.base_channels, H = cfg.hidden_channels;
     // Stage 1 of num_down is a pixel unshuffle (space-to-depth): no convolution
     // ever runs at full resolution, where 1-channel convs are slow and costly.
-    enc_in = nn::Conv2d("enc.conv_in", 4 * cfg.channels, B, 3, 1, 1);
+    enc_in = nn::Conv2d("enc.conv_in", 4 * cfg.in_channels(), B, 3, 1, 1);
     for (int64_t i = 0; i < cfg.num_down - 1; ++i)
         enc_down.emplace_back("enc.down" + std::to_string(i), i == 0 ? B : H, H, 4, 2, 1);
     for (int64_t j = 0; j < cfg.res_blocks; ++j) enc_res.emplace_back("enc.res" + std::to_string(j), H);
@@ -84,7 +93,7 @@ Tokenizer::Impl::Impl(const TokenizerConfig& c, std::shared_ptr<Backend> b) : cf
     // The full-resolution conv was worth +1.15 dB test PSNR at 600 steps for
     // ~13% more time (Fashion-MNIST, T = 16).
     dec_out = nn::Conv2d("dec.conv_out", cfg.num_down > 1 ? B : H, 4 * cfg.tail_channels, 3, 1, 1);
-    dec_tail = nn::Conv2d("dec.tail", cfg.tail_channels, cfg.channels, 3, 1, 1);
+    dec_tail = nn::Conv2d("dec.tail", cfg.tail_channels, cfg.in_channels(), 3, 1, 1);
 }
 
 std::vector<Tokenizer::Impl::ParamRef> Tokenizer::Impl::params() {
@@ -118,7 +127,7 @@ void Tokenizer::Impl::codebook_to_device() {
 
 void Tokenizer::Impl::load_input(const float* images, int64_t n) {
     const int64_t S = cfg.image_size;
-    x.ensure(*be, {n, cfg.channels, S, S});
+    x.ensure(*be, {n, cfg.in_channels(), S, S});
     be->upload(x.data(), images, static_cast<size_t>(x.numel()));
 }
 
@@ -366,7 +375,7 @@ Tokenizer::StepLosses Tokenizer::forward_backward(const float* images, int64_t n
     StepLosses out;
     nn::DTensor &d_xhat = m.bw_dxhat, &dzq = m.bw_dzq;
     d_xhat.ensure(b, m.x_hat.shape);
-    const Backend::ReconSums rs = b.recon_loss(m.x_hat.data(), m.x.data(), n, cfg.channels * S * S,
+    const Backend::ReconSums rs = b.recon_loss(m.x_hat.data(), m.x.data(), n, cfg.in_channels() * S * S,
                                                cfg.recon_loss == ReconLoss::l1, 1.0, d_xhat.data());
     out.recon = rs.loss;
     out.psnr = rs.psnr / static_cast<double>(n);

@@ -35,7 +35,7 @@ TokenizerTrainConfig TokenizerTrainConfig::from_attrs(const Attrs& a, const std:
     return t;
 }
 
-std::vector<std::string> tokenizer_preset_names() { return {"tiny", "demo", "quality"}; }
+std::vector<std::string> tokenizer_preset_names() { return {"tiny", "demo", "quality", "video-tiny", "video-demo"}; }
 
 TokenizerPreset tokenizer_preset(const std::string& name) {
     TokenizerPreset p;
@@ -59,6 +59,22 @@ TokenizerPreset tokenizer_preset(const std::string& name) {
         p.model.base_channels = 64; p.model.hidden_channels = 64; p.model.res_blocks = 2;
         p.model.codebook_size = 512; p.model.code_dim = 32; p.model.tail_channels = 16;
         p.train.steps = 7000; p.train.batch_size = 64; p.train.lr = 3e-3; p.train.warmup = 100;
+        p.train.restart_every = 50; p.train.log_every = 50; p.train.checkpoint_every = 500;
+    } else if (name == "video-tiny") {
+        // Moving Fashion-MNIST clips of 8 frames at 32x32, slots of 4 frames: 2x4x4 tokens.
+        p.description = "seconds; video tests: 8-frame 32x32 clips -> 2x4x4 tokens, 64 codes";
+        p.model.image_size = 32; p.model.num_down = 3; p.model.frames = 4; p.model.clip_frames = 8;
+        p.model.base_channels = 8; p.model.hidden_channels = 16; p.model.res_blocks = 1;
+        p.model.codebook_size = 64; p.model.code_dim = 8;
+        p.train.steps = 30; p.train.batch_size = 16; p.train.lr = 3e-3; p.train.warmup = 5;
+        p.train.restart_every = 10; p.train.log_every = 5; p.train.checkpoint_every = 0;
+    } else if (name == "video-demo") {
+        // Moving Fashion-MNIST, 16 frames of 64x64 -> 4 slots of 4 frames, 8x8 tokens each.
+        p.description = "video: Moving Fashion-MNIST 16x64x64 -> 4x8x8 tokens, 512 codes";
+        p.model.image_size = 64; p.model.num_down = 3; p.model.frames = 4; p.model.clip_frames = 16;
+        p.model.base_channels = 32; p.model.hidden_channels = 64; p.model.res_blocks = 2;
+        p.model.codebook_size = 512; p.model.code_dim = 32; p.model.tail_channels = 16;
+        p.train.steps = 3000; p.train.batch_size = 32; p.train.lr = 3e-3; p.train.warmup = 100;
         p.train.restart_every = 50; p.train.log_every = 50; p.train.checkpoint_every = 500;
     } else {
         std::string names;
@@ -164,12 +180,16 @@ int64_t train_tokenizer(Tokenizer& tok, const ImageSet& data, const TokenizerTra
     const TokenizerTrainConfig& tc = opt.train;
     const int64_t K = cfg.codebook_size;
     check(data.count() > 0, "cannot train tokenizer", "the dataset is empty");
-    if (data.channels != cfg.channels || data.height != cfg.image_size || data.width != cfg.image_size)
+    if (data.frames != 1 || data.channels != cfg.in_channels() || data.height != cfg.image_size ||
+        data.width != cfg.image_size)
         throw Error("cannot train tokenizer", data.source,
-                    "images are " + std::to_string(data.channels) + "x" + std::to_string(data.height) + "x" +
-                        std::to_string(data.width) + ", the tokenizer expects " + std::to_string(cfg.channels) + "x" +
-                        std::to_string(cfg.image_size) + "x" + std::to_string(cfg.image_size),
-                    "load the dataset at the tokenizer's image size and channel count");
+                    "items are " + std::to_string(data.frames) + "x" + std::to_string(data.channels) + "x" +
+                        std::to_string(data.height) + "x" + std::to_string(data.width) +
+                        " (frames x channels x height x width), the tokenizer expects 1x" +
+                        std::to_string(cfg.in_channels()) + "x" + std::to_string(cfg.image_size) + "x" +
+                        std::to_string(cfg.image_size),
+                    cfg.video() ? "cut video clips into slots of the tokenizer's frames (clips_to_slots)"
+                                : "load the dataset at the tokenizer's image size and channel count");
     check(tc.steps > 0 && tc.batch_size > 0, "cannot train tokenizer", "steps and batch size must be positive");
     check(!opt.output.empty(), "cannot train tokenizer", "no output path");
 
@@ -328,8 +348,9 @@ int64_t train_tokenizer(Tokenizer& tok, const ImageSet& data, const TokenizerTra
 
 TokenizerEval evaluate_tokenizer(Tokenizer& tok, const ImageSet& data, int64_t batch_size, int64_t limit) {
     const TokenizerConfig& cfg = tok.config();
-    check(data.channels == cfg.channels && data.height == cfg.image_size && data.width == cfg.image_size,
-          "cannot evaluate tokenizer", "image size or channels differ from the tokenizer's");
+    check(data.frames == 1 && data.channels == cfg.in_channels() && data.height == cfg.image_size &&
+              data.width == cfg.image_size,
+          "cannot evaluate tokenizer", "image size or channels differ from the tokenizer's (video: pass slots)");
     const int64_t n = limit >= 0 ? std::min(limit, data.count()) : data.count();
     const int64_t per = data.pixels_per_item(), tpi = tok.tokens_per_image();
     std::vector<float> x(static_cast<size_t>(batch_size * per)), y(x.size());
