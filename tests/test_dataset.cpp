@@ -16,6 +16,8 @@
 #include <numeric>
 #include <set>
 
+#include <omp.h>
+
 using namespace magnets;
 using magnets::test::TempDir;
 namespace fs = std::filesystem;
@@ -412,6 +414,11 @@ TEST_CASE("moving Fashion-MNIST: deterministic, prefix-stable, splits distinct")
     const ImageSet a = load_moving_fashion_mnist("train", 20, 16, 64);
     const ImageSet b = load_moving_fashion_mnist("train", 20, 16, 64);
     CHECK(a.pixels == b.pixels);
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(saved == 1 ? 3 : 1); // another thread count: the same bytes
+    const ImageSet c = load_moving_fashion_mnist("train", 20, 16, 64);
+    omp_set_num_threads(saved);
+    CHECK(c.pixels == a.pixels);
     const ImageSet prefix = load_moving_fashion_mnist("train", 10, 16, 64);
     REQUIRE(prefix.count() == 10);
     CHECK(std::equal(prefix.pixels.begin(), prefix.pixels.end(), a.pixels.begin()));

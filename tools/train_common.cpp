@@ -169,7 +169,9 @@ int run_training(const Args& a, const RunSpec& spec, Transformer& model, const T
     log_info("%s: resolved configuration", spec.prog);
     std::vector<std::pair<std::string, std::string>> rows = spec.header_rows;
     rows.emplace_back("train tokens", data.train.source + " (" + std::to_string(data.train.count()) + " items, " +
-                                          std::to_string(cfg.tokens()) + " tokens each, tokenizer " +
+                                          std::to_string(cfg.tokens()) + " tokens each (" +
+                                          (cfg.grid_t > 1 ? std::to_string(cfg.grid_t) + "x" : std::string()) +
+                                          std::to_string(cfg.grid_h) + "x" + std::to_string(cfg.grid_w) + "), tokenizer " +
                                           data.train.tokenizer_hash + ")");
     rows.emplace_back("val tokens", data.has_val ? data.val.source + " (" + std::to_string(data.val.count()) + " items)"
                                                  : std::string("none (no validation)"));
