@@ -39,24 +39,18 @@ namespace {
 
 using namespace magnets::cli;
 
-// Video metrics (per-frame FD, a spatio-temporal classifier) are not built yet.
-[[noreturn]] void throw_video_not_evaluated(const std::string& tok_path) {
-    throw magnets::Error("video is not evaluated yet", tok_path,
-                         "this is a video tokenizer; magnets-eval measures images only",
-                         "look at the clips: magnets-tokenize decode or magnets-sample --png write filmstrips and MP4s");
-}
 constexpr const char* prog = "magnets-eval";
 
 const std::vector<OptionSpec> train_classifier_options = {
     {"o,output", ArgKind::text, "FILE", "classifier checkpoint to write", nullptr, true},
-    {"dataset", ArgKind::text, "SPEC", "fashion-mnist or an image folder (one sub-folder per class)", "fashion-mnist"},
+    {"dataset", ArgKind::text, "SPEC", "fashion-mnist, moving-fashion-mnist (frames of clips, for video) or an image folder (one sub-folder per class)", "fashion-mnist"},
     {"image-size", ArgKind::integer, "N", "input side (Fashion-MNIST is padded to it)", "32"},
     {"channels", ArgKind::integer, "N", "1 (gray) or 3 (RGB)", "1"},
     {"epochs", ArgKind::integer, "N", "passes over the training split", "3"},
     {"batch-size", ArgKind::integer, "N", "images per step", "128"},
     {"lr", ArgKind::real, "X", "Adam peak learning rate (warm-up, cosine decay)", "0.001"},
     {"seed", ArgKind::integer, "N", "seed of the initialisation and data order", "1"},
-    {"limit", ArgKind::integer, "N", "train on the first N images only"},
+    {"limit", ArgKind::integer, "N", "train on the first N images only (clips for moving-fashion-mnist)"},
 };
 
 const std::vector<OptionSpec> metrics_options = {
@@ -66,12 +60,12 @@ const std::vector<OptionSpec> metrics_options = {
     {"image-size", ArgKind::integer, "N", "with --inception: side the sets are loaded at (default: the tokenizer's, "
                                           "else 32); Inception resizes to 299"},
     {"channels", ArgKind::integer, "N", "with --inception: 1 or 3 (default: the tokenizer's, else 1)"},
-    {"real", ArgKind::text, "SPEC", "reference set: fashion-mnist[:train|:test], an image folder, or a token file "
+    {"real", ArgKind::text, "SPEC", "reference set: fashion-mnist[:train|:test], moving-fashion-mnist[:train|:test] (per frame), an image folder, or a token file "
                                     "(with --tokenizer)", "fashion-mnist:test"},
     {"generated", ArgKind::texts, "SPEC", "generated set: token files (repeat to pool them) or a PNG folder", nullptr, true},
     {"tokenizer", ArgKind::text, "FILE", "tokenizer that decodes token files"},
     {"floor", ArgKind::text, "SPEC", "real set for the floor (default: the other split of --real)"},
-    {"limit", ArgKind::integer, "N", "use at most N items of each set"},
+    {"limit", ArgKind::integer, "N", "use at most N items of each set (clips for video)"},
     {"kid-subsets", ArgKind::integer, "N", "KID: random subsets averaged", "100"},
     {"kid-subset-size", ArgKind::integer, "N", "KID: items per subset", "1000"},
     {"k", ArgKind::integer, "N", "precision/recall: k of the k-NN radii", "3"},
@@ -146,13 +140,38 @@ FeatureNet load_feature_net(const Args& a, std::shared_ptr<magnets::Backend> be,
 
 // ---- sets of images ---------------------------------------------------------------
 
+// Video is measured per frame: a set of clips holds every frame as an image
+// (n counts frames, items counts clips), each with its clip's label.
 struct Set {
     std::string spec, what;            // what: a description for the report
     std::vector<float> images;         // [n, c, s, s] in [0, 1]
-    std::vector<int32_t> labels;       // requested class per item (-1 = none)
+    std::vector<int32_t> labels;       // requested class per image (-1 = none)
     std::vector<std::string> class_names; // what the labels mean (empty = unknown)
     int64_t n = 0, channels = 0, size = 0;
+    int64_t items = 0, frames = 1;     // images or clips, and frames per clip
 };
+
+// --limit and sample counts count items (clips for video); n counts images.
+std::string describe(const Set& s) {
+    if (s.frames > 1)
+        return s.spec + " (" + std::to_string(s.items) + " clips, " + std::to_string(s.n) + " frames)";
+    return s.spec + " (" + std::to_string(s.n) + " images)";
+}
+
+// "moving-fashion-mnist[:split]": every frame of its clips as an image.
+bool is_moving(const std::string& spec) { return spec.rfind("moving-fashion-mnist", 0) == 0; }
+
+// Frames of `frames`-frame clips -> images with their clip's label.
+void add_frames(Set& set, const float* clips, int64_t items, int64_t frames, int64_t per_frame,
+                const int32_t* labels) {
+    const size_t at = set.images.size();
+    set.images.insert(set.images.end(), clips, clips + items * frames * per_frame);
+    (void)at;
+    for (int64_t i = 0; i < items; ++i) set.labels.insert(set.labels.end(), static_cast<size_t>(frames), labels[i]);
+    set.n += items * frames;
+    set.items += items;
+    set.frames = frames;
+}
 
 bool ends_with(const std::string& s, const std::string& suf) {
     return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
@@ -163,29 +182,30 @@ void add_tokens(Set& set, const std::string& path, magnets::Tokenizer* tok, int6
     const magnets::TokenFile tf = magnets::read_token_file(path); // checks it is a token file first
     if (!tok) throw UsageError(path + " is a token file: give --tokenizer to decode it");
     const magnets::TokenizerConfig& tc = tok->config();
-    if (tf.codebook_size != tc.codebook_size || tf.grid_h != tc.tokens_side() || tf.grid_w != tc.tokens_side())
+    if (tf.codebook_size != tc.codebook_size || tf.grid_t != tc.grid_t() || tf.grid_h != tc.tokens_side() ||
+        tf.grid_w != tc.tokens_side())
         throw magnets::Error("token file does not fit the tokenizer", path,
-                             "its codebook/grid is " + std::to_string(tf.codebook_size) + "/" + std::to_string(tf.grid_h) +
-                                 "x" + std::to_string(tf.grid_w) + ", the tokenizer's " +
-                                 std::to_string(tc.codebook_size) + "/" + std::to_string(tc.tokens_side()) + "x" +
-                                 std::to_string(tc.tokens_side()),
+                             "its codebook/grid is " + std::to_string(tf.codebook_size) + "/" + std::to_string(tf.grid_t) +
+                                 "x" + std::to_string(tf.grid_h) + "x" + std::to_string(tf.grid_w) + ", the tokenizer's " +
+                                 std::to_string(tc.codebook_size) + "/" + std::to_string(tc.grid_t()) + "x" +
+                                 std::to_string(tc.tokens_side()) + "x" + std::to_string(tc.tokens_side()),
                              "pass the tokenizer the tokens were made with");
     if (!tf.tokenizer_hash.empty() && tf.tokenizer_hash != "unknown" && tf.tokenizer_hash != tok->hash())
         magnets::log_warn("%s was made with tokenizer %s, decoding with %s", path.c_str(), tf.tokenizer_hash.c_str(),
                           tok->hash().c_str());
     int64_t n = tf.count();
-    if (limit >= 0) n = std::min(n, std::max<int64_t>(limit - set.n, 0));
+    if (limit >= 0) n = std::min(n, std::max<int64_t>(limit - set.items, 0));
+    // An item decodes to clip_frames frames (1 for images): grid_t slots of stacked frames.
+    const int64_t T = tc.clip_frames, g = tc.grid_t();
     const int64_t per = tc.channels * tc.image_size * tc.image_size, N = tf.tokens_per_item();
     if (set.n == 0) { set.channels = tc.channels; set.size = tc.image_size; }
-    const size_t at = set.images.size();
-    set.images.resize(at + static_cast<size_t>(n * per));
+    std::vector<float> clips(static_cast<size_t>(std::min<int64_t>(256, n) * T * per));
     for (int64_t first = 0; first < n; first += 256) {
         const int64_t b = std::min<int64_t>(256, n - first);
-        tok->decode(tf.tokens.data() + first * N, b, set.images.data() + at + static_cast<size_t>(first * per));
+        tok->decode(tf.tokens.data() + first * N, b * g, clips.data());
+        add_frames(set, clips.data(), b, T, per, tf.labels.data() + first);
     }
-    set.labels.insert(set.labels.end(), tf.labels.begin(), tf.labels.begin() + n);
     if (set.class_names.empty()) set.class_names = tf.class_names;
-    set.n += n;
 }
 
 // A flat folder of sample PNGs (magnets-sample --png): grid.png is skipped, the
@@ -202,7 +222,7 @@ bool add_sample_pngs(Set& set, const std::string& dir, const magnets::Classifier
     if (subdirs || files.empty()) return false; // a class-folder dataset: load_dataset handles it
     std::sort(files.begin(), files.end());
     for (const std::string& f : files) {
-        if (limit >= 0 && set.n >= limit) break;
+        if (limit >= 0 && set.items >= limit) break;
         const magnets::Image im = magnets::read_image(f);
         if (im.width != cc.image_size || im.height != cc.image_size || im.channels != cc.channels)
             throw magnets::Error("images do not fit the classifier", f,
@@ -219,6 +239,7 @@ bool add_sample_pngs(Set& set, const std::string& dir, const magnets::Classifier
             label = static_cast<int32_t>(std::strtol(it->second.c_str(), nullptr, 10));
         set.labels.push_back(label);
         ++set.n;
+        ++set.items;
     }
     set.channels = cc.channels;
     set.size = cc.image_size;
@@ -232,6 +253,23 @@ Set load_set(const std::string& spec, const std::vector<std::string>& parts, mag
     for (const std::string& p : parts) {
         if (ends_with(p, ".h5") || ends_with(p, ".hdf5")) {
             add_tokens(set, p, tok, limit);
+            continue;
+        }
+        if (is_moving(p)) { // clips of the tokenizer's length (16 without a video tokenizer)
+            const std::string split = p.size() > 20 && p[20] == ':' ? p.substr(21) : std::string("test");
+            const int64_t T = tok && tok->config().video() ? tok->config().clip_frames : 16;
+            if (cc.channels != 1)
+                throw magnets::Error("moving-fashion-mnist clips are gray", p, "the feature network takes " +
+                                     std::to_string(cc.channels) + " channels", "use a 1-channel feature network");
+            const int64_t want = limit >= 0 ? std::max<int64_t>(limit - set.items, 0) : 0;
+            if (limit >= 0 && want == 0) continue;
+            magnets::ImageSet clips = magnets::load_moving_fashion_mnist(split, split == "all" ? 0 : want, T, cc.image_size);
+            const int64_t m = limit >= 0 ? std::min(want, clips.count()) : clips.count();
+            std::vector<float> x(static_cast<size_t>(m * clips.pixels_per_item()));
+            clips.to_float(0, m, x.data());
+            if (set.n == 0) { set.channels = 1; set.size = cc.image_size; }
+            add_frames(set, x.data(), m, T, cc.image_size * cc.image_size, clips.labels.data());
+            if (set.class_names.empty()) set.class_names = clips.class_names;
             continue;
         }
         if (std::filesystem::is_directory(p) && add_sample_pngs(set, p, cc, limit)) continue;
@@ -251,6 +289,7 @@ Set load_set(const std::string& spec, const std::vector<std::string>& parts, mag
         set.labels.insert(set.labels.end(), is.labels.begin(), is.labels.begin() + n);
         if (set.class_names.empty()) set.class_names = is.class_names;
         set.n += n;
+        set.items += n;
         set.channels = is.channels;
         set.size = is.height;
     }
@@ -261,8 +300,16 @@ Set load_set(const std::string& spec, const std::vector<std::string>& parts, mag
                                  std::to_string(set.size) + "; the classifier takes " + std::to_string(cc.channels) +
                                  "x" + std::to_string(cc.image_size) + "x" + std::to_string(cc.image_size),
                              "use a classifier trained at this resolution (train-classifier --image-size/--channels)");
-    set.what = spec + " (" + std::to_string(set.n) + " images)";
+    set.what = describe(set);
     return set;
+}
+
+// The other split of a built-in reference set (empty for folders and token files).
+std::string default_floor(const std::string& real_spec) {
+    for (const std::string base : {"fashion-mnist", "moving-fashion-mnist"})
+        if (real_spec == base + ":train") return base + ":test";
+        else if (real_spec == base || real_spec.rfind(base + ":", 0) == 0) return base + ":train";
+    return {};
 }
 
 struct Report {
@@ -339,9 +386,19 @@ int run_train_classifier(const Args& a) {
     const std::string out = a.text("output"), spec = a.text("dataset");
     magnets::check_writable(out);
     const int64_t size = a.positive("image-size"), channels = a.positive("channels");
-    magnets::ImageSet train = magnets::load_dataset(spec, spec == "fashion-mnist" ? "train" : "all", channels, size);
-    magnets::ImageSet test = spec == "fashion-mnist" ? magnets::load_dataset(spec, "test", channels, size) : magnets::ImageSet{};
-    if (a.has("limit")) {
+    magnets::ImageSet train, test;
+    if (spec == "moving-fashion-mnist") {
+        // Per-frame features for video: the frames of 16-frame clips, each with its
+        // clip's class; --limit counts clips (default 2,000 train, 500 test).
+        if (channels != 1) throw UsageError("moving-fashion-mnist is gray: --channels 1");
+        const int64_t clips = a.has("limit") ? a.positive("limit") : 2000;
+        train = magnets::clips_to_slots(magnets::load_moving_fashion_mnist("train", clips, 16, size), 1);
+        test = magnets::clips_to_slots(magnets::load_moving_fashion_mnist("test", std::min<int64_t>(clips, 500), 16, size), 1);
+    } else {
+        train = magnets::load_dataset(spec, spec == "fashion-mnist" ? "train" : "all", channels, size);
+        test = spec == "fashion-mnist" ? magnets::load_dataset(spec, "test", channels, size) : magnets::ImageSet{};
+    }
+    if (a.has("limit") && spec != "moving-fashion-mnist") {
         const int64_t n = std::min(a.positive("limit"), train.count());
         train.labels.resize(static_cast<size_t>(n));
         train.pixels.resize(static_cast<size_t>(n * train.pixels_per_item()));
@@ -395,7 +452,6 @@ int run_metrics(const Args& a) {
     auto be = backend_for(backend_name);
     std::unique_ptr<magnets::Tokenizer> tok;
     if (a.has("tokenizer")) tok = std::make_unique<magnets::Tokenizer>(magnets::Tokenizer::load(a.text("tokenizer"), be));
-    if (tok && tok->config().video()) throw_video_not_evaluated(a.text("tokenizer"));
     FeatureNet net = load_feature_net(a, be, tok.get());
     const magnets::ClassifierConfig& cc = net.cc;
     const int64_t limit = a.limit();
@@ -443,10 +499,7 @@ int run_metrics(const Args& a) {
         gen.what += ", perturbed: " + how;
     }
     // Floor: a real set of the generated set's size, other than the reference.
-    std::string floor_spec = a.has("floor") ? a.text("floor")
-                             : real_spec == "fashion-mnist:train" ? "fashion-mnist:test"
-                             : real_spec.rfind("fashion-mnist", 0) == 0 ? "fashion-mnist:train"
-                                                                       : std::string();
+    std::string floor_spec = a.has("floor") ? a.text("floor") : default_floor(real_spec);
     const int64_t F = net.dim();
     std::vector<float> real_feats(static_cast<size_t>(real.n * F));
     net.features(real.images.data(), real.n, real_feats.data(), nullptr);
@@ -454,7 +507,7 @@ int run_metrics(const Args& a) {
     Report rf;
     std::string floor_what = "none (give --floor)";
     if (!floor_spec.empty()) {
-        const Set fl = load_set(floor_spec, {floor_spec}, tok.get(), cc, gen.n);
+        const Set fl = load_set(floor_spec, {floor_spec}, tok.get(), cc, gen.items);
         floor_what = fl.what;
         rf = measure(net, real, real_feats, fl, a);
     }
@@ -492,7 +545,6 @@ int run_sweep(const Args& a) {
     const std::string backend_name = apply_global(a);
     auto be = backend_for(backend_name);
     magnets::Tokenizer tok = magnets::Tokenizer::load(a.text("tokenizer"), be);
-    if (tok.config().video()) throw_video_not_evaluated(a.text("tokenizer"));
     FeatureNet net = load_feature_net(a, be, &tok);
     const magnets::ClassifierConfig& cc = net.cc;
     const std::string out = a.text("output");
@@ -561,17 +613,18 @@ int run_sweep(const Args& a) {
             const magnets::SampleResult res = magnets::sample(model, sc, classes.data(), static_cast<int64_t>(classes.size()), 0, batch);
             row.gflop = res.flops_per_image / 1e9;
             row.ips = static_cast<double>(classes.size()) / std::max(res.seconds, 1e-9);
-            Set gen;
-            gen.n = static_cast<int64_t>(classes.size());
+            Set gen; // video: every frame of every clip
+            gen.spec = label;
             gen.channels = cc.channels;
             gen.size = cc.image_size;
-            gen.labels = classes;
             gen.class_names = class_names;
-            const int64_t per = tok.config().channels * tok.config().image_size * tok.config().image_size;
-            gen.images.resize(static_cast<size_t>(gen.n * per));
-            for (int64_t f = 0; f < gen.n; f += 256) {
-                const int64_t b = std::min<int64_t>(256, gen.n - f);
-                tok.decode(res.tokens.data() + f * mc.tokens(), b, gen.images.data() + f * per);
+            const magnets::TokenizerConfig& tcfg = tok.config();
+            const int64_t per = tcfg.channels * tcfg.image_size * tcfg.image_size, items = static_cast<int64_t>(classes.size());
+            std::vector<float> clips(static_cast<size_t>(std::min<int64_t>(256, items) * tcfg.clip_frames * per));
+            for (int64_t f = 0; f < items; f += 256) {
+                const int64_t b = std::min<int64_t>(256, items - f);
+                tok.decode(res.tokens.data() + f * mc.tokens(), b * tcfg.grid_t(), clips.data());
+                add_frames(gen, clips.data(), b, tcfg.clip_frames, per, classes.data() + f);
             }
             if (tok.config().image_size != cc.image_size || tok.config().channels != cc.channels)
                 throw magnets::Error("the tokenizer's images do not fit the classifier", a.text("tokenizer"), {},
@@ -584,9 +637,7 @@ int run_sweep(const Args& a) {
         }
     }
     // The floor: real images of the same count.
-    std::string floor_spec = a.text("real").rfind("fashion-mnist", 0) == 0
-                                 ? (a.text("real") == "fashion-mnist:train" ? "fashion-mnist:test" : "fashion-mnist:train")
-                                 : std::string();
+    std::string floor_spec = default_floor(a.text("real"));
     Report floor;
     if (!floor_spec.empty()) {
         const int64_t n = per_class * std::max<int64_t>(cc.num_classes, 1);
