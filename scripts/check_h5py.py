@@ -179,6 +179,13 @@ def check_tokenizer(c, f, args):
     for n, d in weights.items():
         c.expect(d.dtype == np.dtype("<f4"), f"/weights/{n} has dtype {d.dtype}, expected float32")
     B, K, C, ch = cfg["base_channels"], cfg["codebook_size"], cfg["code_dim"], cfg["channels"]
+    # Video tokenizers (attributes frames, clip_frames, tokens_t) stack a slot's
+    # frames as channels: the network's input and output have frames * channels.
+    if "clip_frames" in f.attrs:
+        frames, clip = int(f.attrs["frames"]), int(f.attrs["clip_frames"])
+        c.expect(frames >= 1 and clip % frames == 0, f"clip_frames {clip} is not a multiple of frames {frames}")
+        c.expect(int(f.attrs["tokens_t"]) == clip // frames, "tokens_t != clip_frames / frames")
+        ch *= frames
     # The first halving is a pixel unshuffle: conv_in sees 4 * channels, and
     # conv_out produces 4 * channels for the final pixel shuffle.
     last = B if cfg["num_down"] > 1 else cfg["hidden_channels"]

@@ -127,10 +127,29 @@ expect_runtime_error magnets-tokenize "only moving-fashion-mnist has them"
 expect_no_file "$tmp/x.h5"
 done_case "a video tokenizer on an image folder: a clear error"
 
-run "$eval" metrics --tokenizer "$tok" --real "$tmp/test.h5" --generated "$tmp/gen.h5"
-[[ "$rc" != 0 ]] || why+=("magnets-eval accepted a video tokenizer")
-expect_err "video is not evaluated yet"
-done_case "magnets-eval says that video is not evaluated yet"
+# ---- per-frame metrics -------------------------------------------------------------
+run "$eval" train-classifier --dataset moving-fashion-mnist --image-size 32 --limit 100 --epochs 1 -o "$tmp/cls.h5"
+expect_rc 0; expect_err "test accuracy"; expect_err "moving-fashion-mnist test (1600 images)"
+run "$eval" metrics --classifier "$tmp/cls.h5" --tokenizer "$tok" --real moving-fashion-mnist:test \
+    --generated "$tmp/gen.h5" --limit 20 --kid-subset-size 50 --kid-subsets 5 --json
+expect_rc 0
+if ((have_h5py)); then # /usr/bin/python3 parses the JSON
+    /usr/bin/python3 - "$tmp/out" <<'PY' || why+=("per-frame metrics report")
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["real"] == "moving-fashion-mnist:test (20 clips, 160 frames)", r["real"]
+assert r["generated"].endswith("(10 clips, 80 frames)"), r["generated"]
+assert r["floor"] == "moving-fashion-mnist:train (10 clips, 80 frames)", r["floor"]
+# A 6-step model's clips are far from real clips; real training clips are close.
+assert r["metrics"]["fid"] > 2 * r["floor_metrics"]["fid"], (r["metrics"], r["floor_metrics"])
+PY
+fi
+done_case "magnets-eval: per-frame metrics of video token files against moving-fashion-mnist"
+
+run "$eval" metrics --classifier "$tmp/cls.h5" --tokenizer "$fixtures/tok_tiny.h5" --real moving-fashion-mnist:test \
+    --generated "$tmp/gen.h5" --limit 4
+expect_runtime_error magnets-eval "token file does not fit the tokenizer"
+done_case "magnets-eval: a video token file with an image tokenizer is refused"
 
 run "$tokenize" train --preset video-tiny --clip-frames 6 -o "$tmp/x.h5"
 expect_usage_error magnets-tokenize "clip_frames must be a multiple of frames"
