@@ -652,7 +652,11 @@ int run_eval(const Args& a) {
     } else {
         std::printf("tokenizer   %s (%s)\n", tok_path.c_str(), tok.hash().c_str());
         std::printf("dataset     %s, %s split\n", data.source.c_str(), data.split.c_str());
-        std::printf("images      %" PRId64 "\n", ev.images);
+        if (tok.config().video()) // PSNR and usage are over slots of `frames` frames
+            std::printf("slots       %" PRId64 " (%" PRId64 " clips of %" PRId64 " frames, %" PRId64 " per slot)\n",
+                        ev.images, ev.images / tok.config().grid_t(), tok.config().clip_frames, tok.config().frames);
+        else
+            std::printf("images      %" PRId64 "\n", ev.images);
         std::printf("psnr        %.2f dB\n", ev.psnr);
         std::printf("mse         %.6f\n", ev.mse);
         std::printf("codes used  %" PRId64 " / %" PRId64 "\n", ev.codes_used, k);
