@@ -55,3 +55,21 @@ finish() {
     echo "# $passed passed, $failed failed, $skipped skipped"
     ((failed == 0))
 }
+# same_checkpoint A B: the same /weights, /ema and /train_state, every tensor
+# bit for bit (h5py; callers check have_h5py).
+same_checkpoint() {
+    /usr/bin/python3 - "$1" "$2" <<'PY'
+import sys, h5py, numpy as np
+a, b = (h5py.File(p, "r") for p in sys.argv[1:3])
+def walk(g, out, prefix=""):
+    for k, v in g.items():
+        if isinstance(v, h5py.Group): walk(v, out, prefix + k + "/")
+        else: out[prefix + k] = v[()]
+for grp in ("weights", "ema", "train_state"):
+    x, y = {}, {}
+    walk(a[grp], x); walk(b[grp], y)
+    if x.keys() != y.keys(): sys.exit(f"{grp}: different tensors")
+    for k in x:
+        if not np.array_equal(x[k].view(np.uint8), y[k].view(np.uint8)): sys.exit(f"{grp}/{k} differs")
+PY
+}

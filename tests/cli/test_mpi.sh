@@ -79,22 +79,6 @@ for k in a["weights"]:
     if d > 1e-5 * max(1.0, float(np.abs(x).max())): sys.exit(f"{k}: max difference {d}")
 PY
 }
-same_checkpoint() {
-    /usr/bin/python3 - "$1" "$2" <<'PY'
-import sys, h5py, numpy as np
-a, b = (h5py.File(p, "r") for p in sys.argv[1:3])
-def walk(g, out, prefix=""):
-    for k, v in g.items():
-        if isinstance(v, h5py.Group): walk(v, out, prefix + k + "/")
-        else: out[prefix + k] = v[()]
-for grp in ("weights", "ema", "train_state"):
-    x, y = {}, {}
-    walk(a[grp], x); walk(b[grp], y)
-    if x.keys() != y.keys(): sys.exit(f"{grp}: different tensors")
-    for k in x:
-        if not np.array_equal(x[k].view(np.uint8), y[k].view(np.uint8)): sys.exit(f"{grp}/{k} differs")
-PY
-}
 printed_hash() { grep -o 'weights hash [0-9a-f]*' "$tmp/err" | tail -1 | cut -d' ' -f3; }
 
 # ---- one process as the reference ------------------------------------------------------

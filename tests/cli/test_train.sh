@@ -26,23 +26,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # The weights hash the tools print at the end ("weights hash H").
 printed_hash() { grep -o 'weights hash [0-9a-f]*' "$tmp/err" | tail -1 | cut -d' ' -f3; }
-# h5py: same /weights, /ema and /train_state (every tensor bit for bit)?
-same_checkpoint() {
-    /usr/bin/python3 - "$1" "$2" <<'PY'
-import sys, h5py, numpy as np
-a, b = (h5py.File(p, "r") for p in sys.argv[1:3])
-def walk(g, out, prefix=""):
-    for k, v in g.items():
-        if isinstance(v, h5py.Group): walk(v, out, prefix + k + "/")
-        else: out[prefix + k] = v[()]
-for grp in ("weights", "ema", "train_state"):
-    x, y = {}, {}
-    walk(a[grp], x); walk(b[grp], y)
-    if x.keys() != y.keys(): sys.exit(f"{grp}: different tensors")
-    for k in x:
-        if not np.array_equal(x[k].view(np.uint8), y[k].view(np.uint8)): sys.exit(f"{grp}/{k} differs")
-PY
-}
 
 # ---- token files for the tests (tiny tokenizer, 256 train / 64 val items) ----------
 "$tokenize" encode --tokenizer "$tok" --split train --limit 256 -o "$tmp/train.h5" -q
