@@ -51,6 +51,7 @@ const std::vector<OptionSpec> train_classifier_options = {
     {"lr", ArgKind::real, "X", "Adam peak learning rate (warm-up, cosine decay)", "0.001"},
     {"seed", ArgKind::integer, "N", "seed of the initialisation and data order", "1"},
     {"limit", ArgKind::integer, "N", "train on the first N images only (clips for moving-fashion-mnist)"},
+    {"clip-frames", ArgKind::integer, "T", "moving-fashion-mnist: a clip classifier on whole T-frame clips (frames as channels) for clip-level FD, instead of frames"},
 };
 
 const std::vector<OptionSpec> metrics_options = {
@@ -149,10 +150,12 @@ struct Set {
     std::vector<std::string> class_names; // what the labels mean (empty = unknown)
     int64_t n = 0, channels = 0, size = 0;
     int64_t items = 0, frames = 1;     // images or clips, and frames per clip
+    bool whole_clips = false;          // a clip classifier's set: one image per clip, its frames as channels
 };
 
 // --limit and sample counts count items (clips for video); n counts images.
 std::string describe(const Set& s) {
+    if (s.whole_clips) return s.spec + " (" + std::to_string(s.items) + " clips of " + std::to_string(s.frames) + " frames)";
     if (s.frames > 1)
         return s.spec + " (" + std::to_string(s.items) + " clips, " + std::to_string(s.n) + " frames)";
     return s.spec + " (" + std::to_string(s.n) + " images)";
@@ -161,16 +164,33 @@ std::string describe(const Set& s) {
 // "moving-fashion-mnist[:split]": every frame of its clips as an image.
 bool is_moving(const std::string& spec) { return spec.rfind("moving-fashion-mnist", 0) == 0; }
 
-// Frames of `frames`-frame clips -> images with their clip's label.
+// Frames of `frames`-frame clips -> images with their clip's label; for a clip
+// classifier (whole), one image per clip with its frames as channels (the
+// same bytes).
 void add_frames(Set& set, const float* clips, int64_t items, int64_t frames, int64_t per_frame,
-                const int32_t* labels) {
-    const size_t at = set.images.size();
+                const int32_t* labels, bool whole) {
     set.images.insert(set.images.end(), clips, clips + items * frames * per_frame);
-    (void)at;
-    for (int64_t i = 0; i < items; ++i) set.labels.insert(set.labels.end(), static_cast<size_t>(frames), labels[i]);
-    set.n += items * frames;
+    const int64_t per_item = whole ? 1 : frames;
+    for (int64_t i = 0; i < items; ++i) set.labels.insert(set.labels.end(), static_cast<size_t>(per_item), labels[i]);
+    set.n += items * per_item;
     set.items += items;
     set.frames = frames;
+    set.whole_clips = whole;
+}
+
+// The clip length a feature network sees: a clip classifier's, else the
+// video tokenizer's (frames are measured one by one), else 16.
+int64_t clip_length(const magnets::ClassifierConfig& cc, const magnets::Tokenizer* tok, const std::string& what) {
+    const int64_t t = tok && tok->config().video() ? tok->config().clip_frames : 0;
+    if (cc.clip_frames > 1) {
+        if (t && t != cc.clip_frames)
+            throw magnets::Error("the clip classifier does not fit the tokenizer", what,
+                                 "it takes clips of " + std::to_string(cc.clip_frames) + " frames, the tokenizer makes " +
+                                     std::to_string(t),
+                                 "train-classifier --clip-frames " + std::to_string(t));
+        return cc.clip_frames;
+    }
+    return t ? t : 16;
 }
 
 bool ends_with(const std::string& s, const std::string& suf) {
@@ -178,7 +198,8 @@ bool ends_with(const std::string& s, const std::string& suf) {
 }
 
 // Decodes token files (all with the same grid) through the tokenizer.
-void add_tokens(Set& set, const std::string& path, magnets::Tokenizer* tok, int64_t limit) {
+void add_tokens(Set& set, const std::string& path, magnets::Tokenizer* tok, const magnets::ClassifierConfig& cc,
+                int64_t limit) {
     const magnets::TokenFile tf = magnets::read_token_file(path); // checks it is a token file first
     if (!tok) throw UsageError(path + " is a token file: give --tokenizer to decode it");
     const magnets::TokenizerConfig& tc = tok->config();
@@ -198,12 +219,17 @@ void add_tokens(Set& set, const std::string& path, magnets::Tokenizer* tok, int6
     // An item decodes to clip_frames frames (1 for images): grid_t slots of stacked frames.
     const int64_t T = tc.clip_frames, g = tc.grid_t();
     const int64_t per = tc.channels * tc.image_size * tc.image_size, N = tf.tokens_per_item();
-    if (set.n == 0) { set.channels = tc.channels; set.size = tc.image_size; }
+    const bool whole = cc.clip_frames > 1;
+    if (whole && !tc.video())
+        throw magnets::Error("a clip classifier measures video", path, "the tokenizer makes images",
+                             "use an image classifier for images");
+    if (whole) clip_length(cc, tok, path); // checks the lengths agree
+    if (set.n == 0) { set.channels = whole ? T * tc.channels : tc.channels; set.size = tc.image_size; }
     std::vector<float> clips(static_cast<size_t>(std::min<int64_t>(256, n) * T * per));
     for (int64_t first = 0; first < n; first += 256) {
         const int64_t b = std::min<int64_t>(256, n - first);
         tok->decode(tf.tokens.data() + first * N, b * g, clips.data());
-        add_frames(set, clips.data(), b, T, per, tf.labels.data() + first);
+        add_frames(set, clips.data(), b, T, per, tf.labels.data() + first, whole);
     }
     if (set.class_names.empty()) set.class_names = tf.class_names;
 }
@@ -252,12 +278,12 @@ Set load_set(const std::string& spec, const std::vector<std::string>& parts, mag
     set.spec = spec;
     for (const std::string& p : parts) {
         if (ends_with(p, ".h5") || ends_with(p, ".hdf5")) {
-            add_tokens(set, p, tok, limit);
+            add_tokens(set, p, tok, cc, limit);
             continue;
         }
         if (is_moving(p)) { // clips of the tokenizer's length (16 without a video tokenizer)
             const std::string split = p.size() > 20 && p[20] == ':' ? p.substr(21) : std::string("test");
-            const int64_t T = tok && tok->config().video() ? tok->config().clip_frames : 16;
+            const int64_t T = clip_length(cc, tok, p);
             if (cc.channels != 1)
                 throw magnets::Error("moving-fashion-mnist clips are gray", p, "the feature network takes " +
                                      std::to_string(cc.channels) + " channels", "use a 1-channel feature network");
@@ -267,8 +293,8 @@ Set load_set(const std::string& spec, const std::vector<std::string>& parts, mag
             const int64_t m = limit >= 0 ? std::min(want, clips.count()) : clips.count();
             std::vector<float> x(static_cast<size_t>(m * clips.pixels_per_item()));
             clips.to_float(0, m, x.data());
-            if (set.n == 0) { set.channels = 1; set.size = cc.image_size; }
-            add_frames(set, x.data(), m, T, cc.image_size * cc.image_size, clips.labels.data());
+            if (set.n == 0) { set.channels = cc.in_channels(); set.size = cc.image_size; }
+            add_frames(set, x.data(), m, T, cc.image_size * cc.image_size, clips.labels.data(), cc.clip_frames > 1);
             if (set.class_names.empty()) set.class_names = clips.class_names;
             continue;
         }
@@ -294,10 +320,10 @@ Set load_set(const std::string& spec, const std::vector<std::string>& parts, mag
         set.size = is.height;
     }
     if (set.n == 0) throw magnets::Error("empty set", spec, "no images to evaluate", "check the path, split or --limit");
-    if (set.channels != cc.channels || set.size != cc.image_size)
+    if (set.channels != cc.in_channels() || set.size != cc.image_size)
         throw magnets::Error("images do not fit the classifier", spec,
                              "they are " + std::to_string(set.channels) + "x" + std::to_string(set.size) + "x" +
-                                 std::to_string(set.size) + "; the classifier takes " + std::to_string(cc.channels) +
+                                 std::to_string(set.size) + "; the classifier takes " + std::to_string(cc.in_channels()) +
                                  "x" + std::to_string(cc.image_size) + "x" + std::to_string(cc.image_size),
                              "use a classifier trained at this resolution (train-classifier --image-size/--channels)");
     set.what = describe(set);
@@ -387,14 +413,19 @@ int run_train_classifier(const Args& a) {
     magnets::check_writable(out);
     const int64_t size = a.positive("image-size"), channels = a.positive("channels");
     magnets::ImageSet train, test;
+    const int64_t clip_frames = a.has("clip-frames") ? a.positive("clip-frames") : 1;
     if (spec == "moving-fashion-mnist") {
         // Per-frame features for video: the frames of 16-frame clips, each with its
-        // clip's class; --limit counts clips (default 2,000 train, 500 test).
+        // clip's class; --limit counts clips (default 2,000 train, 500 test). With
+        // --clip-frames T: whole clips of T frames stacked as channels (a
+        // spatio-temporal feature network: the first convolution sees the motion).
         if (channels != 1) throw UsageError("moving-fashion-mnist is gray: --channels 1");
-        const int64_t clips = a.has("limit") ? a.positive("limit") : 2000;
-        train = magnets::clips_to_slots(magnets::load_moving_fashion_mnist("train", clips, 16, size), 1);
-        test = magnets::clips_to_slots(magnets::load_moving_fashion_mnist("test", std::min<int64_t>(clips, 500), 16, size), 1);
+        const int64_t clips = a.has("limit") ? a.positive("limit") : 2000, T = clip_frames > 1 ? clip_frames : 16;
+        const int64_t slot = clip_frames > 1 ? clip_frames : 1;
+        train = magnets::clips_to_slots(magnets::load_moving_fashion_mnist("train", clips, T, size), slot);
+        test = magnets::clips_to_slots(magnets::load_moving_fashion_mnist("test", std::min<int64_t>(clips, 500), T, size), slot);
     } else {
+        if (clip_frames > 1) throw UsageError("--clip-frames needs --dataset moving-fashion-mnist (video clips)");
         train = magnets::load_dataset(spec, spec == "fashion-mnist" ? "train" : "all", channels, size);
         test = spec == "fashion-mnist" ? magnets::load_dataset(spec, "test", channels, size) : magnets::ImageSet{};
     }
@@ -404,7 +435,7 @@ int run_train_classifier(const Args& a) {
         train.pixels.resize(static_cast<size_t>(n * train.pixels_per_item()));
     }
     magnets::ClassifierConfig cc;
-    cc.image_size = size; cc.channels = channels;
+    cc.image_size = size; cc.channels = channels; cc.clip_frames = clip_frames;
     cc.num_classes = static_cast<int64_t>(train.class_names.size());
     cc.dataset = spec;
     cc.class_names = train.class_names;
@@ -418,7 +449,8 @@ int run_train_classifier(const Args& a) {
     net.init(tc.seed);
     print_table({{"dataset", spec + " (" + std::to_string(train.count()) + " training images, " +
                                  std::to_string(cc.num_classes) + " classes)"},
-                 {"input", std::to_string(channels) + "x" + std::to_string(size) + "x" + std::to_string(size)},
+                 {"input", (clip_frames > 1 ? std::to_string(clip_frames) + " frames (as channels) x " : std::string()) +
+                               std::to_string(channels) + "x" + std::to_string(size) + "x" + std::to_string(size)},
                  {"epochs / batch / lr", std::to_string(tc.epochs) + " / " + std::to_string(tc.batch_size) + " / " +
                                              std::to_string(tc.lr)},
                  {"output", out}, {"backend", be->name()}});
@@ -615,7 +647,7 @@ int run_sweep(const Args& a) {
             row.ips = static_cast<double>(classes.size()) / std::max(res.seconds, 1e-9);
             Set gen; // video: every frame of every clip
             gen.spec = label;
-            gen.channels = cc.channels;
+            gen.channels = cc.in_channels();
             gen.size = cc.image_size;
             gen.class_names = class_names;
             const magnets::TokenizerConfig& tcfg = tok.config();
@@ -624,7 +656,7 @@ int run_sweep(const Args& a) {
             for (int64_t f = 0; f < items; f += 256) {
                 const int64_t b = std::min<int64_t>(256, items - f);
                 tok.decode(res.tokens.data() + f * mc.tokens(), b * tcfg.grid_t(), clips.data());
-                add_frames(gen, clips.data(), b, tcfg.clip_frames, per, classes.data() + f);
+                add_frames(gen, clips.data(), b, tcfg.clip_frames, per, classes.data() + f, cc.clip_frames > 1);
             }
             if (tok.config().image_size != cc.image_size || tok.config().channels != cc.channels)
                 throw magnets::Error("the tokenizer's images do not fit the classifier", a.text("tokenizer"), {},

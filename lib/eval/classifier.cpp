@@ -21,6 +21,7 @@ void ClassifierConfig::to_attrs(Attrs& a) const {
     a["image_size"] = image_size; a["channels"] = channels; a["num_classes"] = num_classes;
     a["width1"] = width1; a["width2"] = width2; a["feature_dim"] = feature_dim;
     a["dataset"] = dataset;
+    if (clip_frames > 1) a["clip_frames"] = clip_frames; // image classifiers' files are unchanged
     std::string names;
     for (const auto& c : class_names) names += (names.empty() ? "" : "\n") + c;
     a["class_names"] = names;
@@ -32,6 +33,7 @@ ClassifierConfig ClassifierConfig::from_attrs(const Attrs& a, const std::string&
     c.num_classes = attr_int(a, "num_classes", path); c.width1 = attr_int(a, "width1", path);
     c.width2 = attr_int(a, "width2", path); c.feature_dim = attr_int(a, "feature_dim", path);
     c.dataset = attr_string(a, "dataset", path);
+    if (a.count("clip_frames")) c.clip_frames = attr_int(a, "clip_frames", path);
     const std::string names = attr_string(a, "class_names", path);
     size_t pos = 0;
     while (!names.empty() && pos <= names.size()) {
@@ -59,7 +61,7 @@ struct Classifier::Impl {
     int64_t flat() const { return cfg.width2 * (cfg.image_size / 4) * (cfg.image_size / 4); }
 
     Impl(const ClassifierConfig& c, std::shared_ptr<Backend> b)
-        : cfg(c), be(std::move(b)), c1("conv1", c.channels, c.width1, 3, 1, 1), c2("conv2", c.width1, c.width2, 3, 2, 1),
+        : cfg(c), be(std::move(b)), c1("conv1", c.in_channels(), c.width1, 3, 1, 1), c2("conv2", c.width1, c.width2, 3, 2, 1),
           c3("conv3", c.width2, c.width2, 3, 2, 1) {
         check(c.image_size % 4 == 0 && c.image_size >= 8, "classifier", "image_size must be a multiple of 4 (>= 8)");
         check(c.num_classes >= 2, "classifier", "needs at least 2 classes");
@@ -88,7 +90,7 @@ struct Classifier::Impl {
         Backend& b = *be;
         sync.to_device(b, params());
         const int64_t s = cfg.image_size, F = cfg.feature_dim, C = cfg.num_classes;
-        x.ensure(b, {n, cfg.channels, s, s});
+        x.ensure(b, {n, cfg.in_channels(), s, s});
         b.upload(x.data(), images, static_cast<size_t>(x.numel()));
         c1.forward(b, x, a1); b.relu(a1.data(), a1.data(), a1.numel());
         c2.forward(b, a1, a2); b.relu(a2.data(), a2.data(), a2.numel());
@@ -204,7 +206,7 @@ Classifier Classifier::load(const std::string& path, std::shared_ptr<Backend> ba
 
 void Classifier::features(const float* images, int64_t n, float* feats, float* probs) {
     Impl& m = *impl_;
-    const int64_t per = m.cfg.channels * m.cfg.image_size * m.cfg.image_size, F = m.cfg.feature_dim,
+    const int64_t per = m.cfg.in_channels() * m.cfg.image_size * m.cfg.image_size, F = m.cfg.feature_dim,
                   C = m.cfg.num_classes;
     constexpr int64_t chunk = 256;
     std::vector<float> logits;
@@ -231,7 +233,7 @@ void Classifier::features(const float* images, int64_t n, float* feats, float* p
 void Classifier::train(const ImageSet& data, const ClassifierTrainConfig& tc, const std::function<void(const Log&)>& on_log) {
     Impl& m = *impl_;
     check(data.count() > 0, "cannot train classifier", "the dataset is empty");
-    check(data.channels == m.cfg.channels && data.height == m.cfg.image_size && data.width == m.cfg.image_size,
+    check(data.channels == m.cfg.in_channels() && data.height == m.cfg.image_size && data.width == m.cfg.image_size,
           "cannot train classifier", "images do not have the classifier's size and channels");
     for (int32_t y : data.labels)
         check(y >= 0 && y < m.cfg.num_classes, "cannot train classifier",
@@ -281,7 +283,7 @@ void Classifier::train(const ImageSet& data, const ClassifierTrainConfig& tc, co
 
 double Classifier::accuracy(const ImageSet& data, int64_t batch_size) {
     const int64_t n = data.count(), C = num_classes();
-    check(data.channels == config().channels && data.height == config().image_size, "classifier accuracy",
+    check(data.channels == config().in_channels() && data.height == config().image_size, "classifier accuracy",
           "images do not have the classifier's size and channels");
     std::vector<float> x(static_cast<size_t>(batch_size * data.pixels_per_item())), p(static_cast<size_t>(batch_size * C));
     int64_t ok = 0;

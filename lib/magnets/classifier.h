@@ -31,7 +31,11 @@ inline constexpr int64_t classifier_format_version = 1;
 struct ClassifierConfig {
     int64_t image_size = 32, channels = 1, num_classes = 10;
     int64_t width1 = 32, width2 = 64, feature_dim = 128;
+    // A clip classifier (the spatio-temporal feature network of video metrics)
+    // takes a clip's clip_frames frames stacked as input channels; 1 = images.
+    int64_t clip_frames = 1;
     std::string dataset;                  // what it was trained on ("fashion-mnist", a folder)
+    int64_t in_channels() const { return channels * clip_frames; }
     std::vector<std::string> class_names; // index = label
     void to_attrs(Attrs& a) const;
     static ClassifierConfig from_attrs(const Attrs& a, const std::string& path = {});

@@ -146,6 +146,29 @@ PY
 fi
 done_case "magnets-eval: per-frame metrics of video token files against moving-fashion-mnist"
 
+# A clip classifier (8 frames as channels): clip-level metrics, one feature per clip.
+run "$eval" train-classifier --dataset moving-fashion-mnist --image-size 32 --clip-frames 8 --limit 100 --epochs 1 \
+    -o "$tmp/ccls.h5"
+expect_rc 0; expect_err "8 frames (as channels)"
+run "$eval" metrics --classifier "$tmp/ccls.h5" --tokenizer "$tok" --real moving-fashion-mnist:test \
+    --generated "$tmp/gen.h5" --limit 20 --kid-subset-size 5 --kid-subsets 5 --json
+expect_rc 0
+if ((have_h5py)); then
+    /usr/bin/python3 - "$tmp/out" <<'PY' || why+=("clip-level metrics report")
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["real"] == "moving-fashion-mnist:test (20 clips of 8 frames)", r["real"]
+assert r["generated"].endswith("(10 clips of 8 frames)"), r["generated"]
+import math
+assert math.isfinite(r["metrics"]["fid"]) and r["metrics"]["fid"] > r["floor_metrics"]["fid"], r
+PY
+fi
+run "$eval" train-classifier --dataset moving-fashion-mnist --image-size 32 --clip-frames 4 --limit 10 --epochs 1 \
+    -o "$tmp/c4.h5"
+run "$eval" metrics --classifier "$tmp/c4.h5" --tokenizer "$tok" --real moving-fashion-mnist:test --generated "$tmp/gen.h5"
+expect_runtime_error magnets-eval "takes clips of 4 frames, the tokenizer makes 8"
+done_case "magnets-eval: clip-level metrics with a clip classifier; a clip length that differs is refused"
+
 run "$eval" metrics --classifier "$tmp/cls.h5" --tokenizer "$fixtures/tok_tiny.h5" --real moving-fashion-mnist:test \
     --generated "$tmp/gen.h5" --limit 4
 expect_runtime_error magnets-eval "token file does not fit the tokenizer"
