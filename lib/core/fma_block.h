@@ -100,6 +100,64 @@ inline void fma_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ar
     }
 }
 
+// The same product in 512-bit registers for CPUs with AVX-512, for code
+// that chose it at run time (nn/transformer_ops.inc's avx512 instance; the
+// caller checks cpu_has_avx512()). C[MR x 16] in MR vector accumulators
+// (MR <= 12), B's row as one vector, A's element broadcast from memory. Each
+// C element is still one FMA chain over k in increasing order from zero (or
+// C's old value), so it gives the bits of fma_gemm.
+// The same target string as the #pragma GCC target of host_train_ops.cpp,
+// so the kernels inline there.
+#define MAGNETS_TARGET_AVX512 \
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512cd,prefer-vector-width=512")))
+
+template <int MR>
+MAGNETS_TARGET_AVX512 inline void fma512_block_x16(int64_t K, const float* a, int64_t ars, int64_t aks, const float* b,
+                                                   int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+    static_assert(MR >= 1 && MR <= 12, "at most 12 rows: 12 accumulators + B + broadcasts");
+    __m512 acc[MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) acc[i] = accumulate ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; ++k) {
+        const __m512 bk = _mm512_loadu_ps(b + k * ldb);
+        const float* ak = a + k * aks;
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(ak[i * ars]), bk, acc[i]);
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) _mm512_storeu_ps(c + i * ldc, acc[i]);
+}
+
+MAGNETS_TARGET_AVX512 inline void fma512_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ars,
+                                              int64_t aks, const float* b, int64_t ldb, float* c, int64_t ldc,
+                                              bool accumulate = false) {
+    for (int64_t j = 0; j < N; j += 16) {
+        int64_t i = 0;
+        for (; i + 12 <= M; i += 12) fma512_block_x16<12>(K, a + i * ars, ars, aks, b + j, ldb, c + i * ldc + j, ldc, accumulate);
+        const float* ai = a + i * ars;
+        float* ci = c + i * ldc + j;
+        switch (M - i) {
+        case 11: fma512_block_x16<11>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
+        case 10: fma512_block_x16<10>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
+        case 9: fma512_block_x16<9>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
+        case 8: fma512_block_x16<8>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
+        case 7: fma512_block_x16<7>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
+        case 6: fma512_block_x16<6>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
+        case 5: fma512_block_x16<5>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
+        case 4: fma512_block_x16<4>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
+        case 3: fma512_block_x16<3>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
+        case 2: fma512_block_x16<2>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
+        case 1: fma512_block_x16<1>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
+        default: break;
+        }
+    }
+}
+
+// Whether this CPU runs the AVX-512 code above (F, VL, BW, DQ, CD: what
+// x86-64-v4 code may use), unless MAGNETS_CPU_ISA=avx2 in the environment
+// asks for the AVX2 code (to compare the two, or to rule the wide code out).
+bool cpu_has_avx512();
+
 // 8x8 block transpose: out[j * ldo + i] = in[i * ldi + j] for i, j < 8.
 inline void transpose8(const float* in, int64_t ldi, float* out, int64_t ldo) {
     __m256 r0 = _mm256_loadu_ps(in), r1 = _mm256_loadu_ps(in + ldi), r2 = _mm256_loadu_ps(in + 2 * ldi),

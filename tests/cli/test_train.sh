@@ -88,6 +88,29 @@ else
     skip_case "check_h5py.py validates the transformer checkpoint layout" "no h5py"
 fi
 
+# ---- the AVX2 and AVX-512 instances of the training ops agree -------------------------
+# (lib/cpu/host_train_ops.cpp picks the AVX-512 one where the CPU has it;
+# MAGNETS_CPU_ISA=avx2 forces the other.) Same run, same data: the losses of
+# every logged step within 1e-4 relative (rounding of exp/erf in other lane
+# orders; a wrong kernel is off by far more).
+if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+    run env MAGNETS_CPU_ISA=avx2 "$train" "${tiny[@]}" --steps 20 -o "$d/avx2.h5" --log "$d/avx2.jsonl"
+    expect_rc 0
+    /usr/bin/python3 - "$d/log.jsonl" "$d/avx2.jsonl" >>"$tmp/err" 2>&1 <<'PY' || why+=("losses differ between AVX-512 and AVX2 (see stderr)")
+import json, sys
+def losses(p):
+    return [(r["step"], r["loss"]) for r in map(json.loads, open(p)) if "loss" in r and not r.get("validation")]
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+assert len(a) == len(b) and len(a) >= 4, (len(a), len(b))
+for (sa, la), (sb, lb) in zip(a, b):
+    assert sa == sb and abs(la - lb) <= 1e-4 * abs(la), (sa, la, lb)
+print("avx512/avx2 losses agree:", len(a), "steps, last", a[-1][1], b[-1][1])
+PY
+    done_case "training: the AVX-512 ops give the AVX2 ops' losses (1e-4 relative)"
+else
+    skip_case "training: the AVX-512 ops give the AVX2 ops' losses (1e-4 relative)" "no AVX-512 on this CPU"
+fi
+
 # ---- exact resume ---------------------------------------------------------------------
 run "$train" "${tiny[@]}" --steps 20 --checkpoint-every 5 -o "$d/stopped.h5" --stop-after 8
 expect_rc 0; expect_err "resume with"
