@@ -6,8 +6,10 @@
 //   bench_backend                      # table, about a minute
 //   bench_backend --threads 1 --csv    # CSV for scripts
 //
-// Peak = 32 FLOP/cycle/core (two 8-wide FMA pipes, AVX2) x cores used x the
-// clock from /proc/cpuinfo "cpu MHz"; --peak-gflops overrides it.
+// Peak = the measured FMA rate of one core (bench/cpu_peak.h: the widest
+// vectors the CPU has, at the clock it runs) x cores used; --peak-gflops
+// overrides it.
+#include "cpu_peak.h"
 #include "magnets/backend.h"
 #include "magnets/error.h"
 
@@ -17,7 +19,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <random>
 #include <string>
@@ -69,7 +70,7 @@ const std::vector<OptionSpec>& option_table() {
          [](Options& o, const char* v) { return parse_int(v, o.repeats); }},
         {"--csv", nullptr, "print CSV instead of a table",
          [](Options& o, const char*) { return o.csv = true; }},
-        {"--peak-gflops", "X", "f32 peak used for % of peak (default: 32 x cores x cpu MHz)",
+        {"--peak-gflops", "X", "f32 peak used for % of peak (default: measured per core x cores)",
          [](Options& o, const char* v) { return parse_double(v, o.peak_gflops); }},
         {"--only", "TEXT", "run only the cases whose name contains TEXT",
          [](Options& o, const char* v) {
@@ -124,18 +125,6 @@ int parse_args(int argc, char** argv, Options& opt) {
 // ---- machine ------------------------------------------------------------------
 
 // First "cpu MHz" line of /proc/cpuinfo, or 0.
-double cpu_mhz() {
-    std::ifstream f("/proc/cpuinfo");
-    std::string line;
-    while (std::getline(f, line)) {
-        if (line.rfind("cpu MHz", 0) == 0) {
-            const size_t colon = line.find(':');
-            if (colon != std::string::npos) return std::atof(line.c_str() + colon + 1);
-        }
-    }
-    return 0.0;
-}
-
 double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -309,8 +298,8 @@ int main(int argc, char** argv) {
         const int threads = num_threads();
         const int hw_cores = int(std::max(1u, std::thread::hardware_concurrency()));
         const int cores = std::min(threads, hw_cores);
-        const double mhz = cpu_mhz();
-        const double peak = opt.peak_gflops > 0 ? opt.peak_gflops : 32.0 * cores * mhz / 1000.0;
+        const bench::CpuPeak measured = opt.peak_gflops > 0 ? bench::CpuPeak{} : bench::measure_cpu_peak();
+        const double peak = opt.peak_gflops > 0 ? opt.peak_gflops : measured.gflops_per_core * cores;
 
         std::vector<std::string> names;
         for (const std::string& n : available_backends())
@@ -326,9 +315,9 @@ int main(int argc, char** argv) {
         if (opt.peak_gflops > 0)
             std::printf("# peak %.1f GFLOP/s (--peak-gflops)\n", peak);
         else
-            std::printf("# peak %.1f GFLOP/s = 32 FLOP/cycle/core x %d core%s x %.3f GHz "
-                        "(/proc/cpuinfo \"cpu MHz\"; override with --peak-gflops)\n",
-                        peak, cores, cores == 1 ? "" : "s", mhz / 1000.0);
+            std::printf("# peak %.1f GFLOP/s = %.1f per core measured (%s FMA chains, bench/cpu_peak.h) x %d core%s "
+                        "(override with --peak-gflops)\n",
+                        peak, measured.gflops_per_core, measured.isa.c_str(), cores, cores == 1 ? "" : "s");
         std::printf("# times: median of the repeats after one warm-up call, mean +- sd in "
                     "ms; ratio = ref time / backend time\n");
 

@@ -68,9 +68,9 @@ if ! "$python" -c 'import torch' 2>/dev/null; then
     exit 1
 fi
 
-# The CPU's f32 peak per core as bench_backend counts it: 32 FLOP/cycle
-# (two 8-wide FMA units) x the clock in /proc/cpuinfo.
-peak="$(awk -F: '/cpu MHz/ {printf "%.1f", 32 * $2 / 1000; exit}' /proc/cpuinfo)"
+# The CPU's f32 peak per core, measured (bench/cpu_peak.h: FMA chains in
+# the widest vectors the CPU has, at the clock it really runs).
+peak="$("$build/bench/cpu_peak" 2>/dev/null || true)"
 mkdir -p out/bench
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 
@@ -189,7 +189,7 @@ for threads in sorted({r["threads"] for r in rows}):
 
 print("GFLOP/img counts the model's matmul and attention FLOPs actually computed per image, both branches "
       "(magnets::step_flops; the cache cuts rows, PyTorch recomputes every position); "
-      f"f32 peak per core: {peak if peak else 'unknown'} GFLOP/s (32 FLOP/cycle x /proc/cpuinfo clock)")
+      f"f32 peak per core: {peak if peak else 'unknown'} GFLOP/s (measured by bench/cpu_peak: FMA chains in the widest vectors)")
 a = next((r for r in rows if r["impl"] == "pytorch"), None)
 if a:
     print(f"PyTorch: attention {a['attention']}, weights {a['weights']} (per sub-model packed, fused qkv), "

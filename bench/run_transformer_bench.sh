@@ -78,9 +78,9 @@ for t in $threads; do
     done
 done
 
-# The CPU's f32 peak per core as bench_backend counts it: 32 FLOP/cycle
-# (two 8-wide FMA units) x the clock in /proc/cpuinfo.
-peak="$(awk -F: '/cpu MHz/ {printf "%.1f", 32 * $2 / 1000; exit}' /proc/cpuinfo)"
+# The CPU's f32 peak per core, measured (bench/cpu_peak.h: FMA chains in
+# the widest vectors the CPU has, at the clock it really runs).
+peak="$("$build/bench/cpu_peak" 2>/dev/null || true)"
 
 "$python" - "$raw" "$shape" "$command_line" "$peak" <<'PY' | tee "$table"
 import json, platform, statistics, sys
@@ -123,7 +123,7 @@ for threads in sorted({k[0] for k in by}):
 print()
 print("magnets/torch: magnets' tokens/s over that row's; pytorch runs the head on the masked rows as magnets does")
 print(f"GFLOP/s counts the model's matmul and attention FLOPs (3x forward, head on every position) for all; f32 peak per core: "
-      f"{peak if peak else 'unknown'} GFLOP/s (32 FLOP/cycle x /proc/cpuinfo clock)")
+      f"{peak if peak else 'unknown'} GFLOP/s (measured by bench/cpu_peak: FMA chains in the widest vectors)")
 print(f"each run: {rows[0]['steps']} timed steps after warm-up; runs alternate magnets/PyTorch")
 print(f"command: {command}")
 print(f"raw results: {raw}")
