@@ -382,6 +382,9 @@ TEST_CASE("matmul: every backend matches ref") {
                 check_matmul_against_ref(*be, *ref, {1, 17, 33, bool(ta), bool(tb), 1, 0}, seed++);
                 check_matmul_against_ref(*be, *ref, {19, 1, 5, bool(ta), bool(tb), 2, 1, 2.0f, 0.25f}, seed++);
             }
+        // m >= 256 with A * W^T: oneDNN copies W transposed first; sizes off the 8x8 blocks, strided.
+        check_matmul_against_ref(*be, *ref, {260, 13, 27, false, true, 5, 2, 1.0f, 0.5f}, seed++);
+        check_matmul_against_ref(*be, *ref, {512, 24, 40, false, true, 8, 0}, seed++);
         // Nested-model slice: W [192, 384], the leading block of [768, 3072], used as A * W^T.
         check_matmul_against_ref(*be, *ref, {32, 192, 768 / 2, false, true, 3072 - 768 / 2, 576}, seed++);
     }

@@ -25,6 +25,7 @@
 //   come from OpenMP (oneDNN's CPU runtime here), see set_num_threads().
 #include "core/backend_registry.h"
 #include "cpu/host_backend.h"
+#include "core/fma_block.h"
 #include "cpu/winograd.h"
 #include "magnets/error.h"
 
@@ -32,6 +33,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -123,6 +125,18 @@ public:
                     x = beta == 0.0f ? 0.0f : beta * x;
                 }
             return;
+        }
+        // A transposed weight (C = A W^T, the layers' forward products) is
+        // copied into [k, n] order first when the product is much larger than
+        // the copy: oneDNN 2.6 packs a transposed B slowly, and for a prefix
+        // slice (ld > k) falls back to its older GEMM (the training step's
+        // 4160x64 * [64, 64]^T ran at 51 GFLOP/s against 127 untransposed, on
+        // an AVX-512 core; the copy is 1/m of the product's work).
+        if (trans_b && !trans_a && d.m >= k_transpose_b_min_m && transpose_b_enabled()) {
+            bt_.resize(static_cast<size_t>(d.k * d.n));
+            transpose_into(b.data, b.ld, d.n, d.k, bt_.data());
+            b = ConstMat{bt_.data(), d.k, d.n, d.n};
+            trans_b = false;
         }
         const Key key{{0, d.m, d.n, d.k, a.ld, b.ld, c.ld, trans_a, trans_b, float_bits(alpha),
                        float_bits(beta), 0}};
@@ -217,6 +231,30 @@ private:
         for (Port& p : plan.ports)
             if (p.reordered && !p.input) p.reorder.execute(stream_, p.inner, p.user);
         stream_.wait();
+    }
+
+    // Products with at least this many rows copy a transposed B (see matmul).
+    static constexpr int64_t k_transpose_b_min_m = 256;
+    static bool transpose_b_enabled() {
+        static const bool on = [] {
+            const char* e = std::getenv("MAGNETS_ONEDNN_TRANSPOSE_B");
+            return !(e && std::strcmp(e, "0") == 0);
+        }();
+        return on;
+    }
+    // t [k, n] (ld n) = the transpose of b stored [n, k] (ld ldb).
+    static void transpose_into(const float* b, int64_t ldb, int64_t n, int64_t k, float* t) {
+        int64_t j0 = 0;
+#if defined(MAGNETS_HAVE_FMA_BLOCK)
+        for (; j0 + 8 <= n; j0 += 8) {
+            int64_t k0 = 0;
+            for (; k0 + 8 <= k; k0 += 8) simd::transpose8(b + j0 * ldb + k0, ldb, t + k0 * n + j0, n);
+            for (; k0 < k; ++k0)
+                for (int64_t j = j0; j < j0 + 8; ++j) t[k0 * n + j] = b[j * ldb + k0];
+        }
+#endif
+        for (int64_t kk = 0; kk < k; ++kk)
+            for (int64_t j = j0; j < n; ++j) t[kk * n + j] = b[j * ldb + kk];
     }
 
     // op(A) [m, k] from A stored [m, k] (strides {ld, 1}) or [k, m] (strides {1, ld}).
@@ -346,6 +384,7 @@ private:
     dnnl::engine engine_;
     dnnl::stream stream_;
     PlanMap matmul_plans_, conv_plans_;
+    std::vector<float> bt_; // the transposed B of matmul
     std::vector<Scratch> scratch_;
 };
 
