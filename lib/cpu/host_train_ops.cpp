@@ -24,7 +24,9 @@
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512cd,prefer-vector-width=512")
 namespace magnets::nn::ops::avx512 {
 #define MAGNETS_OPS_FMA_GEMM simd::fma512_gemm
+#define MAGNETS_OPS_AVX512 1
 #include "nn/transformer_ops.inc"
+#undef MAGNETS_OPS_AVX512
 #undef MAGNETS_OPS_FMA_GEMM
 } // namespace magnets::nn::ops::avx512
 #pragma GCC pop_options
