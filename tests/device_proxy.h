@@ -150,9 +150,9 @@ public:
         devs("bias_gelu_forward", u, b, g);
         MAGNETS_FWD(bias_gelu_forward(u, b, g, rows, n));
     }
-    void gelu_bias_backward(const float* u, const float* dg, float* du, float* db, int64_t rows, int64_t n) override {
-        devs("gelu_bias_backward", u, dg, du, db);
-        MAGNETS_FWD(gelu_bias_backward(u, dg, du, db, rows, n));
+    void gelu_bias_backward(const float* gp, const float* dg, float* du, float* db, int64_t rows, int64_t n) override {
+        devs("gelu_bias_backward", gp, dg, du, db);
+        MAGNETS_FWD(gelu_bias_backward(gp, dg, du, db, rows, n));
     }
     void attention_forward(const float* q, const float* k, const float* v, int64_t ld, float* out, float* probs,
                            int64_t batch, int64_t seq, int64_t heads, int64_t hd) override {

@@ -337,26 +337,70 @@ TEST_CASE("GELU backward matches finite differences (double)") {
     CHECK(fd_check(u, du, loss) < 1e-5);
 }
 
-TEST_CASE("the fused GELU and bias backward gives the bits of the two ops, on any thread count") {
+TEST_CASE("the fused bias + GELU forward and GELU + bias backward give the bits of the separate ops, on any thread count") {
     const int64_t rows = 1000, n = 80; // column blocks of 32: two full, one partial; parallel
-    std::vector<float> u(static_cast<size_t>(rows * n)), dg(u.size());
+    std::vector<float> u0(static_cast<size_t>(rows * n)), dg(u0.size()), b(static_cast<size_t>(n));
     Philox rng(12);
-    for (size_t i = 0; i < u.size(); ++i) {
-        u[i] = rng.normal(1, i) * 2.0f;
+    for (size_t i = 0; i < u0.size(); ++i) {
+        u0[i] = rng.normal(1, i) * 2.0f;
         dg[i] = rng.normal(2, i);
     }
-    std::vector<float> du_ref(u.size()), db_ref(static_cast<size_t>(n), 0.5f);
-    nn::ops::gelu_backward(u.data(), dg.data(), du_ref.data(), rows * n);
+    for (size_t j = 0; j < b.size(); ++j) b[j] = rng.normal(3, j);
+    // separate ops: x = u + b, g = gelu(x), du = dg * gelu'(x), db += colsum(du)
+    std::vector<float> x = u0, g_ref(u0.size()), du_ref(u0.size()), db_ref(static_cast<size_t>(n), 0.5f);
+    nn::ops::add_bias(x.data(), n, b.data(), rows, n);
+    nn::ops::gelu_forward(x.data(), g_ref.data(), rows * n);
+    nn::ops::gelu_backward(x.data(), dg.data(), du_ref.data(), rows * n);
     nn::ops::bias_backward(du_ref.data(), n, db_ref.data(), rows, n);
     for (int threads : {1, 2}) {
         set_num_threads(threads);
+        CAPTURE(threads);
+        std::vector<float> u = u0, g(u0.size());
+        nn::ops::bias_gelu_forward(u.data(), b.data(), g.data(), rows, n); // u becomes gelu'(x)
+        CHECK(std::memcmp(g.data(), g_ref.data(), sizeof(float) * g.size()) == 0);
         std::vector<float> du = dg, db(static_cast<size_t>(n), 0.5f); // in place, as the model calls it
         nn::ops::gelu_bias_backward(u.data(), du.data(), du.data(), db.data(), rows, n);
-        CAPTURE(threads);
-        CHECK(std::memcmp(du.data(), du_ref.data(), sizeof(float) * du.size()) == 0);
-        CHECK(std::memcmp(db.data(), db_ref.data(), sizeof(float) * db.size()) == 0);
+        // gelu'(x) is rounded to float before the product here, inside one
+        // expression in gelu_backward: within 1 ulp of the product (2^-23 relative)
+        double worst = 0;
+        for (size_t i = 0; i < du.size(); ++i)
+            worst = std::max(worst, std::abs(double(du[i]) - du_ref[i]) / (std::abs(double(du_ref[i])) + 1e-30));
+        CHECK(worst < 2.5e-7);
+        for (int64_t j = 0; j < n; ++j) CHECK(db[size_t(j)] == doctest::Approx(db_ref[size_t(j)]).epsilon(1e-5));
     }
     set_num_threads(0);
+}
+
+TEST_CASE("Backend::matmul_gelu_backward equals matmul then gelu_bias_backward, on every CPU backend") {
+    const int64_t m = 300, n = 48, k = 20; // m >= 256: onednn's transposed-B copy too
+    std::vector<float> a(size_t(m * k)), w(size_t(n * k)), gp(size_t(m * n));
+    Philox rng(21);
+    for (size_t i = 0; i < a.size(); ++i) a[i] = rng.normal(1, i);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = rng.normal(2, i);
+    for (size_t i = 0; i < gp.size(); ++i) gp[i] = rng.uniform(3, i) * 1.2f - 0.1f;
+    for (const std::string& name : available_backends()) {
+        CAPTURE(name);
+        auto be = make_backend(name);
+        for (bool tb : {false, true}) {
+            CAPTURE(tb);
+            // B is [k, n] or, transposed, [n, k]: the same values either way
+            std::vector<float> bm(size_t(n * k));
+            for (int64_t r = 0; r < k; ++r)
+                for (int64_t c = 0; c < n; ++c) bm[size_t(tb ? c * k + r : r * n + c)] = w[size_t(r * n + c)];
+            const ConstMat B(bm.data(), tb ? n : k, tb ? k : n, tb ? k : n);
+            std::vector<float> du_ref(size_t(m * n)), db_ref(size_t(n), 0.25f);
+            be->matmul(ConstMat(a.data(), m, k, k), false, B, tb, Mat{du_ref.data(), m, n, n});
+            be->gelu_bias_backward(gp.data(), du_ref.data(), du_ref.data(), db_ref.data(), m, n);
+            std::vector<float> du(size_t(m * n), NAN), db(size_t(n), 0.25f);
+            be->matmul_gelu_backward(ConstMat(a.data(), m, k, k), false, B, tb, Mat{du.data(), m, n, n}, gp.data(),
+                                     db.data());
+            double worst = 0;
+            for (size_t i = 0; i < du.size(); ++i)
+                worst = std::max(worst, std::abs(double(du[i]) - du_ref[i]) / (std::abs(double(du_ref[i])) + 1e-3));
+            CHECK(worst < 1e-5); // the same product; only the kernel's rounding may differ
+            for (int64_t j = 0; j < n; ++j) CHECK(db[size_t(j)] == doctest::Approx(db_ref[size_t(j)]).epsilon(1e-4));
+        }
+    }
 }
 
 // ---- configuration -------------------------------------------------------------------

@@ -24,6 +24,13 @@ const char* op_name(Op op) {
     return "unknown";
 }
 
+void Backend::matmul_gelu_backward(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat du, const float* gp,
+                                   float* db) {
+    check(du.ld == du.cols, "matmul_gelu_backward", "du must be contiguous (ld = cols)");
+    matmul(a, trans_a, b, trans_b, du);
+    gelu_bias_backward(gp, du.data, du.data, db, du.rows, du.cols);
+}
+
 std::vector<std::string> available_backends() {
     std::vector<std::string> names{"ref"};
 #if MAGNETS_HAVE_ONEDNN

@@ -310,8 +310,8 @@ public:
         cuda::add_bias(*this, u, n, b, rows, n);
         cuda::gelu_forward(*this, u, g, rows * n);
     }
-    void gelu_bias_backward(const float* u, const float* dg, float* du, float* db, int64_t rows, int64_t n) override {
-        cuda::gelu_backward(*this, u, dg, du, rows * n);
+    void gelu_bias_backward(const float* gp, const float* dg, float* du, float* db, int64_t rows, int64_t n) override {
+        cuda::gelu_backward(*this, gp, dg, du, rows * n);
         cuda::bias_backward(*this, du, n, db, rows, n);
     }
     void attention_forward(const float* q, const float* k, const float* v, int64_t ld, float* out, float* probs,

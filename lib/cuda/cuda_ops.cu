@@ -120,18 +120,21 @@ __global__ void add_bias_kernel(float* y, int64_t ld, const float* b, int64_t ro
     y[i * ld + j] += b[j];
 }
 
-__global__ void gelu_forward_kernel(const float* u, float* g, int64_t count) {
-    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i < count) g[i] = 0.5f * u[i] * (1.0f + erff(u[i] * static_cast<float>(M_SQRT1_2)));
-}
-
-__global__ void gelu_backward_kernel(const float* u, const float* dg, float* du, int64_t count) {
+// g = GELU(u) and u = GELU'(u) (what the backward needs), in place.
+__global__ void gelu_forward_kernel(float* u, float* g, int64_t count) {
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= count) return;
     const float k = static_cast<float>(0.5 * M_2_SQRTPI * M_SQRT1_2);
     const float x = u[i];
     const float cdf = 0.5f * (1.0f + erff(x * static_cast<float>(M_SQRT1_2)));
-    du[i] = dg[i] * (cdf + x * k * expf(-0.5f * x * x));
+    g[i] = x * cdf;
+    u[i] = cdf + x * k * expf(-0.5f * x * x);
+}
+
+// du = dg * gp (gp = GELU' from gelu_forward_kernel); du may alias dg.
+__global__ void gelu_backward_kernel(const float* gp, const float* dg, float* du, int64_t count) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < count) du[i] = dg[i] * gp[i];
 }
 
 // ---- attention ----------------------------------------------------------------------------
@@ -430,15 +433,15 @@ void bias_backward(Backend& be, const float* dy, int64_t ld, float* db, int64_t 
     column_sums(be, stream_of(be), dy, ld, nullptr, 0, nullptr, nullptr, rows, n, db);
 }
 
-void gelu_forward(Backend& be, const float* u, float* g, int64_t count) {
+void gelu_forward(Backend& be, float* u, float* g, int64_t count) {
     if (count == 0) return;
     gelu_forward_kernel<<<blocks_for(count, 256), 256, 0, stream_of(be)>>>(u, g, count);
     check(cudaGetLastError(), "gelu_forward");
 }
 
-void gelu_backward(Backend& be, const float* u, const float* dg, float* du, int64_t count) {
+void gelu_backward(Backend& be, const float* gp, const float* dg, float* du, int64_t count) {
     if (count == 0) return;
-    gelu_backward_kernel<<<blocks_for(count, 256), 256, 0, stream_of(be)>>>(u, dg, du, count);
+    gelu_backward_kernel<<<blocks_for(count, 256), 256, 0, stream_of(be)>>>(gp, dg, du, count);
     check(cudaGetLastError(), "gelu_backward");
 }
 

@@ -29,8 +29,10 @@ void add_bias(Backend& be, float* y, int64_t ld, const float* b, int64_t rows, i
 void bias_backward(Backend& be, const float* dy, int64_t ld, float* db, int64_t rows, int64_t n);
 
 // Exact (erf) GELU; du may alias dg.
-void gelu_forward(Backend& be, const float* u, float* g, int64_t count);
-void gelu_backward(Backend& be, const float* u, const float* dg, float* du, int64_t count);
+// g = GELU(u), then u = GELU'(u) in place (Backend::bias_gelu_forward).
+void gelu_forward(Backend& be, float* u, float* g, int64_t count);
+// du = dg * gp (gp = GELU' as gelu_forward left it).
+void gelu_backward(Backend& be, const float* gp, const float* dg, float* du, int64_t count);
 
 // Bidirectional attention as nn::ops::attention_forward: q, k, v, out [batch *
 // seq, heads * hd] with leading dimension ld; probs [batch, heads, seq, seq].

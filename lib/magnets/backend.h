@@ -140,11 +140,18 @@ public:
     virtual void add_bias(float* y, int64_t ld, const float* b, int64_t rows, int64_t n) = 0;
     // db += column sums of dy.
     virtual void bias_backward(const float* dy, int64_t ld, float* db, int64_t rows, int64_t n) = 0;
-    // u [rows, n] += b per row, then g = GELU(u) (exact, erf).
+    // x = u [rows, n] + b per row; g = GELU(x) (exact, erf); u = GELU'(x),
+    // the derivative the backward needs (x itself is not kept).
     virtual void bias_gelu_forward(float* u, const float* b, float* g, int64_t rows, int64_t n) = 0;
-    // du = dg * GELU'(u) (du may alias dg); db += column sums of du.
-    virtual void gelu_bias_backward(const float* u, const float* dg, float* du, float* db, int64_t rows,
+    // du = dg * gp with gp = GELU'(x) as bias_gelu_forward left it in u (du
+    // may alias dg); db += column sums of du.
+    virtual void gelu_bias_backward(const float* gp, const float* dg, float* du, float* db, int64_t rows,
                                     int64_t n) = 0;
+    // matmul (alpha 1, beta 0) into du [m, n] (contiguous), then
+    // gelu_bias_backward(gp, du, du, db): the MLP's backward through GELU. A
+    // backend may fuse the product by gp into the matmul (onednn does).
+    virtual void matmul_gelu_backward(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat du, const float* gp,
+                                      float* db);
     // Bidirectional attention: q, k, v, out [batch * seq, heads * hd] with
     // leading dimension ld; probs [batch, heads, seq, seq] saved for backward.
     virtual void attention_forward(const float* q, const float* k, const float* v, int64_t ld, float* out,

@@ -366,10 +366,11 @@ void Transformer::Impl::backward() {
         const Layer& L = layers[static_cast<size_t>(l)];
         const ConstMat dxm = cm(dx.data(), R, r, r);
         // MLP: x_next = x_mid + fc2(gelu(fc1(LN2(x_mid))))
-        B.matmul(dxm, false, cm(L.fc2_w->W(), r, f, F), false, mm(du.data(), R, f, f));
         B.matmul(dxm, true, cm(A.g.data(), R, f, f), false, mm(L.fc2_w->G(), r, f, F), 1.0f, 1.0f);
         B.bias_backward(dx.data(), r, L.fc2_b->G(), R, r);
-        B.gelu_bias_backward(A.u.data(), du.data(), du.data(), L.fc1_b->G(), R, f);
+        // du = (dx fc2) * GELU'(fc1 output), which forward left in A.u
+        B.matmul_gelu_backward(dxm, false, cm(L.fc2_w->W(), r, f, F), false, mm(du.data(), R, f, f), A.u.data(),
+                               L.fc1_b->G());
         const ConstMat dum = cm(du.data(), R, f, f);
         B.matmul(dum, false, cm(L.fc1_w->W(), f, r, D), false, mm(dh.data(), R, r, r));
         B.matmul(dum, true, cm(A.h2.data(), R, r, r), false, mm(L.fc1_w->G(), f, r, D), 1.0f, 1.0f);

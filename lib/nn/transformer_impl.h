@@ -56,6 +56,7 @@ struct Transformer::Impl {
 
     // Saved activations of the last forward (sized for the full model, used
     // densely at the running sub-model's widths), in the backend's memory.
+    // u holds GELU'(fc1 output), not the output itself (bias_gelu_forward).
     struct Acts {
         nn::BackendBuffer x_in, h1, mean1, rstd1, q, k, v, probs, att, x_mid, h2, mean2, rstd2, u, g;
     };

@@ -116,42 +116,18 @@ public:
 
     void matmul(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, float alpha,
                 float beta) override {
-        const MatmulDims d = check_matmul_args("onednn", a, trans_a, b, trans_b, c);
-        if (d.m == 0 || d.n == 0) return;
-        if (d.k == 0) { // oneDNN rejects empty reductions; C = beta * C
-            for (int64_t i = 0; i < d.m; ++i)
-                for (int64_t j = 0; j < d.n; ++j) {
-                    float& x = c.data[i * c.ld + j];
-                    x = beta == 0.0f ? 0.0f : beta * x;
-                }
-            return;
-        }
-        // A transposed weight (C = A W^T, the layers' forward products) is
-        // copied into [k, n] order first when the product is much larger than
-        // the copy: oneDNN 2.6 packs a transposed B slowly, and for a prefix
-        // slice (ld > k) falls back to its older GEMM (the training step's
-        // 4160x64 * [64, 64]^T ran at 51 GFLOP/s against 127 untransposed, on
-        // an AVX-512 core; the copy is 1/m of the product's work).
-        if (trans_b && !trans_a && d.m >= k_transpose_b_min_m && transpose_b_enabled()) {
-            bt_.resize(static_cast<size_t>(d.k * d.n));
-            transpose_into(b.data, b.ld, d.n, d.k, bt_.data());
-            b = ConstMat{bt_.data(), d.k, d.n, d.n};
-            trans_b = false;
-        }
-        const Key key{{0, d.m, d.n, d.k, a.ld, b.ld, c.ld, trans_a, trans_b, float_bits(alpha),
-                       float_bits(beta), 0}};
-        try {
-            Plan& plan = find_or_make(matmul_plans_, key, [&] {
-                return make_matmul_plan(d, a.ld, trans_a, b.ld, trans_b, c.ld, alpha, beta);
-            });
-            run(plan, {a.data, b.data, c.data});
-        } catch (const dnnl::error& e) {
-            throw Error("onednn matmul failed", {}, dnnl_why(e, "m " + std::to_string(d.m) + ", n " +
-                                                                  std::to_string(d.n) + ", k " +
-                                                                  std::to_string(d.k)),
-                        "use the ref backend to compute this case");
-        }
+        matmul_into(a, trans_a, b, trans_b, c, alpha, beta, nullptr);
     }
+
+    // The product by GELU' as a binary post-op: du is written once, instead of
+    // written by the matmul and read and rewritten by a separate pass.
+    void matmul_gelu_backward(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat du, const float* gp,
+                              float* db) override {
+        check(du.ld == du.cols, "matmul_gelu_backward", "du must be contiguous (ld = cols)");
+        matmul_into(a, trans_a, b, trans_b, du, 1.0f, 0.0f, gp);
+        bias_backward(du.data, du.ld, db, du.rows, du.cols);
+    }
+
 
     void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias,
                         float* y) override {
@@ -178,6 +154,48 @@ public:
     }
 
 private:
+    // c = (alpha op(a) op(b)) * mul (elementwise, mul [m, n] contiguous, when
+    // not null) + beta c.
+    void matmul_into(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, float alpha, float beta,
+                     const float* mul) {
+        const MatmulDims d = check_matmul_args("onednn", a, trans_a, b, trans_b, c);
+        if (d.m == 0 || d.n == 0) return;
+        if (d.k == 0) { // oneDNN rejects empty reductions; C = beta * C
+            for (int64_t i = 0; i < d.m; ++i)
+                for (int64_t j = 0; j < d.n; ++j) {
+                    float& x = c.data[i * c.ld + j];
+                    x = beta == 0.0f ? 0.0f : beta * x;
+                }
+            return;
+            // (with mul, alpha op(a) op(b) = 0 times mul is 0 as well)
+        }
+        // A transposed weight (C = A W^T, the layers' forward products) is
+        // copied into [k, n] order first when the product is much larger than
+        // the copy: oneDNN 2.6 packs a transposed B slowly, and for a prefix
+        // slice (ld > k) falls back to its older GEMM (the training step's
+        // 4160x64 * [64, 64]^T ran at 51 GFLOP/s against 127 untransposed, on
+        // an AVX-512 core; the copy is 1/m of the product's work).
+        if (trans_b && !trans_a && d.m >= k_transpose_b_min_m && transpose_b_enabled()) {
+            bt_.resize(static_cast<size_t>(d.k * d.n));
+            transpose_into(b.data, b.ld, d.n, d.k, bt_.data());
+            b = ConstMat{bt_.data(), d.k, d.n, d.n};
+            trans_b = false;
+        }
+        const Key key{{0, d.m, d.n, d.k, a.ld, b.ld, c.ld, trans_a, trans_b, float_bits(alpha),
+                       float_bits(beta), mul != nullptr}};
+        try {
+            Plan& plan = find_or_make(matmul_plans_, key, [&] {
+                return make_matmul_plan(d, a.ld, trans_a, b.ld, trans_b, c.ld, alpha, beta, mul != nullptr);
+            });
+            run(plan, {a.data, b.data, c.data, mul});
+        } catch (const dnnl::error& e) {
+            throw Error("onednn matmul failed", {}, dnnl_why(e, "m " + std::to_string(d.m) + ", n " +
+                                                                  std::to_string(d.n) + ", k " +
+                                                                  std::to_string(d.k)),
+                        "use the ref backend to compute this case");
+        }
+    }
+
     using PlanMap = std::unordered_map<Key, Plan, KeyHash>;
 
     template <class Make>
@@ -263,23 +281,24 @@ private:
     }
 
     Plan make_matmul_plan(const MatmulDims& d, int64_t lda, bool trans_a, int64_t ldb, bool trans_b,
-                          int64_t ldc, float alpha, float beta) {
+                          int64_t ldc, float alpha, float beta, bool mul) {
         const memory::desc a_md = strided_md(d.m, d.k, lda, trans_a);
         const memory::desc b_md = strided_md(d.k, d.n, ldb, trans_b);
         const memory::desc c_md = strided_md(d.m, d.n, ldc, false);
+        const memory::desc mul_md = strided_md(d.m, d.n, d.n, false);
         dnnl::primitive_attr attr;
         if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
-        if (beta != 0.0f) {
-            dnnl::post_ops po;
-            po.append_sum(beta);
-            attr.set_post_ops(po);
-        }
+        dnnl::post_ops po;
+        if (mul) po.append_binary(dnnl::algorithm::binary_mul, mul_md);
+        if (beta != 0.0f) po.append_sum(beta);
+        if (mul || beta != 0.0f) attr.set_post_ops(po);
         const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), attr, engine_);
         Plan plan;
         plan.prim = dnnl::matmul(pd);
         add_port(plan, DNNL_ARG_SRC, a_md, pd.src_desc(), true);
         add_port(plan, DNNL_ARG_WEIGHTS, b_md, pd.weights_desc(), true);
         add_port(plan, DNNL_ARG_DST, c_md, pd.dst_desc(), false);
+        if (mul) add_port(plan, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, mul_md, mul_md, true);
         return plan;
     }
 
