@@ -86,6 +86,33 @@ TEST_CASE("row-stable matmul: rows do not depend on M or threads, and match a do
     set_num_threads(0);
 }
 
+TEST_CASE("row-stable matmul: the AVX-512 and AVX2 kernels give the same bits (bias, GELU, odd widths)") {
+    if (!__builtin_cpu_supports("avx512f")) {
+        MESSAGE("skipped: this CPU has no AVX-512");
+        return;
+    }
+    // N = 80: two 32-panels + a 16-panel + nothing; 72: two 32-panels + 8 scalar;
+    // 50: one 32-panel + a 16-panel + 2 scalar; 1031: the head's width, odd.
+    for (int64_t N : {int64_t{80}, int64_t{72}, int64_t{50}, int64_t{1031}}) {
+        const int64_t M = 131, K = 40, ldw = K + 3;
+        std::vector<float> a(static_cast<size_t>(M * K)), w(static_cast<size_t>(N * ldw)), bias(static_cast<size_t>(N));
+        Philox rng(5);
+        for (size_t i = 0; i < a.size(); ++i) a[i] = rng.normal(1, i);
+        for (size_t i = 0; i < w.size(); ++i) w[i] = rng.normal(2, i);
+        for (size_t i = 0; i < bias.size(); ++i) bias[i] = rng.normal(3, i);
+        for (bool gelu : {false, true}) {
+            CAPTURE(N);
+            CAPTURE(gelu);
+            std::vector<float> c2(static_cast<size_t>(M * N)), c5(static_cast<size_t>(M * N));
+            cpu::rowstable_matmul_isa(ConstMat(a.data(), M, K, K), ConstMat(w.data(), N, K, ldw), bias.data(),
+                                      Mat{c2.data(), M, N, N}, gelu, false);
+            cpu::rowstable_matmul_isa(ConstMat(a.data(), M, K, K), ConstMat(w.data(), N, K, ldw), bias.data(),
+                                      Mat{c5.data(), M, N, N}, gelu, true);
+            CHECK(std::memcmp(c2.data(), c5.data(), sizeof(float) * c2.size()) == 0);
+        }
+    }
+}
+
 TEST_CASE("a fresh cache: the gathered rows equal the full forward pass") {
     for (Nesting nest : {Nesting::width, Nesting::mone}) {
         TransformerConfig c = small_config(nest);

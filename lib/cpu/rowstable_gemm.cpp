@@ -23,29 +23,48 @@ inline float dot_chain(const float* a, const float* w, int64_t K) {
 } // namespace
 
 void rowstable_matmul(ConstMat a, ConstMat w, const float* bias, Mat c, bool gelu) {
-    const int64_t M = a.rows, K = a.cols, N = w.rows;
-    const int64_t full = N / 16 * 16; // columns handled by the vector kernel
-    (void)full;
 #if defined(MAGNETS_HAVE_FMA_BLOCK)
-    // W is packed once into 16-column panels [K][16]. Work runs row chunk by
-    // row chunk: a chunk of A (about 256 KiB, in L2) meets every panel before
-    // the next chunk is read, so A streams from memory once (panel-major order
-    // read all of A once per panel: 64 times for a 1024-wide output).
-    const int64_t col_blocks = full / 16;
-    const int64_t row_chunk = std::clamp<int64_t>((256 * 1024 / 4) / std::max<int64_t>(K, 1) / 6 * 6, 6, 192);
+    rowstable_matmul_isa(a, w, bias, c, gelu, simd::cpu_has_avx512());
+#else
+    rowstable_matmul_isa(a, w, bias, c, gelu, false);
+#endif
+}
+
+void rowstable_matmul_isa(ConstMat a, ConstMat w, const float* bias, Mat c, bool gelu, bool avx512) {
+    const int64_t M = a.rows, K = a.cols, N = w.rows;
+    (void)avx512;
+#if defined(MAGNETS_HAVE_FMA_BLOCK)
+    // W is packed once into panels [K][NB] of NB = 32 output columns (AVX-512)
+    // or 16 (AVX2), the last 16 columns of an AVX-512 product in a 16-panel.
+    // Work runs row chunk by row chunk: a chunk of A (about 256 KiB, in L2)
+    // meets every panel before the next chunk is read, so A streams from
+    // memory once (panel-major order read all of A once per panel: 64 times
+    // for a 1024-wide output).
+    const int64_t NB = avx512 ? 32 : 16;
+    const int64_t wide = N / NB * NB;                            // columns in NB-panels
+    const int64_t full = avx512 && N - wide >= 16 ? wide + 16 : (avx512 ? wide : N / 16 * 16); // + a 16-panel
+    struct Panel {
+        int64_t col, width;
+    };
+    std::vector<Panel> panels;
+    for (int64_t j = 0; j < wide; j += NB) panels.push_back({j, NB});
+    if (full > wide) panels.push_back({wide, 16});
+    const int64_t col_blocks = static_cast<int64_t>(panels.size());
+    const int64_t row_chunk = std::clamp<int64_t>((256 * 1024 / 4) / std::max<int64_t>(K, 1) / 12 * 12, 12, 192);
     const int64_t row_chunks = (M + row_chunk - 1) / row_chunk, tasks = col_blocks * row_chunks;
     const bool parallel = static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) > 2e6;
     static thread_local std::vector<float> packed_w;
-    if (packed_w.size() < static_cast<size_t>(col_blocks * K * 16)) packed_w.resize(static_cast<size_t>(col_blocks * K * 16));
-    float* packed = packed_w.data();
+    if (packed_w.size() < static_cast<size_t>(full * K)) packed_w.resize(static_cast<size_t>(full * K));
+    float* packed = packed_w.data(); // panel of column j0 at packed + j0 * K
 #pragma omp parallel if (parallel)
     {
 #pragma omp for schedule(static)
-        for (int64_t jb = 0; jb < col_blocks; ++jb) { // panel jb: p[k][j] = w[jb*16 + j][k]
-            float* p = packed + jb * K * 16;
-            for (int64_t j = 0; j < 16; ++j) {
-                const float* wr = w.data + (jb * 16 + j) * w.ld;
-                for (int64_t k = 0; k < K; ++k) p[k * 16 + j] = wr[k];
+        for (int64_t jb = 0; jb < col_blocks; ++jb) { // p[k][j] = w[j0 + j][k]
+            const Panel P = panels[static_cast<size_t>(jb)];
+            float* p = packed + P.col * K;
+            for (int64_t j = 0; j < P.width; ++j) {
+                const float* wr = w.data + (P.col + j) * w.ld;
+                for (int64_t k = 0; k < K; ++k) p[k * P.width + j] = wr[k];
             }
         }
         // Threads take row chunks as they finish (whole chunks when there are
@@ -56,14 +75,17 @@ void rowstable_matmul(ConstMat a, ConstMat w, const float* bias, Mat c, bool gel
 #pragma omp for schedule(dynamic, grab)
         for (int64_t t = 0; t < tasks; ++t) { // row-chunk major
             const int64_t rc = t / col_blocks, jb = t % col_blocks;
+            const Panel P = panels[static_cast<size_t>(jb)];
             const int64_t r0 = rc * row_chunk, rows = std::min(row_chunk, M - r0);
-            simd::fma_rows_x16<true>(rows, K, a.data + r0 * a.ld, a.ld, 1, packed + jb * K * 16, 16,
-                                     c.data + r0 * c.ld + jb * 16, c.ld, bias ? bias + jb * 16 : nullptr);
-            if (gelu) { // the block is still in L1
-                float* cb = c.data + r0 * c.ld + jb * 16;
+            float* cb = c.data + r0 * c.ld + P.col;
+            const float* bb = bias ? bias + P.col : nullptr;
+            if (P.width == 32)
+                simd::fma512_rows_x32(rows, K, a.data + r0 * a.ld, a.ld, packed + P.col * K, cb, c.ld, bb);
+            else
+                simd::fma_rows_x16<true>(rows, K, a.data + r0 * a.ld, a.ld, 1, packed + P.col * K, 16, cb, c.ld, bb);
+            if (gelu) // the block is still in L1
                 for (int64_t i = 0; i < rows; ++i)
-                    for (int64_t j = 0; j < 16; ++j) cb[i * c.ld + j] = magnets::gelu(cb[i * c.ld + j]);
-            }
+                    for (int64_t j = 0; j < P.width; ++j) cb[i * c.ld + j] = magnets::gelu(cb[i * c.ld + j]);
         }
     }
     const int64_t first_scalar = full;
