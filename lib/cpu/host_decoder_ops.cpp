@@ -50,6 +50,19 @@ void HostBackend::gather_rows(const float* src, const int32_t* idx, int64_t seqs
         std::memcpy(dst + k * n, src + (k / ro * rq + idx[k]) * n, sizeof(float) * static_cast<size_t>(n));
 }
 
+namespace {
+// nn::ops::small_gemm in 512-bit registers where the CPU has them: the same
+// FMA chains (core/fma_block.h), so the same bits, and the sampler's tokens
+// do not depend on the vector width.
+void attention_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                    float* C, int64_t ldc) {
+#if defined(MAGNETS_HAVE_FMA_BLOCK)
+    if (N % 16 == 0 && simd::cpu_has_avx512()) return simd::fma512_gemm(M, N, K, A, lda, 1, B, ldb, C, ldc);
+#endif
+    nn::ops::small_gemm(M, N, K, A, lda, B, ldb, C, ldc);
+}
+} // namespace
+
 void HostBackend::attention_rows(const float* q, const float* kc, const float* vc, float* out, int64_t seqs, int64_t rq,
                                  int64_t S, int64_t heads, int64_t hd) {
     const int64_t a = heads * hd, sp = nn::ops::pad16(S);
@@ -77,14 +90,14 @@ void HostBackend::attention_rows(const float* q, const float* kc, const float* v
             // scores q k^T straight from the q rows; the 1/sqrt(hd) scale goes
             // into the exponent, and the 1/sum onto the output rows (hd wide,
             // where the probabilities are S wide)
-            nn::ops::small_gemm(rq, sp, hd, qb, a, kt.data(), sp, e.data(), sp);
+            attention_gemm(rq, sp, hd, qb, a, kt.data(), sp, e.data(), sp);
             for (int64_t i = 0; i < rq; ++i) {
                 float* ei = e.data() + i * sp;
                 const float mx = nn::ops::lane_max(ei, S);
                 for (int64_t j = 0; j < S; ++j) ei[j] = magnets::vexp((ei[j] - mx) * scale);
                 inv[static_cast<size_t>(i)] = 1.0f / nn::ops::lane_sum<float>(ei, nullptr, S);
             }
-            nn::ops::small_gemm(rq, hd, S, e.data(), sp, vb, a, ob, a);
+            attention_gemm(rq, hd, S, e.data(), sp, vb, a, ob, a);
             for (int64_t i = 0; i < rq; ++i)
                 for (int64_t d = 0; d < hd; ++d) ob[i * a + d] *= inv[static_cast<size_t>(i)];
         }

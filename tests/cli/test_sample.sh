@@ -39,6 +39,22 @@ expect_err "GFLOP/image"; expect_err "step  model  refresh"
 [[ "$(wc -l <"$tmp/trace.jsonl")" == 160 ]] || why+=("trace has $(wc -l <"$tmp/trace.jsonl") lines, expected 8 steps x 20 images")
 done_case "per-class sampling with guidance: token file, PNGs, grid, trace, accounting table"
 
+# The row-stable matmul and attention products give the same bits in AVX2 and
+# AVX-512 code, and the rest of the sampler runs the same code either way: the
+# same seed gives the same tokens whichever the CPU picks.
+if grep -qw avx512f /proc/cpuinfo 2>/dev/null && ((have_h5py)); then
+    run env MAGNETS_CPU_ISA=avx2 "$sample" "${m[@]}" -o "$tmp/s-avx2.h5" --per-class 2 --cfg 2 --schedule 8:2,4:2,2:2,1:2
+    expect_rc 0
+    /usr/bin/python3 - "$tmp/s.h5" "$tmp/s-avx2.h5" <<'PY' >>"$tmp/err" 2>&1 || why+=("tokens differ between AVX-512 and AVX2 runs")
+import sys, h5py
+a, b = (h5py.File(p, "r")["tokens"][()] for p in sys.argv[1:3])
+assert a.shape == b.shape and (a == b).all(), (a.shape, b.shape, int((a != b).sum()))
+PY
+    done_case "the same seed gives the same tokens with AVX-512 and with AVX2 (MAGNETS_CPU_ISA=avx2)"
+else
+    skip_case "the same seed gives the same tokens with AVX-512 and with AVX2 (MAGNETS_CPU_ISA=avx2)" "no AVX-512 or no h5py"
+fi
+
 run "$sample" --show-params "$tmp/png/000003.png"
 expect_rc 0; expect_out "magnets-schedule *8:2,4:2,2:2,1:2"; expect_out "magnets-seed *1"; expect_out "magnets-class *1"
 expect_out "magnets-model-hash"
