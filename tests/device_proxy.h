@@ -72,6 +72,15 @@ public:
         devs("matmul", a.data, b.data, c.data);
         MAGNETS_FWD(matmul(a, ta, b, tb, c, alpha, beta));
     }
+    void matmul_bias(ConstMat a, bool ta, ConstMat b, bool tb, Mat c, const float* bias, float alpha,
+                     float beta) override {
+        devs("matmul_bias", a.data, b.data, c.data, bias);
+        MAGNETS_FWD(matmul_bias(a, ta, b, tb, c, bias, alpha, beta));
+    }
+    void matmul_gelu_backward(ConstMat a, bool ta, ConstMat b, bool tb, Mat du, const float* gp, float* db) override {
+        devs("matmul_gelu_backward", a.data, b.data, du.data, gp, db);
+        MAGNETS_FWD(matmul_gelu_backward(a, ta, b, tb, du, gp, db));
+    }
     void matmul_rowstable(ConstMat a, ConstMat w, const float* bias, Mat c, Act act) override {
         devs("matmul_rowstable", a.data, w.data, bias, c.data);
         MAGNETS_FWD(matmul_rowstable(a, w, bias, c, act));

@@ -24,6 +24,12 @@ const char* op_name(Op op) {
     return "unknown";
 }
 
+void Backend::matmul_bias(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, const float* bias, float alpha,
+                          float beta) {
+    matmul(a, trans_a, b, trans_b, c, alpha, beta);
+    add_bias(c.data, c.ld, bias, c.rows, c.cols);
+}
+
 void Backend::matmul_gelu_backward(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat du, const float* gp,
                                    float* db) {
     check(du.ld == du.cols, "matmul_gelu_backward", "du must be contiguous (ld = cols)");

@@ -138,6 +138,11 @@ public:
                                     int64_t rows, int64_t n, bool accumulate) = 0;
     // y[i, :n] += b.
     virtual void add_bias(float* y, int64_t ld, const float* b, int64_t rows, int64_t n) = 0;
+    // matmul, then add_bias(c, bias): c = alpha op(a) op(b) + beta c + bias
+    // per column. A backend may add the bias in the product's epilogue
+    // (onednn does, saving a pass over c).
+    virtual void matmul_bias(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, const float* bias,
+                             float alpha = 1.0f, float beta = 0.0f);
     // db += column sums of dy.
     virtual void bias_backward(const float* dy, int64_t ld, float* db, int64_t rows, int64_t n) = 0;
     // x = u [rows, n] + b per row; g = GELU(x) (exact, erf); u = GELU'(x),

@@ -295,31 +295,27 @@ void Transformer::Impl::forward(int64_t p, const int32_t* ids, int64_t b, const 
         B.layernorm_forward(A.x_in.data(), r, A.h1.data(), r, A.mean1.data(), A.rstd1.data(), L.ln1_w->W(),
                             L.ln1_b->W(), R, r);
         const ConstMat h1 = cm(A.h1.data(), R, r, r);
-        B.matmul(h1, false, cm(L.q_w->W(), a, r, D), true, mm(A.q.data(), R, a, a));
-        B.matmul(h1, false, cm(L.k_w->W(), a, r, D), true, mm(A.k.data(), R, a, a));
-        B.matmul(h1, false, cm(L.v_w->W(), a, r, D), true, mm(A.v.data(), R, a, a));
-        B.add_bias(A.q.data(), a, L.q_b->W(), R, a);
-        B.add_bias(A.k.data(), a, L.k_b->W(), R, a);
-        B.add_bias(A.v.data(), a, L.v_b->W(), R, a);
+        B.matmul_bias(h1, false, cm(L.q_w->W(), a, r, D), true, mm(A.q.data(), R, a, a), L.q_b->W());
+        B.matmul_bias(h1, false, cm(L.k_w->W(), a, r, D), true, mm(A.k.data(), R, a, a), L.k_b->W());
+        B.matmul_bias(h1, false, cm(L.v_w->W(), a, r, D), true, mm(A.v.data(), R, a, a), L.v_b->W());
         B.attention_forward(A.q.data(), A.k.data(), A.v.data(), a, A.att.data(), A.probs.data(), b, S, s.heads, hd);
         B.copy(A.x_mid.data(), A.x_in.data(), static_cast<size_t>(R * r));
-        B.matmul(cm(A.att.data(), R, a, a), false, cm(L.o_w->W(), r, a, D), true, mm(A.x_mid.data(), R, r, r), 1.0f,
-                 1.0f);
-        B.add_bias(A.x_mid.data(), r, L.o_b->W(), R, r);
+        B.matmul_bias(cm(A.att.data(), R, a, a), false, cm(L.o_w->W(), r, a, D), true, mm(A.x_mid.data(), R, r, r),
+                      L.o_b->W(), 1.0f, 1.0f);
         B.layernorm_forward(A.x_mid.data(), r, A.h2.data(), r, A.mean2.data(), A.rstd2.data(), L.ln2_w->W(),
                             L.ln2_b->W(), R, r);
         B.matmul(cm(A.h2.data(), R, r, r), false, cm(L.fc1_w->W(), f, r, D), true, mm(A.u.data(), R, f, f));
         B.bias_gelu_forward(A.u.data(), L.fc1_b->W(), A.g.data(), R, f);
         B.copy(x_next, A.x_mid.data(), static_cast<size_t>(R * r));
-        B.matmul(cm(A.g.data(), R, f, f), false, cm(L.fc2_w->W(), r, f, F), true, mm(x_next, R, r, r), 1.0f, 1.0f);
-        B.add_bias(x_next, r, L.fc2_b->W(), R, r);
+        B.matmul_bias(cm(A.g.data(), R, f, f), false, cm(L.fc2_w->W(), r, f, F), true, mm(x_next, R, r, r),
+                      L.fc2_b->W(), 1.0f, 1.0f);
     }
     B.layernorm_forward(x_out.data(), r, hf.data(), r, meanf.data(), rstdf.data(), lnf_w->W(), lnf_b->W(), R, r);
     head_selected = rows != nullptr;
     if (!head_selected) {
         head_rows.clear();
-        B.matmul(cm(hf.data(), R, r, r), false, cm(head_w->W(), K, r, D), true, mm(logits.data(), R, K, K));
-        B.add_bias(logits.data(), K, head_b->W(), R, K);
+        B.matmul_bias(cm(hf.data(), R, r, r), false, cm(head_w->W(), K, r, D), true, mm(logits.data(), R, K, K),
+                      head_b->W());
         return;
     }
     head_rows.assign(rows, rows + n_rows);
@@ -329,8 +325,8 @@ void Transformer::Impl::forward(int64_t p, const int32_t* ids, int64_t b, const 
     hsel.grow(static_cast<size_t>(std::max<int64_t>(n_rows * r, 1)));
     if (n_rows == 0) return;
     B.gather_rows(hf.data(), on_backend(B, rows32.data(), n_rows, d_rows), 1, R, n_rows, hsel.data(), r);
-    B.matmul(cm(hsel.data(), n_rows, r, r), false, cm(head_w->W(), K, r, D), true, mm(logits.data(), n_rows, K, K));
-    B.add_bias(logits.data(), K, head_b->W(), n_rows, K);
+    B.matmul_bias(cm(hsel.data(), n_rows, r, r), false, cm(head_w->W(), K, r, D), true,
+                  mm(logits.data(), n_rows, K, K), head_b->W());
 }
 
 void Transformer::Impl::backward() {

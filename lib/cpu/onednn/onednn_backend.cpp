@@ -119,6 +119,14 @@ public:
         matmul_into(a, trans_a, b, trans_b, c, alpha, beta, nullptr);
     }
 
+    // The bias in the product's epilogue (alpha 1: oneDNN's output scale
+    // would scale the bias too).
+    void matmul_bias(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, const float* bias, float alpha,
+                     float beta) override {
+        if (alpha != 1.0f) return Backend::matmul_bias(a, trans_a, b, trans_b, c, bias, alpha, beta);
+        matmul_into(a, trans_a, b, trans_b, c, alpha, beta, nullptr, bias);
+    }
+
     // The product by GELU' as a binary post-op: du is written once, instead of
     // written by the matmul and read and rewritten by a separate pass.
     void matmul_gelu_backward(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat du, const float* gp,
@@ -154,10 +162,10 @@ public:
     }
 
 private:
-    // c = (alpha op(a) op(b)) * mul (elementwise, mul [m, n] contiguous, when
-    // not null) + beta c.
+    // c = (alpha op(a) op(b) + bias) * mul + beta c, where bias [n] (per
+    // column) and mul [m, n] (contiguous, elementwise) apply when not null.
     void matmul_into(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, float alpha, float beta,
-                     const float* mul) {
+                     const float* mul, const float* bias = nullptr) {
         const MatmulDims d = check_matmul_args("onednn", a, trans_a, b, trans_b, c);
         if (d.m == 0 || d.n == 0) return;
         if (d.k == 0) { // oneDNN rejects empty reductions; C = beta * C
@@ -182,12 +190,13 @@ private:
             trans_b = false;
         }
         const Key key{{0, d.m, d.n, d.k, a.ld, b.ld, c.ld, trans_a, trans_b, float_bits(alpha),
-                       float_bits(beta), mul != nullptr}};
+                       float_bits(beta), (mul != nullptr) + 2 * (bias != nullptr)}};
         try {
             Plan& plan = find_or_make(matmul_plans_, key, [&] {
-                return make_matmul_plan(d, a.ld, trans_a, b.ld, trans_b, c.ld, alpha, beta, mul != nullptr);
+                return make_matmul_plan(d, a.ld, trans_a, b.ld, trans_b, c.ld, alpha, beta, mul != nullptr,
+                                        bias != nullptr);
             });
-            run(plan, {a.data, b.data, c.data, mul});
+            run(plan, {a.data, b.data, c.data, mul, bias});
         } catch (const dnnl::error& e) {
             throw Error("onednn matmul failed", {}, dnnl_why(e, "m " + std::to_string(d.m) + ", n " +
                                                                   std::to_string(d.n) + ", k " +
@@ -281,7 +290,7 @@ private:
     }
 
     Plan make_matmul_plan(const MatmulDims& d, int64_t lda, bool trans_a, int64_t ldb, bool trans_b,
-                          int64_t ldc, float alpha, float beta, bool mul) {
+                          int64_t ldc, float alpha, float beta, bool mul, bool bias) {
         const memory::desc a_md = strided_md(d.m, d.k, lda, trans_a);
         const memory::desc b_md = strided_md(d.k, d.n, ldb, trans_b);
         const memory::desc c_md = strided_md(d.m, d.n, ldc, false);
@@ -292,13 +301,16 @@ private:
         if (mul) po.append_binary(dnnl::algorithm::binary_mul, mul_md);
         if (beta != 0.0f) po.append_sum(beta);
         if (mul || beta != 0.0f) attr.set_post_ops(po);
-        const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), attr, engine_);
+        const memory::desc bias_md({1, d.n}, f32, memory::dims{d.n, 1});
+        const dnnl::matmul::primitive_desc pd(
+            bias ? dnnl::matmul::desc(a_md, b_md, bias_md, c_md) : dnnl::matmul::desc(a_md, b_md, c_md), attr, engine_);
         Plan plan;
         plan.prim = dnnl::matmul(pd);
         add_port(plan, DNNL_ARG_SRC, a_md, pd.src_desc(), true);
         add_port(plan, DNNL_ARG_WEIGHTS, b_md, pd.weights_desc(), true);
         add_port(plan, DNNL_ARG_DST, c_md, pd.dst_desc(), false);
         if (mul) add_port(plan, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, mul_md, mul_md, true);
+        if (bias) add_port(plan, DNNL_ARG_BIAS, bias_md, pd.bias_desc(), true);
         return plan;
     }
 
