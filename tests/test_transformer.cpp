@@ -337,6 +337,44 @@ TEST_CASE("GELU backward matches finite differences (double)") {
     CHECK(fd_check(u, du, loss) < 1e-5);
 }
 
+TEST_CASE("layer-norm and bias backward: the same bits on 1 and 2 threads (chunked column sums)") {
+    const int64_t rows = 1000, n = 96, ld = 100; // 16 chunks of 64 rows, the last partial; parallel
+    std::vector<float> x(static_cast<size_t>(rows * ld)), dy(x.size()), g(static_cast<size_t>(n));
+    Philox rng(31);
+    for (size_t i = 0; i < x.size(); ++i) {
+        x[i] = rng.normal(1, i) * 3.0f + 0.5f;
+        dy[i] = rng.normal(2, i);
+    }
+    for (size_t j = 0; j < g.size(); ++j) g[j] = 1.0f + 0.1f * rng.normal(3, j);
+    std::vector<float> y(x.size()), mean(static_cast<size_t>(rows)), rstd(mean.size()), b(g.size(), 0.0f);
+    nn::ops::layernorm_forward(x.data(), ld, y.data(), ld, mean.data(), rstd.data(), g.data(), b.data(), rows, n);
+    std::vector<float> dx_ref, dg_ref, db_ref, dbb_ref;
+    for (int threads : {1, 2}) {
+        set_num_threads(threads);
+        std::vector<float> dx(x.size(), 0.25f), dg(g.size(), 0.5f), db(g.size(), -0.5f), dbb(g.size(), 1.0f);
+        nn::ops::layernorm_backward(x.data(), ld, dy.data(), ld, mean.data(), rstd.data(), g.data(), dx.data(), ld,
+                                    dg.data(), db.data(), rows, n, true);
+        nn::ops::bias_backward(dy.data(), ld, dbb.data(), rows, n);
+        if (threads == 1) {
+            dx_ref = dx; dg_ref = dg; db_ref = db; dbb_ref = dbb;
+            // and against a double sum in plain row order
+            double worst = 0;
+            for (int64_t j = 0; j < n; ++j) {
+                double s = 1.0;
+                for (int64_t i = 0; i < rows; ++i) s += dy[size_t(i * ld + j)];
+                worst = std::max(worst, std::abs(s - dbb[size_t(j)]));
+            }
+            CHECK(worst < 1e-3);
+            continue;
+        }
+        CHECK(dx == dx_ref);
+        CHECK(dg == dg_ref);
+        CHECK(db == db_ref);
+        CHECK(dbb == dbb_ref);
+    }
+    set_num_threads(0);
+}
+
 TEST_CASE("the fused bias + GELU forward and GELU + bias backward give the bits of the separate ops, on any thread count") {
     const int64_t rows = 1000, n = 80; // column blocks of 32: two full, one partial; parallel
     std::vector<float> u0(static_cast<size_t>(rows * n)), dg(u0.size()), b(static_cast<size_t>(n));
