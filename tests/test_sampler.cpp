@@ -86,6 +86,31 @@ TEST_CASE("row-stable matmul: rows do not depend on M or threads, and match a do
     set_num_threads(0);
 }
 
+TEST_CASE("row-stable matmul: every element is the plain FMA chain over k, then the bias (k in blocks too)") {
+    // K = 600: three blocks of k in the vector kernels; N = 50: 32-, 16-panels and scalar columns
+    const int64_t M = 29, K = 600, N = 50, ldw = K + 1;
+    std::vector<float> a(static_cast<size_t>(M * K)), w(static_cast<size_t>(N * ldw)), bias(static_cast<size_t>(N));
+    Philox rng(6);
+    for (size_t i = 0; i < a.size(); ++i) a[i] = rng.normal(1, i);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = rng.normal(2, i);
+    for (size_t i = 0; i < bias.size(); ++i) bias[i] = rng.normal(3, i);
+    std::vector<float> want(static_cast<size_t>(M * N));
+    for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+            float acc = 0.0f;
+            for (int64_t k = 0; k < K; ++k) acc = std::fma(a[size_t(i * K + k)], w[size_t(j * ldw + k)], acc);
+            want[size_t(i * N + j)] = acc + bias[size_t(j)];
+        }
+    for (bool wide : {false, true}) {
+        if (wide && !__builtin_cpu_supports("avx512f")) continue;
+        CAPTURE(wide);
+        std::vector<float> c(static_cast<size_t>(M * N));
+        cpu::rowstable_matmul_isa(ConstMat(a.data(), M, K, K), ConstMat(w.data(), N, K, ldw), bias.data(),
+                                  Mat{c.data(), M, N, N}, false, wide);
+        CHECK(std::memcmp(c.data(), want.data(), sizeof(float) * c.size()) == 0);
+    }
+}
+
 TEST_CASE("row-stable matmul: the AVX-512 and AVX2 kernels give the same bits (bias, GELU, odd widths)") {
     if (!__builtin_cpu_supports("avx512f")) {
         MESSAGE("skipped: this CPU has no AVX-512");

@@ -156,14 +156,18 @@ MAGNETS_TARGET_AVX512 inline void fma512_gemm(int64_t M, int64_t N, int64_t K, c
 // C[rows, 32] = A[rows, K] B[K, 32] (+ bias after the chain), B a packed
 // panel (ldb 32), A row-major: the row-stable matmul's panel product in
 // 512-bit registers, MR x 32 blocks of 2 MR accumulators (MR <= 12). The
-// bits of fma_rows_x16 on the two 16-column halves.
+// bits of fma_rows_x16 on the two 16-column halves. `accumulate` continues
+// the chains from C (a product split over blocks of k gives the same bits).
 template <int MR>
 MAGNETS_TARGET_AVX512 inline void fma512_block_x32(int64_t K, const float* a, int64_t lda, const float* b, float* c,
-                                                   int64_t ldc, const float* bias) {
+                                                   int64_t ldc, const float* bias, bool accumulate) {
     static_assert(MR >= 1 && MR <= 12, "at most 12 rows: 24 accumulators + 2 B vectors");
     __m512 lo[MR], hi[MR];
 #pragma GCC unroll 12
-    for (int i = 0; i < MR; ++i) lo[i] = hi[i] = _mm512_setzero_ps();
+    for (int i = 0; i < MR; ++i) {
+        lo[i] = accumulate ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();
+        hi[i] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
+    }
     for (int64_t k = 0; k < K; ++k) {
         const __m512 b0 = _mm512_loadu_ps(b + k * 32), b1 = _mm512_loadu_ps(b + k * 32 + 16);
 #pragma GCC unroll 12
@@ -183,23 +187,18 @@ MAGNETS_TARGET_AVX512 inline void fma512_block_x32(int64_t K, const float* a, in
 }
 
 MAGNETS_TARGET_AVX512 inline void fma512_rows_x32(int64_t M, int64_t K, const float* a, int64_t lda, const float* b,
-                                                  float* c, int64_t ldc, const float* bias) {
+                                                  float* c, int64_t ldc, const float* bias, bool accumulate = false) {
     int64_t i = 0;
-    for (; i + 12 <= M; i += 12) fma512_block_x32<12>(K, a + i * lda, lda, b, c + i * ldc, ldc, bias);
+    for (; i + 12 <= M; i += 12) fma512_block_x32<12>(K, a + i * lda, lda, b, c + i * ldc, ldc, bias, accumulate);
     a += i * lda;
     c += i * ldc;
     switch (M - i) {
-    case 11: fma512_block_x32<11>(K, a, lda, b, c, ldc, bias); break;
-    case 10: fma512_block_x32<10>(K, a, lda, b, c, ldc, bias); break;
-    case 9: fma512_block_x32<9>(K, a, lda, b, c, ldc, bias); break;
-    case 8: fma512_block_x32<8>(K, a, lda, b, c, ldc, bias); break;
-    case 7: fma512_block_x32<7>(K, a, lda, b, c, ldc, bias); break;
-    case 6: fma512_block_x32<6>(K, a, lda, b, c, ldc, bias); break;
-    case 5: fma512_block_x32<5>(K, a, lda, b, c, ldc, bias); break;
-    case 4: fma512_block_x32<4>(K, a, lda, b, c, ldc, bias); break;
-    case 3: fma512_block_x32<3>(K, a, lda, b, c, ldc, bias); break;
-    case 2: fma512_block_x32<2>(K, a, lda, b, c, ldc, bias); break;
-    case 1: fma512_block_x32<1>(K, a, lda, b, c, ldc, bias); break;
+#define MAGNETS_X32_CASE(r) \
+    case r: fma512_block_x32<r>(K, a, lda, b, c, ldc, bias, accumulate); break;
+    MAGNETS_X32_CASE(11) MAGNETS_X32_CASE(10) MAGNETS_X32_CASE(9) MAGNETS_X32_CASE(8) MAGNETS_X32_CASE(7)
+    MAGNETS_X32_CASE(6) MAGNETS_X32_CASE(5) MAGNETS_X32_CASE(4) MAGNETS_X32_CASE(3) MAGNETS_X32_CASE(2)
+    MAGNETS_X32_CASE(1)
+#undef MAGNETS_X32_CASE
     default: break;
     }
 }

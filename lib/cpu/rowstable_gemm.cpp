@@ -50,6 +50,7 @@ void rowstable_matmul_isa(ConstMat a, ConstMat w, const float* bias, Mat c, bool
     for (int64_t j = 0; j < wide; j += NB) panels.push_back({j, NB});
     if (full > wide) panels.push_back({wide, 16});
     const int64_t col_blocks = static_cast<int64_t>(panels.size());
+    const int64_t kc = 256;
     const int64_t row_chunk = std::clamp<int64_t>((256 * 1024 / 4) / std::max<int64_t>(K, 1) / 12 * 12, 12, 192);
     const int64_t row_chunks = (M + row_chunk - 1) / row_chunk, tasks = col_blocks * row_chunks;
     const bool parallel = static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) > 2e6;
@@ -79,10 +80,22 @@ void rowstable_matmul_isa(ConstMat a, ConstMat w, const float* bias, Mat c, bool
             const int64_t r0 = rc * row_chunk, rows = std::min(row_chunk, M - r0);
             float* cb = c.data + r0 * c.ld + P.col;
             const float* bb = bias ? bias + P.col : nullptr;
-            if (P.width == 32)
-                simd::fma512_rows_x32(rows, K, a.data + r0 * a.ld, a.ld, packed + P.col * K, cb, c.ld, bb);
-            else
-                simd::fma_rows_x16<true>(rows, K, a.data + r0 * a.ld, a.ld, 1, packed + P.col * K, 16, cb, c.ld, bb);
+            // k in blocks of kc: the panel's block (kc x 32 floats, 32 KiB)
+            // stays in L1 while every row block of the chunk uses it. The
+            // chains continue through C between blocks (stored and reloaded
+            // exactly) and the bias comes after the last: the same bits.
+            int64_t k0 = 0;
+            do {
+                const int64_t kn = std::min(kc, K - k0);
+                const float* ak = a.data + r0 * a.ld + k0;
+                const float* pk = packed + P.col * K + k0 * P.width;
+                const float* bk = k0 + kn == K ? bb : nullptr;
+                if (P.width == 32)
+                    simd::fma512_rows_x32(rows, kn, ak, a.ld, pk, cb, c.ld, bk, k0 > 0);
+                else
+                    simd::fma_rows_x16<true>(rows, kn, ak, a.ld, 1, pk, 16, cb, c.ld, bk, k0 > 0);
+                k0 += kn;
+            } while (k0 < K);
             if (gelu) // the block is still in L1
                 for (int64_t i = 0; i < rows; ++i)
                     for (int64_t j = 0; j < P.width; ++j) cb[i * c.ld + j] = magnets::gelu(cb[i * c.ld + j]);
