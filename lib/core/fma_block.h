@@ -128,10 +128,58 @@ MAGNETS_TARGET_AVX512 inline void fma512_block_x16(int64_t K, const float* a, in
     for (int i = 0; i < MR; ++i) _mm512_storeu_ps(c + i * ldc, acc[i]);
 }
 
+// C[MR x 32] (+)= A B with A(i, k) = a[i * ars + k * aks], B(k, j) = b[k * ldb + j]:
+// the attention products' 32-column block (half the broadcasts per FMA of
+// two 16-column blocks; the same chains, so the same bits).
+template <int MR>
+MAGNETS_TARGET_AVX512 inline void fma512_block_x32s(int64_t K, const float* a, int64_t ars, int64_t aks,
+                                                    const float* b, int64_t ldb, float* c, int64_t ldc,
+                                                    bool accumulate) {
+    static_assert(MR >= 1 && MR <= 12, "at most 12 rows: 24 accumulators + 2 B vectors");
+    __m512 lo[MR], hi[MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+        lo[i] = accumulate ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();
+        hi[i] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
+    }
+    for (int64_t k = 0; k < K; ++k) {
+        const __m512 b0 = _mm512_loadu_ps(b + k * ldb), b1 = _mm512_loadu_ps(b + k * ldb + 16);
+        const float* ak = a + k * aks;
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; ++i) {
+            const __m512 x = _mm512_set1_ps(ak[i * ars]);
+            lo[i] = _mm512_fmadd_ps(x, b0, lo[i]);
+            hi[i] = _mm512_fmadd_ps(x, b1, hi[i]);
+        }
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+        _mm512_storeu_ps(c + i * ldc, lo[i]);
+        _mm512_storeu_ps(c + i * ldc + 16, hi[i]);
+    }
+}
+
 MAGNETS_TARGET_AVX512 inline void fma512_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ars,
                                               int64_t aks, const float* b, int64_t ldb, float* c, int64_t ldc,
                                               bool accumulate = false) {
-    for (int64_t j = 0; j < N; j += 16) {
+    int64_t j = 0;
+    for (; j + 32 <= N; j += 32) {
+        int64_t i = 0;
+        for (; i + 12 <= M; i += 12)
+            fma512_block_x32s<12>(K, a + i * ars, ars, aks, b + j, ldb, c + i * ldc + j, ldc, accumulate);
+        const float* ai = a + i * ars;
+        float* ci = c + i * ldc + j;
+        switch (M - i) {
+#define MAGNETS_X32S_CASE(r) \
+    case r: fma512_block_x32s<r>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
+        MAGNETS_X32S_CASE(11) MAGNETS_X32S_CASE(10) MAGNETS_X32S_CASE(9) MAGNETS_X32S_CASE(8) MAGNETS_X32S_CASE(7)
+        MAGNETS_X32S_CASE(6) MAGNETS_X32S_CASE(5) MAGNETS_X32S_CASE(4) MAGNETS_X32S_CASE(3) MAGNETS_X32S_CASE(2)
+        MAGNETS_X32S_CASE(1)
+#undef MAGNETS_X32S_CASE
+        default: break;
+        }
+    }
+    for (; j < N; j += 16) {
         int64_t i = 0;
         for (; i + 12 <= M; i += 12) fma512_block_x16<12>(K, a + i * ars, ars, aks, b + j, ldb, c + i * ldc + j, ldc, accumulate);
         const float* ai = a + i * ars;
