@@ -128,13 +128,17 @@ MAGNETS_TARGET_AVX512 inline void fma512_block_x16(int64_t K, const float* a, in
     for (int i = 0; i < MR; ++i) _mm512_storeu_ps(c + i * ldc, acc[i]);
 }
 
-// C[MR x 32] (+)= A B with A(i, k) = a[i * ars + k * aks], B(k, j) = b[k * ldb + j]:
-// the attention products' 32-column block (half the broadcasts per FMA of
-// two 16-column blocks; the same chains, so the same bits).
-template <int MR>
-MAGNETS_TARGET_AVX512 inline void fma512_block_x32s(int64_t K, const float* a, int64_t ars, int64_t aks,
-                                                    const float* b, int64_t ldb, float* c, int64_t ldc,
-                                                    bool accumulate) {
+// C[MR x 32] (+)= A B (+ bias after the chain) in 512-bit registers: MR x 32
+// blocks of 2 MR accumulators (MR <= 12), A(i, k) = a[i * ars + k * aks]
+// (UnitK: aks = 1), B(k, j) = b[k * ldb + j]. The row-stable matmul's panel
+// product (B a packed panel, ldb 32) and the attention products' 32-column
+// block. The bits of fma_block_x16 on the two 16-column halves; `accumulate`
+// continues the chains from C (a product split over blocks of k gives the
+// same bits).
+template <int MR, bool UnitK>
+MAGNETS_TARGET_AVX512 inline void fma512_block_x32(int64_t K, const float* a, int64_t ars, int64_t aks, const float* b,
+                                                   int64_t ldb, float* c, int64_t ldc, const float* bias,
+                                                   bool accumulate) {
     static_assert(MR >= 1 && MR <= 12, "at most 12 rows: 24 accumulators + 2 B vectors");
     __m512 lo[MR], hi[MR];
 #pragma GCC unroll 12
@@ -144,7 +148,7 @@ MAGNETS_TARGET_AVX512 inline void fma512_block_x32s(int64_t K, const float* a, i
     }
     for (int64_t k = 0; k < K; ++k) {
         const __m512 b0 = _mm512_loadu_ps(b + k * ldb), b1 = _mm512_loadu_ps(b + k * ldb + 16);
-        const float* ak = a + k * aks;
+        const float* ak = a + k * (UnitK ? 1 : aks);
 #pragma GCC unroll 12
         for (int i = 0; i < MR; ++i) {
             const __m512 x = _mm512_set1_ps(ak[i * ars]);
@@ -152,32 +156,49 @@ MAGNETS_TARGET_AVX512 inline void fma512_block_x32s(int64_t K, const float* a, i
             hi[i] = _mm512_fmadd_ps(x, b1, hi[i]);
         }
     }
+    const __m512 z0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __m512 z1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) {
-        _mm512_storeu_ps(c + i * ldc, lo[i]);
-        _mm512_storeu_ps(c + i * ldc + 16, hi[i]);
+        _mm512_storeu_ps(c + i * ldc, bias ? _mm512_add_ps(lo[i], z0) : lo[i]);
+        _mm512_storeu_ps(c + i * ldc + 16, bias ? _mm512_add_ps(hi[i], z1) : hi[i]);
     }
 }
 
+// Rows [0, M) of C[:, 0:32] in blocks of 12, the last rows in one smaller block.
+template <bool UnitK>
+MAGNETS_TARGET_AVX512 inline void fma512_rows_x32(int64_t M, int64_t K, const float* a, int64_t ars, int64_t aks,
+                                                  const float* b, int64_t ldb, float* c, int64_t ldc,
+                                                  const float* bias = nullptr, bool accumulate = false) {
+    int64_t i = 0;
+    for (; i + 12 <= M; i += 12)
+        fma512_block_x32<12, UnitK>(K, a + i * ars, ars, aks, b, ldb, c + i * ldc, ldc, bias, accumulate);
+    a += i * ars;
+    c += i * ldc;
+    switch (M - i) {
+#define MAGNETS_X32_CASE(r) \
+    case r: fma512_block_x32<r, UnitK>(K, a, ars, aks, b, ldb, c, ldc, bias, accumulate); break;
+    MAGNETS_X32_CASE(11) MAGNETS_X32_CASE(10) MAGNETS_X32_CASE(9) MAGNETS_X32_CASE(8) MAGNETS_X32_CASE(7)
+    MAGNETS_X32_CASE(6) MAGNETS_X32_CASE(5) MAGNETS_X32_CASE(4) MAGNETS_X32_CASE(3) MAGNETS_X32_CASE(2)
+    MAGNETS_X32_CASE(1)
+#undef MAGNETS_X32_CASE
+    default: break;
+    }
+}
+
+
+// C[M, N] (+)= A[M, K] B[K, N] with N a multiple of 16: fma_gemm's product
+// in 512-bit registers (32-column blocks, then a 16-column one), the same
+// bits.
 MAGNETS_TARGET_AVX512 inline void fma512_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ars,
                                               int64_t aks, const float* b, int64_t ldb, float* c, int64_t ldc,
                                               bool accumulate = false) {
     int64_t j = 0;
     for (; j + 32 <= N; j += 32) {
-        int64_t i = 0;
-        for (; i + 12 <= M; i += 12)
-            fma512_block_x32s<12>(K, a + i * ars, ars, aks, b + j, ldb, c + i * ldc + j, ldc, accumulate);
-        const float* ai = a + i * ars;
-        float* ci = c + i * ldc + j;
-        switch (M - i) {
-#define MAGNETS_X32S_CASE(r) \
-    case r: fma512_block_x32s<r>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
-        MAGNETS_X32S_CASE(11) MAGNETS_X32S_CASE(10) MAGNETS_X32S_CASE(9) MAGNETS_X32S_CASE(8) MAGNETS_X32S_CASE(7)
-        MAGNETS_X32S_CASE(6) MAGNETS_X32S_CASE(5) MAGNETS_X32S_CASE(4) MAGNETS_X32S_CASE(3) MAGNETS_X32S_CASE(2)
-        MAGNETS_X32S_CASE(1)
-#undef MAGNETS_X32S_CASE
-        default: break;
-        }
+        if (aks == 1)
+            fma512_rows_x32<true>(M, K, a, ars, 1, b + j, ldb, c + j, ldc, nullptr, accumulate);
+        else
+            fma512_rows_x32<false>(M, K, a, ars, aks, b + j, ldb, c + j, ldc, nullptr, accumulate);
     }
     for (; j < N; j += 16) {
         int64_t i = 0;
@@ -198,56 +219,6 @@ MAGNETS_TARGET_AVX512 inline void fma512_gemm(int64_t M, int64_t N, int64_t K, c
         case 1: fma512_block_x16<1>(K, ai, ars, aks, b + j, ldb, ci, ldc, accumulate); break;
         default: break;
         }
-    }
-}
-
-// C[rows, 32] = A[rows, K] B[K, 32] (+ bias after the chain), B a packed
-// panel (ldb 32), A row-major: the row-stable matmul's panel product in
-// 512-bit registers, MR x 32 blocks of 2 MR accumulators (MR <= 12). The
-// bits of fma_rows_x16 on the two 16-column halves. `accumulate` continues
-// the chains from C (a product split over blocks of k gives the same bits).
-template <int MR>
-MAGNETS_TARGET_AVX512 inline void fma512_block_x32(int64_t K, const float* a, int64_t lda, const float* b, float* c,
-                                                   int64_t ldc, const float* bias, bool accumulate) {
-    static_assert(MR >= 1 && MR <= 12, "at most 12 rows: 24 accumulators + 2 B vectors");
-    __m512 lo[MR], hi[MR];
-#pragma GCC unroll 12
-    for (int i = 0; i < MR; ++i) {
-        lo[i] = accumulate ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();
-        hi[i] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
-    }
-    for (int64_t k = 0; k < K; ++k) {
-        const __m512 b0 = _mm512_loadu_ps(b + k * 32), b1 = _mm512_loadu_ps(b + k * 32 + 16);
-#pragma GCC unroll 12
-        for (int i = 0; i < MR; ++i) {
-            const __m512 x = _mm512_set1_ps(a[i * lda + k]);
-            lo[i] = _mm512_fmadd_ps(x, b0, lo[i]);
-            hi[i] = _mm512_fmadd_ps(x, b1, hi[i]);
-        }
-    }
-    const __m512 z0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-    const __m512 z1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
-#pragma GCC unroll 12
-    for (int i = 0; i < MR; ++i) {
-        _mm512_storeu_ps(c + i * ldc, bias ? _mm512_add_ps(lo[i], z0) : lo[i]);
-        _mm512_storeu_ps(c + i * ldc + 16, bias ? _mm512_add_ps(hi[i], z1) : hi[i]);
-    }
-}
-
-MAGNETS_TARGET_AVX512 inline void fma512_rows_x32(int64_t M, int64_t K, const float* a, int64_t lda, const float* b,
-                                                  float* c, int64_t ldc, const float* bias, bool accumulate = false) {
-    int64_t i = 0;
-    for (; i + 12 <= M; i += 12) fma512_block_x32<12>(K, a + i * lda, lda, b, c + i * ldc, ldc, bias, accumulate);
-    a += i * lda;
-    c += i * ldc;
-    switch (M - i) {
-#define MAGNETS_X32_CASE(r) \
-    case r: fma512_block_x32<r>(K, a, lda, b, c, ldc, bias, accumulate); break;
-    MAGNETS_X32_CASE(11) MAGNETS_X32_CASE(10) MAGNETS_X32_CASE(9) MAGNETS_X32_CASE(8) MAGNETS_X32_CASE(7)
-    MAGNETS_X32_CASE(6) MAGNETS_X32_CASE(5) MAGNETS_X32_CASE(4) MAGNETS_X32_CASE(3) MAGNETS_X32_CASE(2)
-    MAGNETS_X32_CASE(1)
-#undef MAGNETS_X32_CASE
-    default: break;
     }
 }
 

@@ -91,7 +91,7 @@ void rowstable_matmul_isa(ConstMat a, ConstMat w, const float* bias, Mat c, bool
                 const float* pk = packed + P.col * K + k0 * P.width;
                 const float* bk = k0 + kn == K ? bb : nullptr;
                 if (P.width == 32)
-                    simd::fma512_rows_x32(rows, kn, ak, a.ld, pk, cb, c.ld, bk, k0 > 0);
+                    simd::fma512_rows_x32<true>(rows, kn, ak, a.ld, 1, pk, 32, cb, c.ld, bk, k0 > 0);
                 else
                     simd::fma_rows_x16<true>(rows, kn, ak, a.ld, 1, pk, 16, cb, c.ld, bk, k0 > 0);
                 k0 += kn;
