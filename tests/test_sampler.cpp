@@ -87,27 +87,31 @@ TEST_CASE("row-stable matmul: rows do not depend on M or threads, and match a do
 }
 
 TEST_CASE("row-stable matmul: every element is the plain FMA chain over k, then the bias (k in blocks too)") {
-    // K = 600: three blocks of k in the vector kernels; N = 50: 32-, 16-panels and scalar columns
-    const int64_t M = 29, K = 600, N = 50, ldw = K + 1;
-    std::vector<float> a(static_cast<size_t>(M * K)), w(static_cast<size_t>(N * ldw)), bias(static_cast<size_t>(N));
-    Philox rng(6);
-    for (size_t i = 0; i < a.size(); ++i) a[i] = rng.normal(1, i);
-    for (size_t i = 0; i < w.size(); ++i) w[i] = rng.normal(2, i);
-    for (size_t i = 0; i < bias.size(); ++i) bias[i] = rng.normal(3, i);
-    std::vector<float> want(static_cast<size_t>(M * N));
-    for (int64_t i = 0; i < M; ++i)
-        for (int64_t j = 0; j < N; ++j) {
-            float acc = 0.0f;
-            for (int64_t k = 0; k < K; ++k) acc = std::fma(a[size_t(i * K + k)], w[size_t(j * ldw + k)], acc);
-            want[size_t(i * N + j)] = acc + bias[size_t(j)];
+    // K = 600: three blocks of k in the vector kernels; N = 50: 32-, 16-panels and scalar columns;
+    // M = 29: one row chunk, tasks per panel; M = 1000 (with N = 300): chunks against groups of panels
+    for (auto [M, N] : {std::pair<int64_t, int64_t>{29, 50}, std::pair<int64_t, int64_t>{1000, 300}}) {
+        CAPTURE(M);
+        const int64_t K = 600, ldw = K + 1;
+        std::vector<float> a(static_cast<size_t>(M * K)), w(static_cast<size_t>(N * ldw)), bias(static_cast<size_t>(N));
+        Philox rng(6);
+        for (size_t i = 0; i < a.size(); ++i) a[i] = rng.normal(1, i);
+        for (size_t i = 0; i < w.size(); ++i) w[i] = rng.normal(2, i);
+        for (size_t i = 0; i < bias.size(); ++i) bias[i] = rng.normal(3, i);
+        std::vector<float> want(static_cast<size_t>(M * N));
+        for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) {
+                float acc = 0.0f;
+                for (int64_t k = 0; k < K; ++k) acc = std::fma(a[size_t(i * K + k)], w[size_t(j * ldw + k)], acc);
+                want[size_t(i * N + j)] = acc + bias[size_t(j)];
+            }
+        for (bool wide : {false, true}) {
+            if (wide && !__builtin_cpu_supports("avx512f")) continue;
+            CAPTURE(wide);
+            std::vector<float> c(static_cast<size_t>(M * N));
+            cpu::rowstable_matmul_isa(ConstMat(a.data(), M, K, K), ConstMat(w.data(), N, K, ldw), bias.data(),
+                                      Mat{c.data(), M, N, N}, false, wide);
+            CHECK(std::memcmp(c.data(), want.data(), sizeof(float) * c.size()) == 0);
         }
-    for (bool wide : {false, true}) {
-        if (wide && !__builtin_cpu_supports("avx512f")) continue;
-        CAPTURE(wide);
-        std::vector<float> c(static_cast<size_t>(M * N));
-        cpu::rowstable_matmul_isa(ConstMat(a.data(), M, K, K), ConstMat(w.data(), N, K, ldw), bias.data(),
-                                  Mat{c.data(), M, N, N}, false, wide);
-        CHECK(std::memcmp(c.data(), want.data(), sizeof(float) * c.size()) == 0);
     }
 }
 
@@ -118,8 +122,9 @@ TEST_CASE("row-stable matmul: the AVX-512 and AVX2 kernels give the same bits (b
     }
     // N = 80: two 32-panels + a 16-panel + nothing; 72: two 32-panels + 8 scalar;
     // 50: one 32-panel + a 16-panel + 2 scalar; 1031: the head's width, odd.
+    // M = 1000 makes several row chunks (chunks against groups of panels)
     for (int64_t N : {int64_t{80}, int64_t{72}, int64_t{50}, int64_t{1031}}) {
-        const int64_t M = 131, K = 40, ldw = K + 3;
+        const int64_t M = N == 1031 ? 1000 : 131, K = 40, ldw = K + 3;
         std::vector<float> a(static_cast<size_t>(M * K)), w(static_cast<size_t>(N * ldw)), bias(static_cast<size_t>(N));
         Philox rng(5);
         for (size_t i = 0; i < a.size(); ++i) a[i] = rng.normal(1, i);
