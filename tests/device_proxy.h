@@ -77,6 +77,10 @@ public:
         devs("matmul_bias", a.data, b.data, c.data, bias);
         MAGNETS_FWD(matmul_bias(a, ta, b, tb, c, bias, alpha, beta));
     }
+    void matmul_residual(ConstMat a, bool ta, ConstMat b, bool tb, Mat c, const float* bias, const float* res) override {
+        devs("matmul_residual", a.data, b.data, c.data, bias, res);
+        MAGNETS_FWD(matmul_residual(a, ta, b, tb, c, bias, res));
+    }
     void matmul_gelu_backward(ConstMat a, bool ta, ConstMat b, bool tb, Mat du, const float* gp, float* db) override {
         devs("matmul_gelu_backward", a.data, b.data, du.data, gp, db);
         MAGNETS_FWD(matmul_gelu_backward(a, ta, b, tb, du, gp, db));

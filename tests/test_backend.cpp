@@ -390,7 +390,7 @@ TEST_CASE("matmul: every backend matches ref") {
     }
 }
 
-TEST_CASE("matmul_bias equals matmul then add_bias, on every backend (beta 0 and 1, W and W^T)") {
+TEST_CASE("matmul_bias and matmul_residual equal matmul then add_bias (and the residual), on every backend") {
     for (const std::string& name : available_backends()) {
         CAPTURE(name);
         auto be = make_backend(name);
@@ -416,6 +416,20 @@ TEST_CASE("matmul_bias equals matmul then add_bias, on every backend (beta 0 and
                     for (size_t i = 0; i < ref.size(); ++i)
                         worst = std::max(worst, double(std::abs(ref[i] - got[i])) / (1.0 + std::abs(ref[i])));
                     CHECK(worst < 1e-5); // the padding columns (ldc > n) are untouched: exact there
+                    if (beta != 0.0f) continue;
+                    // matmul_residual: c = A B + bias + res (res with c's leading dimension)
+                    std::vector<float> res(c0.size());
+                    for (float& x : res) x = nd(gen);
+                    std::vector<float> want = c0, have = c0;
+                    for (int64_t i = 0; i < m; ++i)
+                        for (int64_t j = 0; j < n; ++j) want[size_t(i * ldc + j)] = res[size_t(i * ldc + j)];
+                    be->matmul(A, false, B, tb, Mat{want.data(), m, n, ldc}, 1.0f, 1.0f);
+                    be->add_bias(want.data(), ldc, bias.data(), m, n);
+                    be->matmul_residual(A, false, B, tb, Mat{have.data(), m, n, ldc}, bias.data(), res.data());
+                    double worst_r = 0;
+                    for (size_t i = 0; i < want.size(); ++i)
+                        worst_r = std::max(worst_r, double(std::abs(want[i] - have[i])) / (1.0 + std::abs(want[i])));
+                    CHECK(worst_r < 1e-5);
                 }
     }
 }

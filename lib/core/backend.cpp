@@ -30,6 +30,12 @@ void Backend::matmul_bias(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Ma
     add_bias(c.data, c.ld, bias, c.rows, c.cols);
 }
 
+void Backend::matmul_residual(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, const float* bias,
+                              const float* res) {
+    copy2d(c.data, c.ld, res, c.ld, c.rows, c.cols);
+    matmul_bias(a, trans_a, b, trans_b, c, bias, 1.0f, 1.0f);
+}
+
 void Backend::matmul_gelu_backward(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat du, const float* gp,
                                    float* db) {
     check(du.ld == du.cols, "matmul_gelu_backward", "du must be contiguous (ld = cols)");

@@ -61,10 +61,25 @@ public:
                          double alpha, double weight, float* dlogits, int64_t ld_d) override;
     void embedding_backward(const float* dx, const int32_t* ids_host, int64_t R, int64_t S, int64_t r, int64_t D,
                             float* tok_grad, float* pos_grad) override;
+    // Large copies and fills on all threads (a serial 2 MB copy left the
+    // other core waiting).
     void copy(float* dst, const float* src, size_t n) override {
-        if (n) std::memcpy(dst, src, n * sizeof(float));
+        const int64_t chunks = static_cast<int64_t>((n + k_chunk - 1) / k_chunk);
+#pragma omp parallel for schedule(static) if (chunks > 1)
+        for (int64_t c = 0; c < chunks; ++c) {
+            const size_t i = static_cast<size_t>(c) * k_chunk;
+            std::memcpy(dst + i, src + i, std::min(k_chunk, n - i) * sizeof(float));
+        }
     }
-    void zero(float* p, size_t n) override { std::fill(p, p + n, 0.0f); }
+    void zero(float* p, size_t n) override {
+        const int64_t chunks = static_cast<int64_t>((n + k_chunk - 1) / k_chunk);
+#pragma omp parallel for schedule(static) if (chunks > 1)
+        for (int64_t c = 0; c < chunks; ++c) {
+            const size_t i = static_cast<size_t>(c) * k_chunk;
+            std::fill(p + i, p + i + std::min(k_chunk, n - i), 0.0f);
+        }
+    }
+    static constexpr size_t k_chunk = size_t{1} << 17; // floats (512 KiB)
     double sum_squares(const float* const* g, const int64_t* n, int64_t count) override;
     void adamw_update(float* w, const float* g, float* m, float* v, int64_t n, float clip, float b1, float b2,
                       float step_size, float inv_sqrt_bc2, float eps, float wd) override;

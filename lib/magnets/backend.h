@@ -143,6 +143,11 @@ public:
     // (onednn does, saving a pass over c).
     virtual void matmul_bias(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, const float* bias,
                              float alpha = 1.0f, float beta = 0.0f);
+    // c = op(a) op(b) + bias + res: a residual connection, res [m, n] with
+    // c's leading dimension (may not alias c). Default: copy2d res into c,
+    // then matmul_bias with beta 1; a backend may add res in the epilogue.
+    virtual void matmul_residual(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, const float* bias,
+                                 const float* res);
     // db += column sums of dy.
     virtual void bias_backward(const float* dy, int64_t ld, float* db, int64_t rows, int64_t n) = 0;
     // x = u [rows, n] + b per row; g = GELU(x) (exact, erf); u = GELU'(x),

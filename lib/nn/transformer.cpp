@@ -299,16 +299,14 @@ void Transformer::Impl::forward(int64_t p, const int32_t* ids, int64_t b, const 
         B.matmul_bias(h1, false, cm(L.k_w->W(), a, r, D), true, mm(A.k.data(), R, a, a), L.k_b->W());
         B.matmul_bias(h1, false, cm(L.v_w->W(), a, r, D), true, mm(A.v.data(), R, a, a), L.v_b->W());
         B.attention_forward(A.q.data(), A.k.data(), A.v.data(), a, A.att.data(), A.probs.data(), b, S, s.heads, hd);
-        B.copy(A.x_mid.data(), A.x_in.data(), static_cast<size_t>(R * r));
-        B.matmul_bias(cm(A.att.data(), R, a, a), false, cm(L.o_w->W(), r, a, D), true, mm(A.x_mid.data(), R, r, r),
-                      L.o_b->W(), 1.0f, 1.0f);
+        B.matmul_residual(cm(A.att.data(), R, a, a), false, cm(L.o_w->W(), r, a, D), true,
+                          mm(A.x_mid.data(), R, r, r), L.o_b->W(), A.x_in.data());
         B.layernorm_forward(A.x_mid.data(), r, A.h2.data(), r, A.mean2.data(), A.rstd2.data(), L.ln2_w->W(),
                             L.ln2_b->W(), R, r);
         B.matmul(cm(A.h2.data(), R, r, r), false, cm(L.fc1_w->W(), f, r, D), true, mm(A.u.data(), R, f, f));
         B.bias_gelu_forward(A.u.data(), L.fc1_b->W(), A.g.data(), R, f);
-        B.copy(x_next, A.x_mid.data(), static_cast<size_t>(R * r));
-        B.matmul_bias(cm(A.g.data(), R, f, f), false, cm(L.fc2_w->W(), r, f, F), true, mm(x_next, R, r, r),
-                      L.fc2_b->W(), 1.0f, 1.0f);
+        B.matmul_residual(cm(A.g.data(), R, f, f), false, cm(L.fc2_w->W(), r, f, F), true, mm(x_next, R, r, r),
+                          L.fc2_b->W(), A.x_mid.data());
     }
     B.layernorm_forward(x_out.data(), r, hf.data(), r, meanf.data(), rstdf.data(), lnf_w->W(), lnf_b->W(), R, r);
     head_selected = rows != nullptr;

@@ -127,6 +127,12 @@ public:
         matmul_into(a, trans_a, b, trans_b, c, alpha, beta, nullptr, bias);
     }
 
+    // The residual as a binary add post-op: no copy of res into c first.
+    void matmul_residual(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, const float* bias,
+                         const float* res) override {
+        matmul_into(a, trans_a, b, trans_b, c, 1.0f, 0.0f, nullptr, bias, res);
+    }
+
     // The product by GELU' as a binary post-op: du is written once, instead of
     // written by the matmul and read and rewritten by a separate pass.
     void matmul_gelu_backward(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat du, const float* gp,
@@ -162,10 +168,11 @@ public:
     }
 
 private:
-    // c = (alpha op(a) op(b) + bias) * mul + beta c, where bias [n] (per
-    // column) and mul [m, n] (contiguous, elementwise) apply when not null.
+    // c = (alpha op(a) op(b) + bias) * mul + add + beta c, where bias [n] (per
+    // column), mul [m, n] (contiguous) and add [m, n] (c's leading
+    // dimension) apply when not null.
     void matmul_into(ConstMat a, bool trans_a, ConstMat b, bool trans_b, Mat c, float alpha, float beta,
-                     const float* mul, const float* bias = nullptr) {
+                     const float* mul, const float* bias = nullptr, const float* add = nullptr) {
         const MatmulDims d = check_matmul_args("onednn", a, trans_a, b, trans_b, c);
         if (d.m == 0 || d.n == 0) return;
         if (d.k == 0) { // oneDNN rejects empty reductions; C = beta * C
@@ -190,13 +197,13 @@ private:
             trans_b = false;
         }
         const Key key{{0, d.m, d.n, d.k, a.ld, b.ld, c.ld, trans_a, trans_b, float_bits(alpha),
-                       float_bits(beta), (mul != nullptr) + 2 * (bias != nullptr)}};
+                       float_bits(beta), (mul != nullptr) + 2 * (bias != nullptr) + 4 * (add != nullptr)}};
         try {
             Plan& plan = find_or_make(matmul_plans_, key, [&] {
                 return make_matmul_plan(d, a.ld, trans_a, b.ld, trans_b, c.ld, alpha, beta, mul != nullptr,
-                                        bias != nullptr);
+                                        bias != nullptr, add != nullptr);
             });
-            run(plan, {a.data, b.data, c.data, mul, bias});
+            run(plan, {a.data, b.data, c.data, mul, add, bias});
         } catch (const dnnl::error& e) {
             throw Error("onednn matmul failed", {}, dnnl_why(e, "m " + std::to_string(d.m) + ", n " +
                                                                   std::to_string(d.n) + ", k " +
@@ -290,7 +297,7 @@ private:
     }
 
     Plan make_matmul_plan(const MatmulDims& d, int64_t lda, bool trans_a, int64_t ldb, bool trans_b,
-                          int64_t ldc, float alpha, float beta, bool mul, bool bias) {
+                          int64_t ldc, float alpha, float beta, bool mul, bool bias, bool add) {
         const memory::desc a_md = strided_md(d.m, d.k, lda, trans_a);
         const memory::desc b_md = strided_md(d.k, d.n, ldb, trans_b);
         const memory::desc c_md = strided_md(d.m, d.n, ldc, false);
@@ -298,9 +305,11 @@ private:
         dnnl::primitive_attr attr;
         if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
         dnnl::post_ops po;
+        const memory::desc add_md = strided_md(d.m, d.n, ldc, false);
         if (mul) po.append_binary(dnnl::algorithm::binary_mul, mul_md);
+        if (add) po.append_binary(dnnl::algorithm::binary_add, add_md);
         if (beta != 0.0f) po.append_sum(beta);
-        if (mul || beta != 0.0f) attr.set_post_ops(po);
+        if (mul || add || beta != 0.0f) attr.set_post_ops(po);
         const memory::desc bias_md({1, d.n}, f32, memory::dims{d.n, 1});
         const dnnl::matmul::primitive_desc pd(
             bias ? dnnl::matmul::desc(a_md, b_md, bias_md, c_md) : dnnl::matmul::desc(a_md, b_md, c_md), attr, engine_);
@@ -310,6 +319,7 @@ private:
         add_port(plan, DNNL_ARG_WEIGHTS, b_md, pd.weights_desc(), true);
         add_port(plan, DNNL_ARG_DST, c_md, pd.dst_desc(), false);
         if (mul) add_port(plan, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, mul_md, mul_md, true);
+        if (add) add_port(plan, DNNL_ARG_ATTR_MULTIPLE_POST_OP(mul ? 1 : 0) | DNNL_ARG_SRC_1, add_md, add_md, true);
         if (bias) add_port(plan, DNNL_ARG_BIAS, bias_md, pd.bias_desc(), true);
         return plan;
     }
